@@ -1,0 +1,977 @@
+//! The inventory of non-human identities: who owns each client, what it is for,
+//! when it expires, what it may ever do, how fast, and from where.
+//!
+//! An [`Inventory`] is an immutable, validated snapshot, built in code with
+//! [`Inventory::builder`] or loaded from TOML with [`Inventory::from_toml_str`].
+//! [`InMemoryRegistry`] serves one snapshot at a time and swaps in a new one
+//! atomically: requests in flight keep the records they already hold.
+//!
+//! ```toml
+//! [[client]]
+//! id = "inventory-sync"
+//! owner = "fulfilment-team@example.com"
+//! purpose = "Syncs stock levels from the warehouse system"
+//! expires = "2027-06-30T00:00:00Z"
+//! scopes = ["orders:read", "orders:write", "inventory:read"]
+//! tier = "standard"                 # optional, default "default"
+//! networks = ["127.0.0.0/8"]        # optional; absent = any
+//! status = "active"                 # optional: active | suspended
+//! api_keys = ["sha256:<64 hex>"]    # optional: SHA-256 of issued keys
+//! spiffe_ids = ["spiffe://example.test/ns/prod/sa/inventory-sync"]  # optional
+//! labels = { team = "fulfilment" }  # optional, free-form strings
+//!
+//! [tiers.standard]
+//! per_second = 50
+//! burst = 100
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::principal::ClientId;
+use crate::scope::ScopeSet;
+
+/// The name of the tier a client gets when it names none.
+pub const DEFAULT_TIER: &str = "default";
+
+/// How long before a client's expiry it is flagged as expiring soon, unless
+/// configured otherwise.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// A rate-limit quota: a sustained rate and a burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Tier {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests that may arrive at once on top of an idle client's allowance.
+    pub burst: u32,
+}
+
+impl Tier {
+    /// The quota of the built-in `default` tier when the inventory does not define
+    /// one: 10 requests per second, bursts of 20.
+    pub const BUILT_IN_DEFAULT: Tier = Tier {
+        per_second: 10,
+        burst: 20,
+    };
+}
+
+/// Whether a client may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientStatus {
+    /// Served while unexpired.
+    #[default]
+    Active,
+    /// Refused until reactivated.
+    Suspended,
+}
+
+/// The SHA-256 of an issued API key. The inventory holds only these.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ApiKeyHash([u8; 32]);
+
+impl ApiKeyHash {
+    /// Hashes a raw key.
+    pub fn of_key(key: &[u8]) -> Self {
+        Self(Sha256::digest(key).into())
+    }
+
+    /// Wraps a digest.
+    pub fn from_digest(digest: [u8; 32]) -> Self {
+        Self(digest)
+    }
+
+    /// Parses `sha256:<64 hex digits>`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the text (which is not a secret).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("{s:?} must start with \"sha256:\""))?;
+        if hex.len() != 64 {
+            return Err(format!(
+                "{s:?} must have 64 hex digits after \"sha256:\", found {}",
+                hex.len()
+            ));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.as_bytes().chunks_exact(2).enumerate() {
+            let hi = hex_value(pair[0]);
+            let lo = hex_value(pair[1]);
+            match (hi, lo) {
+                (Some(h), Some(l)) => out[i] = h << 4 | l,
+                _ => return Err(format!("{s:?} has a character that is not a hex digit")),
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// The digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for ApiKeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("sha256:")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for ApiKeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ApiKeyHash(sha256:{:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// One governed non-human identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClientRecord {
+    id: ClientId,
+    owner: String,
+    purpose: String,
+    #[serde(serialize_with = "serialize_time")]
+    expires: SystemTime,
+    status: ClientStatus,
+    scopes: ScopeSet,
+    tier: Arc<str>,
+    networks: Option<Vec<IpNet>>,
+    #[serde(skip)]
+    api_keys: Vec<ApiKeyHash>,
+    spiffe_ids: Vec<Arc<str>>,
+    labels: BTreeMap<String, String>,
+}
+
+fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::rfc3339(*t))
+}
+
+/// Why a known client is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientRejection {
+    /// The client's status is `suspended`.
+    Suspended,
+    /// The client's registration has expired.
+    Expired,
+    /// The request comes from outside the client's allowed networks (or from an
+    /// unknown address while the client has a network restriction).
+    NetworkNotAllowed,
+}
+
+impl ClientRejection {
+    /// Stable reason code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Suspended => "client_suspended",
+            Self::Expired => "client_expired",
+            Self::NetworkNotAllowed => "network_not_allowed",
+        }
+    }
+}
+
+/// A client that passed the governance check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    /// The client expires within the registry's warning window: still served, but
+    /// flagged for audit and the inventory report.
+    pub expiring_soon: bool,
+}
+
+impl ClientRecord {
+    /// Starts a record with its required fields.
+    pub fn builder(
+        id: impl Into<String>,
+        owner: impl Into<String>,
+        purpose: impl Into<String>,
+        expires: SystemTime,
+    ) -> ClientRecordBuilder {
+        ClientRecordBuilder {
+            id: id.into(),
+            owner: owner.into(),
+            purpose: purpose.into(),
+            expires,
+            status: ClientStatus::Active,
+            scopes: ScopeSet::empty(),
+            tier: DEFAULT_TIER.to_owned(),
+            networks: None,
+            api_keys: Vec::new(),
+            spiffe_ids: Vec::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The client id.
+    pub fn id(&self) -> &ClientId {
+        &self.id
+    }
+    /// The accountable owner (a team or person).
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+    /// Why this client exists.
+    pub fn purpose(&self) -> &str {
+        &self.purpose
+    }
+    /// When the registration expires.
+    pub fn expires(&self) -> SystemTime {
+        self.expires
+    }
+    /// Active or suspended.
+    pub fn status(&self) -> ClientStatus {
+        self.status
+    }
+    /// The scope ceiling: no credential grants more than this.
+    pub fn scopes(&self) -> &ScopeSet {
+        &self.scopes
+    }
+    /// The rate-limit tier name.
+    pub fn tier(&self) -> &str {
+        &self.tier
+    }
+    /// Allowed source networks; `None` means any.
+    pub fn networks(&self) -> Option<&[IpNet]> {
+        self.networks.as_deref()
+    }
+    /// SHA-256 hashes of the API keys issued to this client.
+    pub fn api_keys(&self) -> &[ApiKeyHash] {
+        &self.api_keys
+    }
+    /// SPIFFE ids this client's workloads present.
+    pub fn spiffe_ids(&self) -> &[Arc<str>] {
+        &self.spiffe_ids
+    }
+    /// Free-form labels.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+
+    /// Whether `addr` is inside the allowed networks (always true without a
+    /// restriction; false for an unknown address under a restriction).
+    pub fn allows_address(&self, addr: Option<IpAddr>) -> bool {
+        match (&self.networks, addr) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(nets), Some(ip)) => {
+                let ip = canonical_ip(ip);
+                nets.iter().any(|n| n.contains(&ip))
+            }
+        }
+    }
+
+    /// The governance check every request makes: active, unexpired, and from an
+    /// allowed network. `expiry_warning` is how long before expiry the client is
+    /// flagged as expiring soon.
+    ///
+    /// # Errors
+    /// The first [`ClientRejection`] that applies, in the order suspended, expired,
+    /// network.
+    pub fn admit(
+        &self,
+        now: SystemTime,
+        addr: Option<IpAddr>,
+        expiry_warning: Duration,
+    ) -> Result<Standing, ClientRejection> {
+        if self.status == ClientStatus::Suspended {
+            return Err(ClientRejection::Suspended);
+        }
+        if now >= self.expires {
+            return Err(ClientRejection::Expired);
+        }
+        if !self.allows_address(addr) {
+            return Err(ClientRejection::NetworkNotAllowed);
+        }
+        let expiring_soon = self
+            .expires
+            .duration_since(now)
+            .is_ok_and(|left| left <= expiry_warning);
+        Ok(Standing { expiring_soon })
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) to IPv4 so that dual-stack
+/// sockets match IPv4 networks.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Builds a [`ClientRecord`] in code.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientRecordBuilder {
+    id: String,
+    owner: String,
+    purpose: String,
+    expires: SystemTime,
+    status: ClientStatus,
+    scopes: ScopeSet,
+    tier: String,
+    networks: Option<Vec<IpNet>>,
+    api_keys: Vec<ApiKeyHash>,
+    spiffe_ids: Vec<Arc<str>>,
+    labels: BTreeMap<String, String>,
+}
+
+impl ClientRecordBuilder {
+    /// Sets the scope ceiling.
+    pub fn scopes(mut self, scopes: ScopeSet) -> Self {
+        self.scopes = scopes;
+        self
+    }
+    /// Sets the tier name.
+    pub fn tier(mut self, tier: impl Into<String>) -> Self {
+        self.tier = tier.into();
+        self
+    }
+    /// Adds an allowed network (the first call turns the restriction on).
+    pub fn network(mut self, net: IpNet) -> Self {
+        self.networks.get_or_insert_with(Vec::new).push(net);
+        self
+    }
+    /// Sets the status.
+    pub fn status(mut self, status: ClientStatus) -> Self {
+        self.status = status;
+        self
+    }
+    /// Registers the hash of an issued API key.
+    pub fn api_key_hash(mut self, hash: ApiKeyHash) -> Self {
+        self.api_keys.push(hash);
+        self
+    }
+    /// Registers an issued API key by hashing it; the key itself is not kept.
+    pub fn api_key(self, key: &str) -> Self {
+        self.api_key_hash(ApiKeyHash::of_key(key.as_bytes()))
+    }
+    /// Registers a SPIFFE id.
+    pub fn spiffe_id(mut self, id: impl Into<String>) -> Self {
+        self.spiffe_ids.push(Arc::from(id.into()));
+        self
+    }
+    /// Adds a free-form label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Validates and builds the record.
+    ///
+    /// # Errors
+    /// [`InventoryError`] naming the client and the field: an empty id, owner or
+    /// purpose, a malformed SPIFFE id, a network with host bits set.
+    pub fn build(self) -> Result<ClientRecord, InventoryError> {
+        let at = |field: &'static str, kind, message: String| {
+            InventoryError::client(Some(self.id.clone()), None, field, kind, message)
+        };
+        if self.id.trim().is_empty() {
+            return Err(at("id", InventoryErrorKind::Missing, "must not be empty".into()));
+        }
+        if self.id.chars().any(char::is_control) {
+            return Err(at(
+                "id",
+                InventoryErrorKind::Invalid,
+                "must not contain control characters".into(),
+            ));
+        }
+        if self.owner.trim().is_empty() {
+            return Err(at(
+                "owner",
+                InventoryErrorKind::Missing,
+                "must not be empty".into(),
+            ));
+        }
+        if self.purpose.trim().is_empty() {
+            return Err(at(
+                "purpose",
+                InventoryErrorKind::Missing,
+                "must not be empty".into(),
+            ));
+        }
+        if self.tier.trim().is_empty() {
+            return Err(at(
+                "tier",
+                InventoryErrorKind::Invalid,
+                "must not be empty".into(),
+            ));
+        }
+        if let Some(nets) = &self.networks {
+            for net in nets {
+                if net.trunc() != *net {
+                    return Err(at(
+                        "networks",
+                        InventoryErrorKind::Invalid,
+                        format!("{net} has host bits set; did you mean {}?", net.trunc()),
+                    ));
+                }
+            }
+        }
+        for id in &self.spiffe_ids {
+            validate_spiffe_id(id).map_err(|m| at("spiffe_ids", InventoryErrorKind::Invalid, m))?;
+        }
+        Ok(ClientRecord {
+            id: ClientId::from(self.id),
+            owner: self.owner,
+            purpose: self.purpose,
+            expires: self.expires,
+            status: self.status,
+            scopes: self.scopes,
+            tier: Arc::from(self.tier),
+            networks: self.networks,
+            api_keys: self.api_keys,
+            spiffe_ids: self.spiffe_ids,
+            labels: self.labels,
+        })
+    }
+}
+
+/// Checks the shape of a SPIFFE id: `spiffe://<trust domain>/<path>`, lower-case
+/// trust domain of `[a-z0-9.-_]`, a non-empty path of segments without `.`/`..`,
+/// no query or fragment.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn validate_spiffe_id(id: &str) -> Result<(), String> {
+    let rest = id
+        .strip_prefix("spiffe://")
+        .ok_or_else(|| format!("{id:?} must start with \"spiffe://\""))?;
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if domain.is_empty()
+        || !domain
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_'))
+    {
+        return Err(format!("{id:?} has an invalid trust domain"));
+    }
+    if path.is_empty() {
+        return Err(format!("{id:?} has no path"));
+    }
+    for seg in path.split('/') {
+        if seg.is_empty()
+            || seg == "."
+            || seg == ".."
+            || !seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        {
+            return Err(format!("{id:?} has an invalid path segment {seg:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// What kind of problem an [`InventoryError`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InventoryErrorKind {
+    /// The file could not be read.
+    Io,
+    /// The text is not valid TOML.
+    Syntax,
+    /// A field that is not part of the schema.
+    UnknownField,
+    /// A required field is absent or empty.
+    Missing,
+    /// A field has the wrong type or an invalid value.
+    Invalid,
+    /// Two clients share an id, an API key or a SPIFFE id.
+    Duplicate,
+    /// A client names a tier that is not defined.
+    UnknownTier,
+}
+
+/// A rejected inventory, naming the client (or tier) and the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryError {
+    kind: InventoryErrorKind,
+    location: Location,
+    field: Option<String>,
+    message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    File,
+    Client {
+        id: Option<String>,
+        index: Option<usize>,
+    },
+    Tier(String),
+}
+
+impl InventoryError {
+    fn client(
+        id: Option<String>,
+        index: Option<usize>,
+        field: impl Into<String>,
+        kind: InventoryErrorKind,
+        message: String,
+    ) -> Self {
+        Self {
+            kind,
+            location: Location::Client { id, index },
+            field: Some(field.into()),
+            message,
+        }
+    }
+
+    fn file(kind: InventoryErrorKind, field: Option<String>, message: String) -> Self {
+        Self {
+            kind,
+            location: Location::File,
+            field,
+            message,
+        }
+    }
+
+    fn at_index(mut self, index: usize) -> Self {
+        if let Location::Client { index: i, .. } = &mut self.location {
+            *i = Some(index);
+        }
+        self
+    }
+
+    /// What kind of problem this is.
+    pub fn kind(&self) -> InventoryErrorKind {
+        self.kind
+    }
+
+    /// The id of the client at fault, when known.
+    pub fn client_id(&self) -> Option<&str> {
+        match &self.location {
+            Location::Client { id, .. } => id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The field at fault, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+}
+
+impl fmt::Display for InventoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Location::File => f.write_str("inventory")?,
+            Location::Client { id, index } => {
+                match id {
+                    Some(id) => write!(f, "client `{id}`")?,
+                    None => f.write_str("client")?,
+                }
+                if let Some(i) = index {
+                    write!(f, " ([[client]] entry {})", i + 1)?;
+                }
+            }
+            Location::Tier(name) => write!(f, "tier `{name}`")?,
+        }
+        if let Some(field) = &self.field {
+            write!(f, ", field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for InventoryError {}
+
+/// A validated, immutable snapshot of the client inventory and its tiers.
+#[derive(Debug)]
+pub struct Inventory {
+    clients: HashMap<ClientId, Arc<ClientRecord>>,
+    by_api_key: HashMap<ApiKeyHash, Arc<ClientRecord>>,
+    by_spiffe_id: HashMap<Arc<str>, Arc<ClientRecord>>,
+    tiers: HashMap<Arc<str>, Tier>,
+    expiry_warning: Duration,
+}
+
+impl Inventory {
+    /// Starts an inventory in code.
+    pub fn builder() -> InventoryBuilder {
+        InventoryBuilder::default()
+    }
+
+    /// Parses and validates a TOML inventory (schema in the module docs).
+    ///
+    /// # Errors
+    /// [`InventoryError`] naming the client or tier and the field: unknown fields,
+    /// missing owner, purpose or expiry, duplicate ids, bad CIDRs, malformed hashes,
+    /// undefined tiers.
+    pub fn from_toml_str(text: &str) -> Result<Self, InventoryError> {
+        crate::inventory_toml::parse(text)?.build()
+    }
+
+    /// Reads and validates a TOML inventory file.
+    ///
+    /// # Errors
+    /// As [`Inventory::from_toml_str`], plus I/O errors naming the path.
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, InventoryError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InventoryError::file(
+                InventoryErrorKind::Io,
+                None,
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Self::from_toml_str(&text)
+    }
+
+    /// The client with this id.
+    pub fn client(&self, id: &str) -> Option<&Arc<ClientRecord>> {
+        self.clients.get(id)
+    }
+
+    /// The client that was issued the API key with this hash.
+    pub fn client_by_api_key(&self, hash: &ApiKeyHash) -> Option<&Arc<ClientRecord>> {
+        self.by_api_key.get(hash)
+    }
+
+    /// The client registered for this SPIFFE id.
+    pub fn client_by_spiffe_id(&self, id: &str) -> Option<&Arc<ClientRecord>> {
+        self.by_spiffe_id.get(id)
+    }
+
+    /// The quota of a tier; `default` falls back to [`Tier::BUILT_IN_DEFAULT`].
+    pub fn tier(&self, name: &str) -> Option<Tier> {
+        self.tiers
+            .get(name)
+            .copied()
+            .or_else(|| (name == DEFAULT_TIER).then_some(Tier::BUILT_IN_DEFAULT))
+    }
+
+    /// All tiers defined by the inventory (without the built-in default).
+    pub fn tiers(&self) -> impl Iterator<Item = (&str, Tier)> + '_ {
+        self.tiers.iter().map(|(k, v)| (&**k, *v))
+    }
+
+    /// All clients, sorted by id.
+    pub fn clients(&self) -> Vec<Arc<ClientRecord>> {
+        let mut all: Vec<_> = self.clients.values().cloned().collect();
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        all
+    }
+
+    /// Number of clients.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Whether there are no clients.
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    /// How long before expiry a client is flagged as expiring soon.
+    pub fn expiry_warning(&self) -> Duration {
+        self.expiry_warning
+    }
+}
+
+/// Builds an [`Inventory`] in code.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct InventoryBuilder {
+    clients: Vec<ClientRecord>,
+    tiers: Vec<(String, Tier)>,
+    expiry_warning: Duration,
+}
+
+impl Default for InventoryBuilder {
+    fn default() -> Self {
+        Self {
+            clients: Vec::new(),
+            tiers: Vec::new(),
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
+        }
+    }
+}
+
+impl InventoryBuilder {
+    /// Adds a client.
+    pub fn client(mut self, record: ClientRecord) -> Self {
+        self.clients.push(record);
+        self
+    }
+
+    /// Defines a tier.
+    pub fn tier(mut self, name: impl Into<String>, tier: Tier) -> Self {
+        self.tiers.push((name.into(), tier));
+        self
+    }
+
+    /// Sets how long before expiry a client is flagged as expiring soon
+    /// (default 14 days).
+    pub fn expiry_warning(mut self, window: Duration) -> Self {
+        self.expiry_warning = window;
+        self
+    }
+
+    /// Validates the whole inventory.
+    ///
+    /// # Errors
+    /// [`InventoryError`] for duplicate client ids, API keys shared by two clients,
+    /// SPIFFE ids shared by two clients, a zero quota, or a client naming a tier
+    /// that is not defined.
+    pub fn build(self) -> Result<Inventory, InventoryError> {
+        let mut tiers = HashMap::new();
+        for (name, tier) in self.tiers {
+            let err = |field: &str, message: &str| InventoryError {
+                kind: InventoryErrorKind::Invalid,
+                location: Location::Tier(name.clone()),
+                field: Some(field.to_owned()),
+                message: message.to_owned(),
+            };
+            if tier.per_second == 0 {
+                return Err(err("per_second", "must be at least 1"));
+            }
+            if tier.burst == 0 {
+                return Err(err("burst", "must be at least 1"));
+            }
+            if tiers.insert(Arc::<str>::from(name.as_str()), tier).is_some() {
+                return Err(InventoryError {
+                    kind: InventoryErrorKind::Duplicate,
+                    location: Location::Tier(name),
+                    field: None,
+                    message: "defined twice".into(),
+                });
+            }
+        }
+        let mut inv = Inventory {
+            clients: HashMap::with_capacity(self.clients.len()),
+            by_api_key: HashMap::new(),
+            by_spiffe_id: HashMap::new(),
+            tiers,
+            expiry_warning: self.expiry_warning,
+        };
+        for (index, record) in self.clients.into_iter().enumerate() {
+            let id = record.id.to_string();
+            let err = |field: &str, kind, message: String| {
+                InventoryError::client(Some(id.clone()), Some(index), field, kind, message)
+            };
+            if record.tier() != DEFAULT_TIER && !inv.tiers.contains_key(record.tier()) {
+                return Err(err(
+                    "tier",
+                    InventoryErrorKind::UnknownTier,
+                    format!("tier {:?} is not defined under [tiers]", record.tier()),
+                ));
+            }
+            let record = Arc::new(record);
+            for hash in &record.api_keys {
+                if let Some(other) = inv.by_api_key.insert(*hash, record.clone()) {
+                    return Err(err(
+                        "api_keys",
+                        InventoryErrorKind::Duplicate,
+                        format!("an API key hash is also registered to client `{}`", other.id()),
+                    ));
+                }
+            }
+            for sid in &record.spiffe_ids {
+                if let Some(other) = inv.by_spiffe_id.insert(sid.clone(), record.clone()) {
+                    return Err(err(
+                        "spiffe_ids",
+                        InventoryErrorKind::Duplicate,
+                        format!("{sid:?} is also registered to client `{}`", other.id()),
+                    ));
+                }
+            }
+            if inv.clients.insert(record.id.clone(), record).is_some() {
+                return Err(err(
+                    "id",
+                    InventoryErrorKind::Duplicate,
+                    "duplicate client id".into(),
+                ));
+            }
+        }
+        Ok(inv)
+    }
+}
+
+pub(crate) fn client_error(
+    id: Option<String>,
+    index: usize,
+    field: &str,
+    kind: InventoryErrorKind,
+    message: String,
+) -> InventoryError {
+    InventoryError::client(id, Some(index), field, kind, message)
+}
+
+pub(crate) fn tier_error(
+    name: &str,
+    field: Option<&str>,
+    kind: InventoryErrorKind,
+    message: String,
+) -> InventoryError {
+    InventoryError {
+        kind,
+        location: Location::Tier(name.to_owned()),
+        field: field.map(str::to_owned),
+        message,
+    }
+}
+
+pub(crate) fn file_error(kind: InventoryErrorKind, field: Option<&str>, message: String) -> InventoryError {
+    InventoryError::file(kind, field.map(str::to_owned), message)
+}
+
+pub(crate) fn with_index(e: InventoryError, index: usize) -> InventoryError {
+    e.at_index(index)
+}
+
+/// The source of client records that the controls consult on every request.
+///
+/// Look-ups are synchronous and must be fast (they sit on the hot path); a
+/// registry backed by a database keeps a local snapshot and refreshes it in the
+/// background, as [`InMemoryRegistry`] does with [`InMemoryRegistry::replace`].
+pub trait ClientRegistry: Send + Sync + fmt::Debug + 'static {
+    /// The client with this id.
+    fn client(&self, id: &str) -> Option<Arc<ClientRecord>>;
+    /// The client issued the API key with this hash.
+    fn client_by_api_key(&self, hash: &ApiKeyHash) -> Option<Arc<ClientRecord>>;
+    /// The client registered for this SPIFFE id.
+    fn client_by_spiffe_id(&self, id: &str) -> Option<Arc<ClientRecord>>;
+    /// The quota of a tier.
+    fn tier(&self, name: &str) -> Option<Tier>;
+    /// All clients (for reports), sorted by id.
+    fn clients(&self) -> Vec<Arc<ClientRecord>>;
+    /// How long before expiry a client is flagged as expiring soon.
+    fn expiry_warning(&self) -> Duration {
+        DEFAULT_EXPIRY_WARNING
+    }
+}
+
+/// A shared, type-erased registry.
+pub type SharedRegistry = Arc<dyn ClientRegistry>;
+
+/// An in-memory registry serving one [`Inventory`] snapshot, replaceable at run time
+/// without locks on the read path.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use nhi_guard_core::registry::{ClientRecord, ClientRegistry, InMemoryRegistry, Inventory};
+///
+/// let expires = SystemTime::now() + Duration::from_secs(86_400 * 90);
+/// let inventory = Inventory::builder()
+///     .client(ClientRecord::builder("billing-export", "finance@example.com", "Nightly export", expires).build().unwrap())
+///     .build()
+///     .unwrap();
+/// let registry = InMemoryRegistry::new(inventory);
+/// assert!(registry.client("billing-export").is_some());
+///
+/// registry.replace(Inventory::builder().build().unwrap());
+/// assert!(registry.client("billing-export").is_none());
+/// ```
+#[derive(Debug)]
+pub struct InMemoryRegistry {
+    current: ArcSwap<Inventory>,
+}
+
+impl InMemoryRegistry {
+    /// Serves `inventory`.
+    pub fn new(inventory: Inventory) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(inventory),
+        }
+    }
+
+    /// Loads a TOML file.
+    ///
+    /// # Errors
+    /// As [`Inventory::from_toml_file`].
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, InventoryError> {
+        Inventory::from_toml_file(path).map(Self::new)
+    }
+
+    /// Atomically replaces the inventory. Requests already holding a record keep
+    /// it; the next look-up sees the new snapshot.
+    pub fn replace(&self, inventory: Inventory) {
+        self.current.store(Arc::new(inventory));
+        tracing::info!(target: "nhi_guard::registry", "client inventory replaced");
+    }
+
+    /// Re-reads a TOML file and swaps it in; on error the current inventory stays.
+    ///
+    /// # Errors
+    /// As [`Inventory::from_toml_file`].
+    pub fn reload_from_file(&self, path: impl AsRef<Path>) -> Result<(), InventoryError> {
+        let inv = Inventory::from_toml_file(path)?;
+        self.replace(inv);
+        Ok(())
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Inventory> {
+        self.current.load_full()
+    }
+}
+
+impl ClientRegistry for InMemoryRegistry {
+    fn client(&self, id: &str) -> Option<Arc<ClientRecord>> {
+        self.current.load().client(id).cloned()
+    }
+    fn client_by_api_key(&self, hash: &ApiKeyHash) -> Option<Arc<ClientRecord>> {
+        self.current.load().client_by_api_key(hash).cloned()
+    }
+    fn client_by_spiffe_id(&self, id: &str) -> Option<Arc<ClientRecord>> {
+        self.current.load().client_by_spiffe_id(id).cloned()
+    }
+    fn tier(&self, name: &str) -> Option<Tier> {
+        self.current.load().tier(name)
+    }
+    fn clients(&self) -> Vec<Arc<ClientRecord>> {
+        self.current.load().clients()
+    }
+    fn expiry_warning(&self) -> Duration {
+        self.current.load().expiry_warning()
+    }
+}
+
+impl<R: ClientRegistry + ?Sized> ClientRegistry for Arc<R> {
+    fn client(&self, id: &str) -> Option<Arc<ClientRecord>> {
+        (**self).client(id)
+    }
+    fn client_by_api_key(&self, hash: &ApiKeyHash) -> Option<Arc<ClientRecord>> {
+        (**self).client_by_api_key(hash)
+    }
+    fn client_by_spiffe_id(&self, id: &str) -> Option<Arc<ClientRecord>> {
+        (**self).client_by_spiffe_id(id)
+    }
+    fn tier(&self, name: &str) -> Option<Tier> {
+        (**self).tier(name)
+    }
+    fn clients(&self) -> Vec<Arc<ClientRecord>> {
+        (**self).clients()
+    }
+    fn expiry_warning(&self) -> Duration {
+        (**self).expiry_warning()
+    }
+}
