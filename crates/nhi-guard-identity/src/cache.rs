@@ -1,0 +1,88 @@
+//! The verified-token cache: a token already verified is recognised by the
+//! SHA-256 of its bytes, so a machine client reusing its token costs a hash and a
+//! look-up instead of a signature verification.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use moka::Expiry;
+use moka::sync::Cache;
+
+use crate::jwt::VerifiedToken;
+
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) token: Arc<VerifiedToken>,
+    ttl: Duration,
+}
+
+struct UntilExp;
+
+impl Expiry<[u8; 32], Entry> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Entry,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// A bounded cache of verified tokens. Entries never outlive the token's `exp`
+/// (checked against the layer's clock on every hit), and an entry whose key has
+/// left the issuer's key set is dropped on its next hit.
+#[derive(Clone)]
+pub(crate) struct TokenCache {
+    inner: Cache<[u8; 32], Entry>,
+}
+
+impl fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenCache")
+            .field("entries", &self.inner.entry_count())
+            .finish()
+    }
+}
+
+impl TokenCache {
+    pub(crate) fn new(capacity: u64) -> Self {
+        Self {
+            inner: Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+
+    /// The verified token for this digest, if cached and unexpired at `now`.
+    pub(crate) fn get(&self, digest: &[u8; 32], now: SystemTime) -> Option<Arc<VerifiedToken>> {
+        let entry = self.inner.get(digest)?;
+        if now >= entry.token.exp {
+            self.inner.invalidate(digest);
+            return None;
+        }
+        Some(entry.token)
+    }
+
+    pub(crate) fn insert(&self, digest: [u8; 32], token: Arc<VerifiedToken>, now: SystemTime) {
+        let Ok(ttl) = token.exp.duration_since(now) else {
+            return;
+        };
+        if ttl.is_zero() {
+            return;
+        }
+        self.inner.insert(digest, Entry { token, ttl });
+    }
+
+    pub(crate) fn invalidate(&self, digest: &[u8; 32]) {
+        self.inner.invalidate(digest);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u64 {
+        self.inner.run_pending_tasks();
+        self.inner.entry_count()
+    }
+}

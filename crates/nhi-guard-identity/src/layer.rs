@@ -1,0 +1,307 @@
+//! `IdentityLayer`: configuration and its builder.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderName;
+use nhi_guard_core::address::ClientAddrResolver;
+use nhi_guard_core::clock::{SharedClock, SystemClock};
+use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
+use nhi_guard_core::registry::{ClientRegistry, SharedRegistry};
+
+use crate::cache::TokenCache;
+use crate::jwt::Issuer;
+use crate::service::Identity;
+
+/// A kind of credential, for [`IdentityLayerBuilder::order`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Credential {
+    /// `Authorization: Bearer <JWT access token>`.
+    Bearer,
+    /// `X-API-Key: <key>` (header configurable) or `Authorization: ApiKey <key>`.
+    ApiKey,
+    /// The mTLS client certificate ([`crate::PeerCertificates`] in the request).
+    ClientCertificate,
+}
+
+/// Invalid identity configuration, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("identity layer: `{field}`: {message}")]
+pub struct ConfigError {
+    field: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The builder field at fault.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+pub(crate) struct Config {
+    pub(crate) issuers: Vec<Issuer>,
+    pub(crate) by_iss: HashMap<Arc<str>, usize>,
+    pub(crate) registry: SharedRegistry,
+    pub(crate) order: Vec<Credential>,
+    pub(crate) api_key_header: HeaderName,
+    pub(crate) api_key_in_authorization: bool,
+    pub(crate) optional: bool,
+    pub(crate) renderer: SharedRenderer,
+    pub(crate) resolver: ClientAddrResolver,
+    pub(crate) clock: SharedClock,
+    pub(crate) cache: Option<TokenCache>,
+    pub(crate) max_token_bytes: usize,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityConfig")
+            .field(
+                "issuers",
+                &self.issuers.iter().map(|i| &*i.iss).collect::<Vec<_>>(),
+            )
+            .field("order", &self.order)
+            .field("api_key_header", &self.api_key_header)
+            .field("optional", &self.optional)
+            .field("token_cache", &self.cache.is_some())
+            .field("max_token_bytes", &self.max_token_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Verifies the caller's credential (JWT access token, API key or mTLS client
+/// certificate), maps it to an active, unexpired client of the inventory that
+/// calls from an allowed network, and records the resulting
+/// [`Principal`](nhi_guard_core::Principal) in the
+/// [`SecurityContext`](nhi_guard_core::SecurityContext) and in the request's
+/// extensions. Refusals are RFC 6750 / RFC 9457 responses (or gRPC
+/// `UNAUTHENTICATED`).
+///
+/// Build it with [`IdentityLayer::builder`].
+#[derive(Clone)]
+pub struct IdentityLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+impl fmt::Debug for IdentityLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("IdentityLayer").field(&self.config).finish()
+    }
+}
+
+impl IdentityLayer {
+    /// Starts a configuration that maps credentials to clients of `registry`.
+    pub fn builder(registry: impl ClientRegistry) -> IdentityLayerBuilder {
+        IdentityLayerBuilder {
+            issuers: Vec::new(),
+            registry: Arc::new(registry),
+            order: vec![
+                Credential::Bearer,
+                Credential::ApiKey,
+                Credential::ClientCertificate,
+            ],
+            api_key_header: Ok(HeaderName::from_static("x-api-key")),
+            api_key_in_authorization: true,
+            optional: false,
+            renderer: None,
+            realm: None,
+            resolver: ClientAddrResolver::new(),
+            clock: Arc::new(SystemClock),
+            cache_capacity: Some(10_000),
+            max_token_bytes: 8 * 1024,
+        }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for IdentityLayer {
+    type Service = Identity<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Identity {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// Builder of [`IdentityLayer`].
+#[must_use]
+pub struct IdentityLayerBuilder {
+    issuers: Vec<Issuer>,
+    registry: SharedRegistry,
+    order: Vec<Credential>,
+    api_key_header: Result<HeaderName, String>,
+    api_key_in_authorization: bool,
+    optional: bool,
+    renderer: Option<SharedRenderer>,
+    realm: Option<Arc<str>>,
+    resolver: ClientAddrResolver,
+    clock: SharedClock,
+    cache_capacity: Option<u64>,
+    max_token_bytes: usize,
+}
+
+impl fmt::Debug for IdentityLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityLayerBuilder")
+            .field("issuers", &self.issuers.len())
+            .field("order", &self.order)
+            .field("optional", &self.optional)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityLayerBuilder {
+    /// Trusts tokens of `issuer`. Several issuers may be configured; a token is
+    /// routed by its (unverified) `iss` to that issuer's keys only.
+    pub fn issuer(mut self, issuer: Issuer) -> Self {
+        self.issuers.push(issuer);
+        self
+    }
+
+    /// Which credentials are accepted and, when a request presents several, which
+    /// one decides (the first present in this order). Default: bearer token, API
+    /// key, client certificate. A token bound to a certificate (RFC 8705) is
+    /// checked against the certificate whatever the order.
+    pub fn order(mut self, order: impl IntoIterator<Item = Credential>) -> Self {
+        self.order = order.into_iter().collect();
+        self
+    }
+
+    /// The header carrying API keys (default `X-API-Key`).
+    pub fn api_key_header(mut self, name: &str) -> Self {
+        self.api_key_header = HeaderName::try_from(name).map_err(|e| format!("{name:?}: {e}"));
+        self
+    }
+
+    /// Whether `Authorization: ApiKey <key>` is accepted too (default: yes).
+    pub fn api_key_in_authorization(mut self, on: bool) -> Self {
+        self.api_key_in_authorization = on;
+        self
+    }
+
+    /// Optional mode: a request without any credential passes without a principal
+    /// (for routes open to anonymous callers). A credential that is presented and
+    /// invalid is still refused.
+    pub fn optional(mut self, on: bool) -> Self {
+        self.optional = on;
+        self
+    }
+
+    /// Replaces the rendering of refusals.
+    pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
+        self.renderer = Some(Arc::new(renderer));
+        self
+    }
+
+    /// The `realm` of `WWW-Authenticate` challenges with the default renderer.
+    pub fn realm(mut self, realm: impl Into<Arc<str>>) -> Self {
+        self.realm = Some(realm.into());
+        self
+    }
+
+    /// How the client address is resolved (trusted proxies), for `networks`.
+    pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The clock (tests use `ManualClock` or `TokioClock`).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Capacity of the verified-token cache (default 10 000 tokens); `0` turns
+    /// the cache off.
+    pub fn token_cache(mut self, capacity: u64) -> Self {
+        self.cache_capacity = (capacity > 0).then_some(capacity);
+        self
+    }
+
+    /// Largest accepted token in bytes (default 8 KiB).
+    pub fn max_token_bytes(mut self, max: usize) -> Self {
+        self.max_token_bytes = max;
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the field: an issuer without audience or keys, an
+    /// unsupported algorithm, a duplicate issuer, an invalid header name, an
+    /// empty credential order, a zero token size.
+    pub fn build(self) -> Result<IdentityLayer, ConfigError> {
+        let api_key_header = self
+            .api_key_header
+            .map_err(|m| ConfigError::new("api_key_header", m))?;
+        if self.order.is_empty() {
+            return Err(ConfigError::new(
+                "order",
+                "at least one credential kind is required",
+            ));
+        }
+        let mut order = Vec::new();
+        for c in self.order {
+            if order.contains(&c) {
+                return Err(ConfigError::new("order", format!("{c:?} is listed twice")));
+            }
+            order.push(c);
+        }
+        if order.contains(&Credential::Bearer) && self.issuers.is_empty() && order.len() == 1 {
+            return Err(ConfigError::new(
+                "issuer",
+                "bearer tokens need at least one issuer",
+            ));
+        }
+        if self.max_token_bytes < 64 {
+            return Err(ConfigError::new("max_token_bytes", "must be at least 64"));
+        }
+        let mut by_iss = HashMap::new();
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            issuer.validate().map_err(|m| ConfigError::new("issuer", m))?;
+            if by_iss.insert(issuer.iss.clone(), i).is_some() {
+                return Err(ConfigError::new(
+                    "issuer",
+                    format!("{:?} is configured twice", issuer.iss),
+                ));
+            }
+        }
+        let renderer = match self.renderer {
+            Some(r) => r,
+            None => {
+                let mut r = DefaultRenderer::new();
+                if let Some(realm) = self.realm {
+                    r = r.realm(realm);
+                }
+                r.shared()
+            }
+        };
+        Ok(IdentityLayer {
+            config: Arc::new(Config {
+                issuers: self.issuers,
+                by_iss,
+                registry: self.registry,
+                order,
+                api_key_header,
+                api_key_in_authorization: self.api_key_in_authorization,
+                optional: self.optional,
+                renderer,
+                resolver: self.resolver,
+                clock: self.clock,
+                cache: self.cache_capacity.map(TokenCache::new),
+                max_token_bytes: self.max_token_bytes,
+            }),
+        })
+    }
+}
