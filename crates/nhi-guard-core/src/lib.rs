@@ -43,6 +43,7 @@ mod inventory_toml;
 pub mod principal;
 pub mod registry;
 pub mod scope;
+pub mod store;
 
 #[cfg(feature = "axum")]
 pub mod extract;

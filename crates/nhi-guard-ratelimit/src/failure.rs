@@ -1,0 +1,397 @@
+//! `AuthFailureLimitLayer`: a limit that only failed authentications spend.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use nhi_guard_core::address::ClientAddrResolver;
+use nhi_guard_core::clock::{SharedClock, SystemClock};
+use nhi_guard_core::context::{Control, Decision};
+use nhi_guard_core::denial::{DefaultRenderer, Protocol, RenderDenial, SharedRenderer, respond};
+use nhi_guard_core::future::ResponseFuture as GuardFuture;
+use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision, ceil_secs};
+use nhi_guard_core::{CredentialFingerprint, Denial, GuardBody, SecurityContext};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::memory::{InMemoryStore, LocalCheck};
+
+/// The policy name of the per-address failure limit.
+pub const FAILURES_BY_ADDRESS: &str = "auth-failures-by-address";
+/// The policy name of the per-credential failure limit.
+pub const FAILURES_BY_CREDENTIAL: &str = "auth-failures-by-credential";
+
+#[derive(Clone)]
+struct FailureConfig {
+    quota: Quota,
+    store: Arc<InMemoryStore>,
+    clock: SharedClock,
+    resolver: ClientAddrResolver,
+    renderer: SharedRenderer,
+    by_address: bool,
+    by_credential: bool,
+    shadow: bool,
+}
+
+impl fmt::Debug for FailureConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthFailureLimitConfig")
+            .field("quota", &self.quota)
+            .field("store", &self.store)
+            .field("by_address", &self.by_address)
+            .field("by_credential", &self.by_credential)
+            .field("shadow", &self.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A fail2ban-style limit: only failed authentications count, per client address
+/// and per presented credential (by fingerprint, never the credential itself).
+/// Once a key has spent its quota of failures, its requests are refused with 429
+/// before they reach identity, until the quota recovers; successful requests never
+/// spend anything.
+///
+/// Place it *outside* the identity layer: it reads the outcome identity recorded in
+/// the security context (`identity_failure`, or a denial by the identity control)
+/// after the inner service returned.
+///
+/// The credential key is the fingerprint identity recorded; before identity ran it
+/// is the SHA-256 fingerprint of the bearer token (`Authorization: Bearer …`) or
+/// the `x-api-key` value, which is what the identity layer fingerprints too.
+///
+/// ```
+/// use nhi_guard_core::store::Quota;
+/// use nhi_guard_ratelimit::AuthFailureLimitLayer;
+///
+/// // Five failures, then one more every minute.
+/// let layer = AuthFailureLimitLayer::new(Quota::per_minute(1).unwrap().with_burst(5).unwrap());
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone)]
+pub struct AuthFailureLimitLayer {
+    config: Arc<FailureConfig>,
+}
+
+impl AuthFailureLimitLayer {
+    /// Allows `quota` failed authentications per address and per credential.
+    pub fn new(quota: Quota) -> Self {
+        Self {
+            config: Arc::new(FailureConfig {
+                quota,
+                store: Arc::new(InMemoryStore::with_max_keys(100_000)),
+                clock: Arc::new(SystemClock),
+                resolver: ClientAddrResolver::new(),
+                renderer: DefaultRenderer::new().shared(),
+                by_address: true,
+                by_credential: true,
+                shadow: false,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut FailureConfig {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Keeps failure counts in `store`.
+    #[must_use]
+    pub fn store(mut self, store: Arc<InMemoryStore>) -> Self {
+        self.config_mut().store = store;
+        self
+    }
+
+    /// Reads time from `clock`.
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config_mut().clock = clock;
+        self
+    }
+
+    /// Resolves client addresses with `resolver`, when this layer creates the context.
+    #[must_use]
+    pub fn address_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+        self.config_mut().resolver = resolver;
+        self
+    }
+
+    /// Renders denials with `renderer`.
+    #[must_use]
+    pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
+        self.config_mut().renderer = Arc::new(renderer);
+        self
+    }
+
+    /// Whether failures count per client address (default true).
+    #[must_use]
+    pub fn by_address(mut self, on: bool) -> Self {
+        self.config_mut().by_address = on;
+        self
+    }
+
+    /// Whether failures count per credential fingerprint (default true).
+    #[must_use]
+    pub fn by_credential(mut self, on: bool) -> Self {
+        self.config_mut().by_credential = on;
+        self
+    }
+
+    /// Shadow mode: record the denial it would make, let the request through.
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.config_mut().shadow = shadow;
+        self
+    }
+}
+
+impl<S> Layer<S> for AuthFailureLimitLayer {
+    type Service = AuthFailureLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthFailureLimit {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service of [`AuthFailureLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct AuthFailureLimit<S> {
+    inner: S,
+    config: Arc<FailureConfig>,
+}
+
+/// The fingerprint of the credential a request presents, as the identity layer
+/// computes it: the bearer token or the `x-api-key` value.
+fn presented_fingerprint(headers: &HeaderMap) -> Option<CredentialFingerprint> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
+        let b = v.as_bytes();
+        let token = match b.iter().position(|&c| c == b' ') {
+            Some(sp) => &b[sp + 1..],
+            None => b,
+        };
+        let token = token.trim_ascii();
+        if !token.is_empty() {
+            return Some(CredentialFingerprint::of(token));
+        }
+    }
+    headers
+        .get("x-api-key")
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|v| !v.is_empty())
+        .map(CredentialFingerprint::of)
+}
+
+fn ip_key(ip: IpAddr) -> ([u8; 16], usize) {
+    let mut buf = [0u8; 16];
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            4
+        }
+        IpAddr::V6(v6) => {
+            buf.copy_from_slice(&v6.octets());
+            16
+        }
+    };
+    (buf, len)
+}
+
+struct Keys {
+    addr: Option<([u8; 16], usize)>,
+    credential: Option<CredentialFingerprint>,
+}
+
+impl FailureConfig {
+    /// Runs `f` over the checks for `keys`.
+    fn with_checks<R>(&self, keys: &Keys, f: impl FnOnce(&[LocalCheck<'_>], &[&'static str]) -> R) -> R {
+        let mut checks = [LocalCheck {
+            policy: "",
+            key: b"",
+            qualifier: b"",
+            quota: self.quota,
+            cost: 1,
+        }; 2];
+        let mut names = [""; 2];
+        let mut n = 0;
+        if self.by_address
+            && let Some((buf, len)) = &keys.addr
+        {
+            checks[n] = LocalCheck {
+                policy: FAILURES_BY_ADDRESS,
+                key: &buf[..*len],
+                qualifier: b"",
+                quota: self.quota,
+                cost: 1,
+            };
+            names[n] = FAILURES_BY_ADDRESS;
+            n += 1;
+        }
+        if self.by_credential
+            && let Some(fp) = &keys.credential
+        {
+            checks[n] = LocalCheck {
+                policy: FAILURES_BY_CREDENTIAL,
+                key: fp.as_bytes(),
+                qualifier: b"",
+                quota: self.quota,
+                cost: 1,
+            };
+            names[n] = FAILURES_BY_CREDENTIAL;
+            n += 1;
+        }
+        f(&checks[..n], &names[..n])
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AuthFailureLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<GuardBody<ResB>>;
+    type Error = S::Error;
+    type Future = FailureFuture<S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let cfg = &*self.config;
+        let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
+        let keys = Keys {
+            addr: ctx.client_addr().map(|a| ip_key(a.ip())),
+            credential: presented_fingerprint(req.headers()),
+        };
+        let now = cfg.clock.unix_nanos();
+        // Would one more failure be admitted? If not, the key is blocked.
+        let blocked = cfg.with_checks(&keys, |checks, names| {
+            let mut out = [RateLimitDecision::default(); 2];
+            let mut worst: Option<(usize, RateLimitDecision)> = None;
+            for (i, c) in checks.iter().enumerate() {
+                let one = std::slice::from_ref(c);
+                if !cfg.store.check_at(now, one, CheckMode::Peek, &mut out[i..=i])
+                    && worst.is_none_or(|(_, w)| w.retry_after < out[i].retry_after)
+                {
+                    worst = Some((i, out[i]));
+                }
+            }
+            worst.map(|(i, d)| (names[i], d))
+        });
+        if let Some((policy, d)) = blocked {
+            let outcome = d.outcome(Arc::from(policy), &cfg.quota);
+            let denial = Denial::rate_limited(
+                Control::RateLimit,
+                "too_many_failed_authentications",
+                format!(
+                    "Too many failed authentications; retry in {} s",
+                    ceil_secs(d.retry_after).max(1)
+                ),
+                d.retry_after.max(Duration::from_nanos(1)),
+            )
+            .rate_limit(outcome.clone())
+            .with_request_id(ctx.request_id());
+            tracing::warn!(
+                target: "nhi_guard::rate_limit",
+                request_id = %ctx.request_id(),
+                policy,
+                shadow = cfg.shadow,
+                "blocked after repeated authentication failures"
+            );
+            if !cfg.shadow {
+                ctx.update(|s| s.rate_limit = Some(outcome));
+                ctx.deny(&denial);
+                return FailureFuture::rejected(respond(&*cfg.renderer, denial, Protocol::of(req.headers())));
+            }
+            ctx.record_shadow_denial(&denial);
+        }
+        FailureFuture::inner(self.inner.call(req), ctx, self.config.clone(), keys)
+    }
+}
+
+pin_project! {
+    /// Response future of [`AuthFailureLimit`]: counts the request as a failure
+    /// once the inner service answered, if identity failed.
+    pub struct FailureFuture<F, B> {
+        #[pin]
+        inner: GuardFuture<F, B>,
+        after: Option<After>,
+    }
+}
+
+struct After {
+    ctx: SecurityContext,
+    config: Arc<FailureConfig>,
+    keys: Keys,
+}
+
+impl<F, B> fmt::Debug for FailureFuture<F, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B> FailureFuture<F, B> {
+    fn inner(future: F, ctx: SecurityContext, config: Arc<FailureConfig>, keys: Keys) -> Self {
+        Self {
+            inner: GuardFuture::inner(future),
+            after: Some(After { ctx, config, keys }),
+        }
+    }
+
+    fn rejected(res: Response<GuardBody<B>>) -> Self {
+        Self {
+            inner: GuardFuture::rejected(res),
+            after: None,
+        }
+    }
+}
+
+impl<F, B, E> Future for FailureFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<GuardBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = ready!(this.inner.poll(cx));
+        if let Some(After {
+            ctx,
+            config,
+            mut keys,
+        }) = this.after.take()
+        {
+            let (failed, fp) = ctx.read(|s| {
+                let identity_denied =
+                    matches!(s.decision, Decision::Denied(d) if d.control == Control::Identity);
+                (
+                    s.identity_failure.is_some() || identity_denied,
+                    s.credential_fingerprint,
+                )
+            });
+            if failed {
+                if fp.is_some() {
+                    keys.credential = fp;
+                }
+                let now = config.clock.unix_nanos();
+                config.with_checks(&keys, |checks, _| {
+                    let mut out = [RateLimitDecision::default(); 1];
+                    // Each key counts on its own: a failure spends on both.
+                    for c in checks {
+                        config
+                            .store
+                            .check_at(now, std::slice::from_ref(c), CheckMode::Consume, &mut out);
+                    }
+                });
+            }
+        }
+        Poll::Ready(res)
+    }
+}

@@ -1,0 +1,265 @@
+//! `RateLimitLayer`: configuration only.
+
+use std::fmt;
+use std::sync::Arc;
+
+use nhi_guard_core::address::ClientAddrResolver;
+use nhi_guard_core::clock::{SharedClock, SystemClock};
+use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
+use nhi_guard_core::registry::SharedRegistry;
+use nhi_guard_core::store::{Quota, RateLimitStore};
+use tower_layer::Layer;
+
+use crate::limit::Limit;
+use crate::memory::{InMemoryStore, MAX_LIMITS};
+use crate::service::RateLimit;
+
+/// Why a rate-limit configuration is invalid. Names the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    field: &'static str,
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The configuration field at fault (`limits`, `limit.name`, `limit.cost`, ...).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid rate-limit configuration: {}: {}",
+            self.field, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the layer keeps its state.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// The in-process store, called synchronously (no future, no allocation).
+    Local(Arc<InMemoryStore>),
+    /// A shared store (Redis), called through its future.
+    Shared(Arc<dyn RateLimitStore>),
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) limits: Vec<Limit>,
+    pub(crate) backend: Backend,
+    pub(crate) clock: SharedClock,
+    pub(crate) resolver: ClientAddrResolver,
+    pub(crate) renderer: SharedRenderer,
+    pub(crate) registry: Option<SharedRegistry>,
+    pub(crate) default_quota: Quota,
+    pub(crate) route_groups: Vec<(Arc<str>, Arc<str>)>,
+    pub(crate) shadow: bool,
+    pub(crate) headers_on_allowed: bool,
+    pub(crate) needs_parts: bool,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitConfig")
+            .field("limits", &self.limits)
+            .field("backend", &self.backend)
+            .field("clock", &self.clock)
+            .field("registry", &self.registry.is_some())
+            .field("default_quota", &self.default_quota)
+            .field("route_groups", &self.route_groups)
+            .field("shadow", &self.shadow)
+            .field("headers_on_allowed", &self.headers_on_allowed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Applies GCRA rate limits to every request; see the [crate docs](crate).
+///
+/// Several limits may apply to one request: all must pass, and a request refused by
+/// one spends nothing on the others. Decisions happen in `call`; `poll_ready` only
+/// forwards to the inner service.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    config: Arc<Config>,
+}
+
+impl Default for RateLimitLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimitLayer {
+    /// A layer without limits, on an in-process store bounded to one million keys,
+    /// the system clock, the default renderer, headers on every response.
+    pub fn new() -> Self {
+        Self {
+            config: Arc::new(Config {
+                limits: Vec::new(),
+                backend: Backend::Local(Arc::new(InMemoryStore::new())),
+                clock: Arc::new(SystemClock),
+                resolver: ClientAddrResolver::new(),
+                renderer: DefaultRenderer::new().shared(),
+                registry: None,
+                default_quota: Quota::from_tier(nhi_guard_core::Tier::BUILT_IN_DEFAULT),
+                route_groups: Vec::new(),
+                shadow: false,
+                headers_on_allowed: true,
+                needs_parts: false,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Adds a limit.
+    ///
+    /// # Errors
+    /// `limits` when there would be more than 8; `limit.name` when the name is
+    /// empty, not printable ASCII, or already used; `limit.cost` when the cost is 0.
+    pub fn limit(mut self, limit: Limit) -> Result<Self, ConfigError> {
+        if self.config.limits.len() >= MAX_LIMITS {
+            return Err(ConfigError::new(
+                "limits",
+                format!("at most {MAX_LIMITS} limits per layer"),
+            ));
+        }
+        if limit.name.is_empty() || !limit.name.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err(ConfigError::new(
+                "limit.name",
+                "must be non-empty printable ASCII (it is sent in the RateLimit-Policy field)",
+            ));
+        }
+        if self.config.limits.iter().any(|l| l.name == limit.name) {
+            return Err(ConfigError::new(
+                "limit.name",
+                format!("`{}` is used twice", limit.name),
+            ));
+        }
+        if limit.cost == 0 {
+            return Err(ConfigError::new("limit.cost", "must be at least 1"));
+        }
+        let c = self.config_mut();
+        c.needs_parts |= limit.needs_parts();
+        c.limits.push(limit);
+        Ok(self)
+    }
+
+    /// Keeps state in `store` (an [`InMemoryStore`] of your own size or clock).
+    #[must_use]
+    pub fn in_memory_store(mut self, store: Arc<InMemoryStore>) -> Self {
+        self.config_mut().backend = Backend::Local(store);
+        self
+    }
+
+    /// Keeps state in a shared store (e.g. `nhi_guard_redis::RedisStore`), whose
+    /// failure policy decides what happens when it is unreachable. When it fails
+    /// closed, the layer answers 503 (`UNAVAILABLE` for gRPC).
+    #[must_use]
+    pub fn shared_store(mut self, store: Arc<dyn RateLimitStore>) -> Self {
+        self.config_mut().backend = Backend::Shared(store);
+        self
+    }
+
+    /// Reads time from `clock` (tests: `ManualClock` or `TokioClock`). Shared stores
+    /// use their own time (Redis: the server's).
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config_mut().clock = clock;
+        self
+    }
+
+    /// Resolves client addresses with `resolver` (trusted proxies), when this layer
+    /// creates the security context.
+    #[must_use]
+    pub fn address_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+        self.config_mut().resolver = resolver;
+        self
+    }
+
+    /// Renders denials with `renderer`.
+    #[must_use]
+    pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
+        self.config_mut().renderer = Arc::new(renderer);
+        self
+    }
+
+    /// Looks tiers up in `registry` on each request (`registry.tier(principal's
+    /// tier name)`), so a tier change in the inventory applies at once. Without a
+    /// registry the tier quota the principal carries is used.
+    #[must_use]
+    pub fn registry(mut self, registry: SharedRegistry) -> Self {
+        self.config_mut().registry = Some(registry);
+        self
+    }
+
+    /// The quota for clients whose tier the registry does not know (default: the
+    /// built-in default tier, 10 per second, bursts of 20).
+    #[must_use]
+    pub fn default_quota(mut self, quota: Quota) -> Self {
+        self.config_mut().default_quota = quota;
+        self
+    }
+
+    /// Names a route group: requests whose path starts with `path_prefix` (at a
+    /// segment boundary) belong to `group`; the longest prefix wins. Per-route
+    /// limits key on the group, so path parameters (`/orders/123`) do not create
+    /// a key each. Requests in no group use the route template recorded in the
+    /// security context, or the group `*`.
+    ///
+    /// # Errors
+    /// `route_group.path_prefix` when it does not start with `/`;
+    /// `route_group.name` when the name is empty.
+    pub fn route_group(mut self, group: &str, path_prefix: &str) -> Result<Self, ConfigError> {
+        if !path_prefix.starts_with('/') {
+            return Err(ConfigError::new("route_group.path_prefix", "must start with `/`"));
+        }
+        if group.is_empty() {
+            return Err(ConfigError::new("route_group.name", "must not be empty"));
+        }
+        let c = self.config_mut();
+        c.route_groups
+            .push((Arc::from(path_prefix.trim_end_matches('/')), Arc::from(group)));
+        c.route_groups.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        Ok(self)
+    }
+
+    /// Shadow mode: over-limit requests pass, and the denial they would have got is
+    /// recorded in the security context (`shadow_denials`) and logged.
+    #[must_use]
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.config_mut().shadow = shadow;
+        self
+    }
+
+    /// Whether allowed responses carry `RateLimit-Policy` / `RateLimit` too (default
+    /// true; 429 responses always do).
+    #[must_use]
+    pub fn headers_on_allowed(mut self, on: bool) -> Self {
+        self.config_mut().headers_on_allowed = on;
+        self
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.config.clone())
+    }
+}

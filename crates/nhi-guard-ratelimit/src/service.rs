@@ -1,0 +1,372 @@
+//! `RateLimit<S>`: the service and its decision.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use nhi_guard_core::context::{Control, RateLimitOutcome};
+use nhi_guard_core::denial::{
+    GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, insert_rate_limit_headers, respond,
+};
+use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision};
+use nhi_guard_core::{ClientId, Denial, GuardBody, Principal, SecurityContext};
+use tower_service::Service;
+
+use crate::future::{Pending, ResponseFuture};
+use crate::layer::{Backend, Config};
+use crate::limit::{KeyKind, Limit, QuotaSource, RequestCost};
+use crate::memory::{LocalCheck, MAX_LIMITS};
+
+/// The service of [`RateLimitLayer`](crate::RateLimitLayer).
+pub struct RateLimit<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S> RateLimit<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// The verified client, as far as the limits need it.
+struct Who {
+    id: ClientId,
+    tier_quota: Quota,
+}
+
+fn who_of(cfg: &Config, p: &Principal) -> Who {
+    let tier_quota = match &cfg.registry {
+        Some(r) => r.tier(p.tier_name()).map_or(cfg.default_quota, Quota::from_tier),
+        None => Quota::from_tier(p.tier()),
+    };
+    Who {
+        id: p.client_id().clone(),
+        tier_quota,
+    }
+}
+
+static ANY_ROUTE: &str = "*";
+
+fn route_group(cfg: &Config, path: &str, ctx: &SecurityContext) -> Arc<str> {
+    for (prefix, name) in &cfg.route_groups {
+        if prefix.is_empty()
+            || (path.starts_with(&**prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+        {
+            return name.clone();
+        }
+    }
+    ctx.read(|s| s.route.clone())
+        .unwrap_or_else(|| Arc::from(ANY_ROUTE))
+}
+
+fn quota_for(cfg: &Config, limit: &Limit, who: Option<&Who>, group: Option<&str>) -> Quota {
+    if let Some(g) = group
+        && let Some((_, q)) = limit.route_quotas.iter().find(|(n, _)| &**n == g)
+    {
+        return *q;
+    }
+    match limit.quota {
+        QuotaSource::Fixed(q) => q,
+        QuotaSource::Tier => who.map_or(cfg.default_quota, |w| w.tier_quota),
+    }
+}
+
+/// Which limit (by index in the layer) each check belongs to, and its quota.
+pub(crate) type Meta = [(usize, Quota); MAX_LIMITS];
+
+pub(crate) enum Verdict<B> {
+    Pass(Option<Vec<RateLimitOutcome>>),
+    Reject(Response<GuardBody<B>>),
+}
+
+/// Records the decisions in the context and turns them into a pass or a denial.
+pub(crate) fn verdict<B>(
+    cfg: &Config,
+    ctx: &SecurityContext,
+    meta: &[(usize, Quota)],
+    decisions: &[RateLimitDecision],
+    protocol: Protocol,
+) -> Verdict<B> {
+    let outcome = |i: usize| decisions[i].outcome(cfg.limits[meta[i].0].name.clone(), &meta[i].1);
+    let limited = decisions.iter().any(|d| !d.allowed);
+    // The deciding limit: the refusing one with the longest wait, or the tightest.
+    let decider = if limited {
+        (0..decisions.len())
+            .filter(|&i| !decisions[i].allowed)
+            .max_by_key(|&i| decisions[i].retry_after)
+    } else {
+        (0..decisions.len()).min_by_key(|&i| (decisions[i].remaining, std::cmp::Reverse(decisions[i].reset)))
+    };
+    let Some(decider) = decider else {
+        ctx.allow();
+        return Verdict::Pass(None);
+    };
+    let decided = outcome(decider);
+    let with_headers = limited || cfg.headers_on_allowed;
+    let all: Vec<RateLimitOutcome> = if with_headers {
+        (0..decisions.len()).map(outcome).collect()
+    } else {
+        Vec::new()
+    };
+    if !limited {
+        ctx.update(|s| s.rate_limit = Some(decided));
+        ctx.allow();
+        return Verdict::Pass(with_headers.then_some(all));
+    }
+    let retry = decisions[decider].retry_after;
+    let mut denial = Denial::rate_limited(
+        Control::RateLimit,
+        "rate_limited",
+        format!(
+            "Rate limit \"{}\" exceeded; retry in {} s",
+            decided.policy,
+            nhi_guard_core::store::ceil_secs(retry).max(1)
+        ),
+        retry.max(Duration::from_nanos(1)),
+    )
+    .with_request_id(ctx.request_id());
+    for o in all.iter().cloned() {
+        denial = denial.rate_limit(o);
+    }
+    tracing::info!(
+        target: "nhi_guard::rate_limit",
+        request_id = %ctx.request_id(),
+        policy = %decided.policy,
+        retry_after_ms = u64::try_from(retry.as_millis()).unwrap_or(u64::MAX),
+        shadow = cfg.shadow,
+        "rate limit exceeded"
+    );
+    ctx.update(|s| s.rate_limit = Some(decided));
+    if cfg.shadow {
+        ctx.record_shadow_denial(&denial);
+        ctx.allow();
+        return Verdict::Pass(cfg.headers_on_allowed.then_some(all));
+    }
+    ctx.deny(&denial);
+    Verdict::Reject(respond(&*cfg.renderer, denial, protocol))
+}
+
+/// The answer when a shared store fails closed.
+pub(crate) fn unavailable<B>(
+    cfg: &Config,
+    ctx: &SecurityContext,
+    protocol: Protocol,
+    err: &dyn fmt::Display,
+) -> Verdict<B> {
+    tracing::warn!(
+        target: "nhi_guard::rate_limit",
+        request_id = %ctx.request_id(),
+        error = %err,
+        "rate-limit store failed closed"
+    );
+    let denial = Denial::custom(
+        Control::RateLimit,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "rate_limit_unavailable",
+        "Service unavailable",
+        "Rate limiting is temporarily unavailable",
+        GrpcCode::Unavailable,
+    )
+    .retry_after(Duration::from_secs(1))
+    .with_request_id(ctx.request_id());
+    if cfg.shadow {
+        ctx.record_shadow_denial(&denial);
+        return Verdict::Pass(None);
+    }
+    ctx.deny(&denial);
+    Verdict::Reject(respond(&*cfg.renderer, denial, protocol))
+}
+
+/// Adds the rate-limit fields, after those an inner rate-limit layer already set.
+pub(crate) fn add_headers(headers: &mut HeaderMap, outcomes: &[RateLimitOutcome]) {
+    let prev_policy = headers.remove(&RATELIMIT_POLICY);
+    let prev_state = headers.remove(&RATELIMIT);
+    insert_rate_limit_headers(headers, outcomes);
+    for (name, prev) in [(&RATELIMIT_POLICY, prev_policy), (&RATELIMIT, prev_state)] {
+        let (Some(prev), Some(mine)) = (prev, headers.get(name)) else {
+            continue;
+        };
+        let mut joined = Vec::with_capacity(prev.len() + mine.len() + 2);
+        joined.extend_from_slice(prev.as_bytes());
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(mine.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(name.clone(), v);
+        }
+    }
+}
+
+fn addr_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            buf[..4].copy_from_slice(&v4.octets());
+            4
+        }
+        IpAddr::V6(v6) => {
+            buf.copy_from_slice(&v6.octets());
+            16
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+{
+    type Response = Response<GuardBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB, S::Future, ResB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let cfg = &*self.config;
+        let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
+        let protocol = Protocol::of(req.headers());
+        let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
+        let who = ctx
+            .read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
+            .or_else(|| req.extensions().get::<Principal>().map(|p| who_of(cfg, p)));
+        let needs_group = cfg
+            .limits
+            .iter()
+            .any(|l| matches!(l.key, KeyKind::ClientRoute) || !l.route_quotas.is_empty());
+        let group = needs_group.then(|| route_group(cfg, req.uri().path(), &ctx));
+        let mut custom: [Option<String>; MAX_LIMITS] = Default::default();
+        if cfg.needs_parts {
+            let (parts, body) = req.into_parts();
+            for (i, l) in cfg.limits.iter().enumerate() {
+                if let KeyKind::Custom(f) = &l.key {
+                    custom[i] = f(&parts, &ctx);
+                }
+            }
+            req = Request::from_parts(parts, body);
+        }
+        let mut addr = [0u8; 16];
+        let addr_len = ctx.client_addr().map(|a| addr_bytes(a.ip(), &mut addr));
+
+        let placeholder = cfg.default_quota;
+        let mut checks = [LocalCheck {
+            policy: "",
+            key: b"",
+            qualifier: b"",
+            quota: placeholder,
+            cost: 1,
+        }; MAX_LIMITS];
+        let mut meta: Meta = [(0, placeholder); MAX_LIMITS];
+        let mut n = 0;
+        for (i, limit) in cfg.limits.iter().enumerate() {
+            let (key, qualifier): (&[u8], &[u8]) = match &limit.key {
+                KeyKind::Address => match addr_len {
+                    Some(len) => (&addr[..len], b""),
+                    None => continue,
+                },
+                KeyKind::Client => match &who {
+                    Some(w) => (w.id.as_str().as_bytes(), b""),
+                    None => continue,
+                },
+                KeyKind::ClientRoute => match &who {
+                    Some(w) => (
+                        w.id.as_str().as_bytes(),
+                        group.as_deref().unwrap_or(ANY_ROUTE).as_bytes(),
+                    ),
+                    None => continue,
+                },
+                KeyKind::Custom(_) => match &custom[i] {
+                    Some(k) => (k.as_bytes(), b""),
+                    None => continue,
+                },
+            };
+            let quota = quota_for(cfg, limit, who.as_ref(), group.as_deref());
+            checks[n] = LocalCheck {
+                policy: &limit.name,
+                key,
+                qualifier,
+                quota,
+                cost: cost_override.unwrap_or(limit.cost),
+            };
+            meta[n] = (i, quota);
+            n += 1;
+        }
+
+        match &cfg.backend {
+            Backend::Local(store) => {
+                let mut out = [RateLimitDecision::default(); MAX_LIMITS];
+                if n > 0 {
+                    store.check_at(
+                        cfg.clock.unix_nanos(),
+                        &checks[..n],
+                        CheckMode::Consume,
+                        &mut out[..n],
+                    );
+                }
+                match verdict(cfg, &ctx, &meta[..n], &out[..n], protocol) {
+                    Verdict::Pass(outcomes) => ResponseFuture::inner(self.inner.call(req), outcomes),
+                    Verdict::Reject(res) => ResponseFuture::ready(res),
+                }
+            }
+            Backend::Shared(store) => {
+                if n == 0 {
+                    ctx.allow();
+                    return ResponseFuture::inner(self.inner.call(req), None);
+                }
+                let owned: Arc<[RateLimitCheck]> = checks[..n]
+                    .iter()
+                    .zip(&meta[..n])
+                    .map(|(c, m)| RateLimitCheck {
+                        policy: cfg.limits[m.0].name.clone(),
+                        key: c.key.into(),
+                        qualifier: c.qualifier.into(),
+                        quota: c.quota,
+                        cost: c.cost,
+                    })
+                    .collect();
+                let check = store.check(owned, CheckMode::Consume);
+                // Take the service that was driven to readiness; leave a clone.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::checking(
+                    check,
+                    Pending {
+                        inner,
+                        req,
+                        config: self.config.clone(),
+                        ctx,
+                        meta,
+                        n,
+                        protocol,
+                    },
+                )
+            }
+        }
+    }
+}
