@@ -18,7 +18,9 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokio::time::Instant;
+use std::time::SystemTime;
+
+use nhi_guard_core::clock::{SharedClock, SystemClock};
 
 use crate::keys::KeySet;
 
@@ -172,6 +174,8 @@ pub struct JwksConfig {
     pub max_staleness: Duration,
     /// Timeout of one fetch (default 5 s).
     pub timeout: Duration,
+    /// The clock measuring staleness and the cooldown (tests use a `ManualClock`).
+    pub clock: SharedClock,
 }
 
 impl Default for JwksConfig {
@@ -184,6 +188,7 @@ impl Default for JwksConfig {
             unknown_kid_cooldown: Duration::from_secs(30),
             max_staleness: Duration::from_secs(24 * 3600),
             timeout: Duration::from_secs(5),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -192,7 +197,7 @@ impl Default for JwksConfig {
 struct Snapshot {
     keys: Arc<KeySet>,
     /// When the set was last confirmed (200 or 304); `None` before the first.
-    confirmed: Option<Instant>,
+    confirmed: Option<SystemTime>,
     etag: Option<String>,
 }
 
@@ -223,7 +228,7 @@ pub struct RemoteKeys {
     fetch_lock: tokio::sync::Mutex<()>,
     /// Completed fetch attempts, to let waiters see that one happened.
     attempts: AtomicU64,
-    last_unknown_kid_fetch: Mutex<Option<Instant>>,
+    last_unknown_kid_fetch: Mutex<Option<SystemTime>>,
     stats: Mutex<JwksStats>,
 }
 
@@ -327,7 +332,7 @@ impl RemoteKeys {
     pub(crate) fn usable_keys(&self) -> Option<Arc<KeySet>> {
         let snap = self.current.load();
         let confirmed = snap.confirmed?;
-        (confirmed.elapsed() <= self.config.max_staleness).then(|| snap.keys.clone())
+        (self.since(confirmed) <= self.config.max_staleness).then(|| snap.keys.clone())
     }
 
     /// Whether an unknown `kid` may trigger a fetch now (the cooldown since the
@@ -337,7 +342,15 @@ impl RemoteKeys {
             .last_unknown_kid_fetch
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        last.is_none_or(|t| t.elapsed() >= self.config.unknown_kid_cooldown)
+        last.is_none_or(|t| self.since(t) >= self.config.unknown_kid_cooldown)
+    }
+
+    fn since(&self, t: SystemTime) -> Duration {
+        self.config
+            .clock
+            .now()
+            .duration_since(t)
+            .unwrap_or(Duration::ZERO)
     }
 
     /// The number of completed fetch attempts so far.
@@ -359,10 +372,10 @@ impl RemoteKeys {
                 .last_unknown_kid_fetch
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < self.config.unknown_kid_cooldown) {
+            if last.is_some_and(|t| self.since(t) < self.config.unknown_kid_cooldown) {
                 return;
             }
-            *last = Some(Instant::now());
+            *last = Some(self.config.clock.now());
         }
         self.stats
             .lock()
@@ -391,7 +404,7 @@ impl RemoteKeys {
                 self.bump(|s| s.not_modified += 1);
                 self.current.store(Arc::new(Snapshot {
                     keys: snap.keys.clone(),
-                    confirmed: Some(Instant::now()),
+                    confirmed: Some(self.config.clock.now()),
                     etag: snap.etag.clone(),
                 }));
                 tracing::debug!(target: TARGET, url = %self.url, "key set not modified");
@@ -409,7 +422,7 @@ impl RemoteKeys {
                     );
                     self.current.store(Arc::new(Snapshot {
                         keys: Arc::new(keys),
-                        confirmed: Some(Instant::now()),
+                        confirmed: Some(self.config.clock.now()),
                         etag,
                     }));
                     Ok(self.interval(max_age))
