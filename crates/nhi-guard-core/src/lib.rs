@@ -42,8 +42,10 @@ pub mod future;
 mod inventory_toml;
 pub mod principal;
 pub mod registry;
+pub mod risk_store;
 pub mod scope;
 pub mod store;
+pub mod usage;
 
 #[cfg(feature = "axum")]
 pub mod extract;
