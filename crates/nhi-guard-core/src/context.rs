@@ -210,6 +210,9 @@ pub struct ContextState {
     pub credential_fingerprint: Option<CredentialFingerprint>,
     /// Why identity failed, when it did (stable reason code).
     pub identity_failure: Option<&'static str>,
+    /// When the presented credential was issued (a token's `iat`), when the identity
+    /// control knows it; the risk layer's step-up (RFC 9470 `max_age`) reads it.
+    pub credential_issued_at: Option<SystemTime>,
     /// The client's registration expires within the warning window.
     pub client_expiring_soon: bool,
     /// The route template (`/inventory/{sku}`), when a control or the router knows it.

@@ -42,6 +42,7 @@ pub mod future;
 mod inventory_toml;
 pub mod principal;
 pub mod registry;
+pub mod risk_store;
 pub mod scope;
 pub mod store;
 pub mod usage;
