@@ -420,7 +420,7 @@ mod tests {
             }
         );
         assert_eq!(u.denied["z"].count, 1);
-        let json = serde_json::to_value(&u).unwrap();
+        let json = serde_json::to_value(&u).expect("valid");
         assert_eq!(json["used"]["x"]["last"], "2027-01-15T08:00:20Z");
     }
 }

@@ -1,0 +1,123 @@
+//! Per-request cost of the scope check: the bare service against the layer with 10,
+//! 100 and 1,000 rules, in the same run.
+//!
+//! The request carries a principal (as the identity layer leaves it) and the
+//! security context an outer guard layer created, so the figures are the scope
+//! layer's own cost: policy match, scope check, context record and usage record.
+//! `alone` also creates the context (the layer used without any other guard).
+
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{Method, Request, Response};
+use nhi_guard_core::address::ClientAddrResolver;
+use nhi_guard_core::clock::SystemClock;
+use nhi_guard_core::registry::{ClientRecord, Tier};
+use nhi_guard_core::usage::InMemoryUsageStore;
+use nhi_guard_core::{CredentialInfo, Principal, ScopeSet, SecurityContext};
+use nhi_guard_scope::{Policy, Require, ScopeLayer};
+use tower::{Layer, Service, service_fn};
+
+fn policy(n: usize) -> Policy {
+    let mut b = Policy::builder();
+    // n rules in families like a real API: /svcN/items/{id}, /svcN/items, /svcN/*.
+    for i in 0..n {
+        b = match i % 4 {
+            0 => b.get(
+                format!("/svc{}/items/{{id}}", i / 4),
+                Require::all_of("orders:read"),
+            ),
+            1 => b.post(format!("/svc{}/items", i / 4), Require::all_of("orders:write")),
+            2 => b.any(format!("/svc{}/*", i / 4), Require::all_of("admin")),
+            _ => b.get(
+                format!("/svc{}/items/{{id}}/history", i / 4),
+                Require::any_of("audit orders:read"),
+            ),
+        };
+    }
+    b.build().expect("valid policy")
+}
+
+fn principal() -> Principal {
+    let record = ClientRecord::builder(
+        "inventory-sync",
+        "ops@example.com",
+        "bench",
+        SystemTime::now() + Duration::from_secs(86_400),
+    )
+    .scopes(ScopeSet::parse("orders:read orders:write").expect("scopes"))
+    .build()
+    .expect("record");
+    Principal::new(
+        Arc::new(record),
+        CredentialInfo::ApiKey { prefix: "sk".into() },
+        ScopeSet::parse("orders:read orders:write").expect("scopes"),
+        Tier::BUILT_IN_DEFAULT,
+    )
+}
+
+fn drive<S, B>(svc: &mut S, req: Request<()>) -> Response<B>
+where
+    S: Service<Request<()>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut fut = std::pin::pin!(svc.call(req));
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(res) => res.expect("infallible"),
+        Poll::Pending => unreachable!("the handler is ready at once"),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let principal = principal();
+    let path = "/svc2/items/12345";
+    let make_req = |with_ctx: bool| {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .body(())
+            .expect("request");
+        req.extensions_mut().insert(principal.clone());
+        if with_ctx {
+            SecurityContext::get_or_insert(&mut req, &ClientAddrResolver::new(), &SystemClock);
+        }
+        req
+    };
+    let handler =
+        service_fn(|_req: Request<()>| async { Ok::<_, std::convert::Infallible>(Response::new(())) });
+
+    let mut group = c.benchmark_group("scope");
+    let mut bare = handler;
+    group.bench_function("bare", |b| {
+        b.iter(|| black_box(drive(&mut bare, black_box(make_req(true)))))
+    });
+    for n in [10usize, 100, 1000] {
+        let store = Arc::new(InMemoryUsageStore::new());
+        let mut svc = ScopeLayer::new(policy(n)).usage_store(store).layer(handler);
+        let res = drive(&mut svc, make_req(true));
+        assert_eq!(res.status(), 200, "the benchmark request must be allowed");
+        group.bench_with_input(BenchmarkId::new("layer", n), &n, |b, _| {
+            b.iter(|| black_box(drive(&mut svc, black_box(make_req(true)))))
+        });
+    }
+    let mut bare = handler;
+    group.bench_function("bare_no_context", |b| {
+        b.iter(|| black_box(drive(&mut bare, black_box(make_req(false)))))
+    });
+    let mut alone = ScopeLayer::new(policy(100))
+        .usage_store(Arc::new(InMemoryUsageStore::new()))
+        .layer(handler);
+    group.bench_function("alone/100", |b| {
+        b.iter(|| black_box(drive(&mut alone, black_box(make_req(false)))))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

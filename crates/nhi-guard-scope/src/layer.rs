@@ -1,0 +1,178 @@
+//! [`ScopeLayer`]: configuration of the scope control.
+
+use std::fmt;
+use std::sync::Arc;
+
+use nhi_guard_core::clock::SharedClock;
+use nhi_guard_core::denial::{DefaultRenderer, SharedRenderer};
+use nhi_guard_core::usage::SharedUsageStore;
+use nhi_guard_core::{ClientAddrResolver, RenderDenial, SystemClock};
+use tower_layer::Layer;
+
+use crate::policy::{Fallback, Policy, PolicyError, Require, Rule};
+use crate::service::Scope;
+
+#[derive(Clone)]
+pub(crate) enum Matcher {
+    /// A route table.
+    Policy(Arc<Policy>),
+    /// One requirement for every request reaching the layer (per-route use).
+    Fixed(Arc<Rule>),
+}
+
+impl Matcher {
+    #[inline]
+    pub(crate) fn find(&self, method: &http::Method, path: &str) -> (Option<&Rule>, Fallback) {
+        match self {
+            Self::Policy(p) => (p.find(method, path), p.fallback()),
+            Self::Fixed(r) => (Some(r), Fallback::Deny),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) matcher: Matcher,
+    pub(crate) shadow: bool,
+    pub(crate) renderer: SharedRenderer,
+    pub(crate) store: Option<SharedUsageStore>,
+    pub(crate) clock: SharedClock,
+    pub(crate) resolver: ClientAddrResolver,
+}
+
+/// Checks every request's principal against the scopes its route requires.
+///
+/// Built from a [`Policy`] (a route table, for the whole service) with
+/// [`ScopeLayer::new`], or from one [`Require`] for a single route or nested
+/// router with [`ScopeLayer::require`] / [`ScopeLayer::for_route`] (axum's
+/// `route_layer`).
+///
+/// The principal is read from the request's `Principal` extension, else from the
+/// [`SecurityContext`](nhi_guard_core::SecurityContext). Without one, a route that is
+/// not public gets 401; a principal lacking scopes gets 403 `insufficient_scope`
+/// (gRPC: `PERMISSION_DENIED`); a route outside the policy gets the policy's
+/// [`Fallback`]. The context records the route template, the [`ScopeOutcome`]
+/// (rule, required, granted, missing) and the decision.
+///
+/// [`ScopeOutcome`]: nhi_guard_core::context::ScopeOutcome
+#[derive(Clone)]
+#[must_use]
+pub struct ScopeLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+impl fmt::Debug for ScopeLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ScopeLayer");
+        match &self.config.matcher {
+            Matcher::Policy(p) => d.field("rules", &p.len()).field("fallback", &p.fallback()),
+            Matcher::Fixed(r) => d.field("rule", &r.label()),
+        };
+        d.field("shadow", &self.config.shadow)
+            .field("usage_store", &self.config.store)
+            .field("clock", &self.config.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScopeLayer {
+    /// A layer enforcing `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Self::with_matcher(Matcher::Policy(Arc::new(policy)))
+    }
+
+    /// A layer enforcing one requirement on every request it sees: put it on one
+    /// route or a nested router (`route_layer`), or on a tonic service.
+    ///
+    /// # Errors
+    /// A [`PolicyError`] when the requirement's scopes are invalid or empty.
+    pub fn require(requirement: Require) -> Result<Self, PolicyError> {
+        let rule = requirement.compile(Arc::from(format!("route {requirement}")), None)?;
+        Ok(Self::with_matcher(Matcher::Fixed(Arc::new(rule))))
+    }
+
+    /// A per-route layer with this layer's settings (shadow mode, renderer, usage
+    /// store, clock, address resolver) and one requirement instead of the policy.
+    ///
+    /// # Errors
+    /// As [`ScopeLayer::require`].
+    pub fn for_route(&self, requirement: Require) -> Result<Self, PolicyError> {
+        let rule = requirement.compile(Arc::from(format!("route {requirement}")), None)?;
+        let mut config = (*self.config).clone();
+        config.matcher = Matcher::Fixed(Arc::new(rule));
+        Ok(Self {
+            config: Arc::new(config),
+        })
+    }
+
+    fn with_matcher(matcher: Matcher) -> Self {
+        Self {
+            config: Arc::new(Config {
+                matcher,
+                shadow: false,
+                renderer: DefaultRenderer::new().shared(),
+                store: None,
+                clock: Arc::new(SystemClock),
+                resolver: ClientAddrResolver::new(),
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Shadow mode: a request that would be refused is let through; the denial is
+    /// recorded in the context (`shadow_denials`) and logged instead.
+    pub fn shadow(mut self, shadow: bool) -> Self {
+        self.config_mut().shadow = shadow;
+        self
+    }
+
+    /// The `realm` of `WWW-Authenticate` challenges (default `api`), with the
+    /// default rendering.
+    pub fn realm(mut self, realm: impl Into<Arc<str>>) -> Self {
+        self.config_mut().renderer = DefaultRenderer::new().realm(realm).shared();
+        self
+    }
+
+    /// Replaces the rendering of denials.
+    pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
+        self.config_mut().renderer = Arc::new(renderer);
+        self
+    }
+
+    /// Records scope use and refused scopes here, for the least-privilege report.
+    pub fn usage_store(mut self, store: SharedUsageStore) -> Self {
+        self.config_mut().store = Some(store);
+        self
+    }
+
+    /// The clock of contexts this layer creates (default: the system clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config_mut().clock = clock;
+        self
+    }
+
+    /// How contexts this layer creates resolve the client address.
+    pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+        self.config_mut().resolver = resolver;
+        self
+    }
+
+    /// The policy, when this layer has one (not for per-route layers).
+    pub fn policy(&self) -> Option<&Policy> {
+        match &self.config.matcher {
+            Matcher::Policy(p) => Some(p),
+            Matcher::Fixed(_) => None,
+        }
+    }
+}
+
+impl<S> Layer<S> for ScopeLayer {
+    type Service = Scope<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Scope::new(inner, self.config.clone())
+    }
+}

@@ -1,0 +1,403 @@
+//! The least-privilege report: per client, what it was granted, what it used and
+//! when, what it never used, and what it tried without holding it.
+//!
+//! It joins the inventory ([`ClientRegistry`]) with what the scope layer recorded
+//! in a [`ScopeUsageStore`]. Serialise it with serde (JSON), or mount
+//! [`ReportService::get_handler`] (feature `axum`) as `GET /admin/clients`.
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use std::time::{Duration, UNIX_EPOCH};
+//! use nhi_guard_core::clock::ManualClock;
+//! use nhi_guard_core::registry::{ClientRecord, InMemoryRegistry, Inventory};
+//! use nhi_guard_core::usage::{InMemoryUsageStore, ScopeUsageStore};
+//! use nhi_guard_core::{ClientId, ScopeSet};
+//! use nhi_guard_scope::report::ReportService;
+//!
+//! let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+//! let record = ClientRecord::builder("billing-export", "finance@example.com", "Nightly export", now + Duration::from_secs(10 * 86_400))
+//!     .scopes(ScopeSet::parse("invoices:read invoices:write").unwrap())
+//!     .build().unwrap();
+//! let registry = Arc::new(InMemoryRegistry::new(Inventory::builder().client(record).build().unwrap()));
+//! let store = Arc::new(InMemoryUsageStore::new());
+//! store.record_use(&ClientId::from("billing-export"), "invoices:read", now);
+//!
+//! let reports = ReportService::new(registry, store).clock(Arc::new(ManualClock::at(now)));
+//! let report = futures_lite_block_on(reports.report());
+//! let client = &report.unwrap().clients[0];
+//! assert_eq!(client.days_left, 10);
+//! assert_eq!(client.unused.to_string(), "invoices:write");
+//! # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+//! #     let mut f = std::pin::pin!(f);
+//! #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+//! #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nhi_guard_core::clock::SharedClock;
+use nhi_guard_core::registry::{ClientRecord, ClientRegistry, ClientStatus, SharedRegistry};
+use nhi_guard_core::usage::{ClientUsage, ScopeUsageStore, SharedUsageStore, UsageStoreError};
+use nhi_guard_core::{ClientId, ScopeSet, SystemClock, rfc3339};
+use serde::Serialize;
+
+/// One scope a client exercised.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UsedScope {
+    /// The scope.
+    pub scope: String,
+    /// Allowed requests that needed it.
+    pub uses: u64,
+    /// The most recent one (RFC 3339).
+    pub last_used: String,
+    /// Whether the client is still granted it (the inventory may have narrowed).
+    pub granted: bool,
+}
+
+/// One scope a client was refused for lacking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct DeniedScope {
+    /// The missing scope.
+    pub scope: String,
+    /// Refused (or, in shadow mode, would-be refused) requests that lacked it.
+    pub attempts: u64,
+    /// The most recent attempt (RFC 3339).
+    pub last_attempt: String,
+}
+
+/// The least-privilege view of one client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ClientReport {
+    /// The client id.
+    pub client_id: ClientId,
+    /// Who answers for it.
+    pub owner: String,
+    /// What it is for.
+    pub purpose: String,
+    /// Active or suspended.
+    pub status: ClientStatus,
+    /// When its registration expires (RFC 3339).
+    pub expires: String,
+    /// Whole days until expiry (negative once expired).
+    pub days_left: i64,
+    /// The registration expires within the inventory's warning window.
+    pub expiring_soon: bool,
+    /// The scopes it may hold (its ceiling in the inventory).
+    pub granted: ScopeSet,
+    /// The scopes it exercised, with the last use.
+    pub used: Vec<UsedScope>,
+    /// Granted scopes not exercised since the report's `unused_since` time: the
+    /// candidates for narrowing the grant.
+    pub unused: ScopeSet,
+    /// Scopes it was refused for lacking, with attempt counts.
+    pub denied: Vec<DeniedScope>,
+    /// The usage store dropped some scopes of this client (memory bound).
+    pub truncated: bool,
+}
+
+/// The least-privilege report over the whole inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct InventoryReport {
+    /// When the report was made (RFC 3339).
+    pub generated_at: String,
+    /// Scopes count as unused when not exercised at or after this time (RFC 3339).
+    pub unused_since: String,
+    /// One entry per client, sorted by id.
+    pub clients: Vec<ClientReport>,
+}
+
+fn days_left(expires: SystemTime, now: SystemTime) -> i64 {
+    const DAY: u64 = 86_400;
+    match expires.duration_since(now) {
+        Ok(left) => i64::try_from(left.as_secs() / DAY).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs().div_ceil(DAY)).unwrap_or(i64::MAX),
+    }
+}
+
+/// Builds the report of one client from its record and recorded usage.
+pub fn client_report(
+    record: &ClientRecord,
+    usage: &ClientUsage,
+    now: SystemTime,
+    since: SystemTime,
+    expiry_warning: Duration,
+) -> ClientReport {
+    let granted = record.scopes().clone();
+    let used = usage
+        .used
+        .iter()
+        .map(|(scope, stat)| UsedScope {
+            scope: scope.clone(),
+            uses: stat.count,
+            last_used: rfc3339(stat.last),
+            granted: granted.contains(scope),
+        })
+        .collect();
+    let unused = ScopeSet::try_from_iter(
+        granted
+            .iter()
+            .filter(|s| usage.used.get(*s).is_none_or(|stat| stat.last < since)),
+    )
+    .unwrap_or_default();
+    let denied = usage
+        .denied
+        .iter()
+        .map(|(scope, stat)| DeniedScope {
+            scope: scope.clone(),
+            attempts: stat.count,
+            last_attempt: rfc3339(stat.last),
+        })
+        .collect();
+    let expires = record.expires();
+    ClientReport {
+        client_id: record.id().clone(),
+        owner: record.owner().to_owned(),
+        purpose: record.purpose().to_owned(),
+        status: record.status(),
+        expires: rfc3339(expires),
+        days_left: days_left(expires, now),
+        expiring_soon: expires > now && expires.duration_since(now).is_ok_and(|l| l <= expiry_warning),
+        granted,
+        used,
+        unused,
+        denied,
+        truncated: usage.truncated,
+    }
+}
+
+/// Builds the report over every client of `registry`.
+///
+/// # Errors
+/// The first error of the usage store.
+pub async fn inventory_report(
+    registry: &dyn ClientRegistry,
+    store: &dyn ScopeUsageStore,
+    now: SystemTime,
+    since: SystemTime,
+) -> Result<InventoryReport, UsageStoreError> {
+    let warning = registry.expiry_warning();
+    let mut clients = Vec::new();
+    for record in registry.clients() {
+        let usage = store.usage(record.id()).await?;
+        clients.push(client_report(&record, &usage, now, since, warning));
+    }
+    Ok(InventoryReport {
+        generated_at: rfc3339(now),
+        unused_since: rfc3339(since),
+        clients,
+    })
+}
+
+/// The report, ready to serve: a registry, a usage store, a clock and the default
+/// window after which a granted scope counts as unused.
+#[derive(Clone)]
+pub struct ReportService {
+    registry: SharedRegistry,
+    store: SharedUsageStore,
+    clock: SharedClock,
+    window: Duration,
+}
+
+impl std::fmt::Debug for ReportService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportService")
+            .field("registry", &self.registry)
+            .field("store", &self.store)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default window of [`ReportService`]: 30 days.
+pub const DEFAULT_UNUSED_WINDOW: Duration = Duration::from_secs(30 * 86_400);
+
+impl ReportService {
+    /// Reports on `registry` from `store`, with the system clock and a 30-day
+    /// window.
+    pub fn new(registry: SharedRegistry, store: SharedUsageStore) -> Self {
+        Self {
+            registry,
+            store,
+            clock: Arc::new(SystemClock),
+            window: DEFAULT_UNUSED_WINDOW,
+        }
+    }
+
+    /// The clock ("now" of the report).
+    #[must_use]
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// A granted scope counts as unused when not exercised within this window
+    /// before now.
+    #[must_use]
+    pub fn unused_window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The report with the default window.
+    ///
+    /// # Errors
+    /// The usage store's error.
+    pub async fn report(&self) -> Result<InventoryReport, UsageStoreError> {
+        let now = self.clock.now();
+        let since = now.checked_sub(self.window).unwrap_or(SystemTime::UNIX_EPOCH);
+        self.report_since(since).await
+    }
+
+    /// The report counting scopes unused when not exercised at or after `since`.
+    ///
+    /// # Errors
+    /// The usage store's error.
+    pub async fn report_since(&self, since: SystemTime) -> Result<InventoryReport, UsageStoreError> {
+        inventory_report(&*self.registry, &*self.store, self.clock.now(), since).await
+    }
+
+    /// Answers a request for the report with the query `since=<RFC 3339>` or
+    /// `unused_days=<n>` (or none, for the default window): 200 JSON, 400
+    /// problem+json for a bad query, 503 problem+json when the store fails.
+    pub async fn respond(&self, query: Option<&str>) -> http::Response<bytes::Bytes> {
+        let since = match parse_query(query, self.clock.now(), self.window) {
+            Ok(since) => since,
+            Err(detail) => return problem(http::StatusCode::BAD_REQUEST, "invalid-query", &detail),
+        };
+        match self.report_since(since).await {
+            Ok(report) => match serde_json::to_vec(&report) {
+                Ok(body) => {
+                    let mut res = http::Response::new(bytes::Bytes::from(body));
+                    res.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    res.headers_mut().insert(
+                        http::header::CACHE_CONTROL,
+                        http::HeaderValue::from_static("no-store"),
+                    );
+                    res
+                }
+                Err(_) => problem(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "report-unavailable",
+                    "The report could not be serialised",
+                ),
+            },
+            Err(e) => {
+                tracing::warn!(target: "nhi_guard::scope", error = %e, "least-privilege report failed");
+                problem(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "report-unavailable",
+                    "The usage store is unavailable",
+                )
+            }
+        }
+    }
+
+    /// An axum `GET` handler serving [`ReportService::respond`], to mount as
+    /// `GET /admin/clients` behind a scope requirement:
+    ///
+    /// ```text
+    /// router.route("/admin/clients", reports.get_handler().route_layer(scope.for_route(Require::all_of("admin"))?))
+    /// ```
+    #[cfg(feature = "axum")]
+    pub fn get_handler<S>(&self) -> axum::routing::MethodRouter<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        let svc = self.clone();
+        axum::routing::get(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+            let svc = svc.clone();
+            async move { svc.respond(query.as_deref()).await.map(axum::body::Body::from) }
+        })
+    }
+}
+
+fn parse_query(query: Option<&str>, now: SystemTime, window: Duration) -> Result<SystemTime, String> {
+    let mut since = now.checked_sub(window).unwrap_or(SystemTime::UNIX_EPOCH);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "since" => {
+                // `+` of an offset arrives percent-encoded or as a space; accept `Z` and `%2B`.
+                let value = value.replace("%2B", "+").replace("%3A", ":").replace("%3a", ":");
+                since = nhi_guard_core::parse_rfc3339(&value)
+                    .map_err(|_| "`since` must be an RFC 3339 date-time".to_owned())?;
+            }
+            "unused_days" => {
+                let days: u32 = value
+                    .parse()
+                    .map_err(|_| "`unused_days` must be a whole number of days".to_owned())?;
+                since = now
+                    .checked_sub(Duration::from_secs(u64::from(days) * 86_400))
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+            }
+            _ => return Err("unknown query parameter; use `since` or `unused_days`".to_owned()),
+        }
+    }
+    Ok(since)
+}
+
+fn problem(status: http::StatusCode, kind: &str, detail: &str) -> http::Response<bytes::Bytes> {
+    let body = serde_json::json!({
+        "type": format!("urn:nhi-guard:problem:{kind}"),
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut res = http::Response::new(bytes::Bytes::from(body.to_string()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_left_rounds_towards_expiry() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let d = |s: i64| {
+            if s >= 0 {
+                now + Duration::from_secs(s.unsigned_abs())
+            } else {
+                now - Duration::from_secs(s.unsigned_abs())
+            }
+        };
+        assert_eq!(days_left(d(86_400 * 3 + 5), now), 3);
+        assert_eq!(days_left(d(86_399), now), 0);
+        assert_eq!(days_left(d(-1), now), -1);
+        assert_eq!(days_left(d(-86_400), now), -1);
+        assert_eq!(days_left(d(-86_401), now), -2);
+    }
+
+    #[test]
+    fn query_parsing() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let w = Duration::from_secs(86_400);
+        assert_eq!(parse_query(None, now, w), Ok(now - w));
+        assert_eq!(
+            parse_query(Some("unused_days=2"), now, w),
+            Ok(now - Duration::from_secs(2 * 86_400))
+        );
+        assert_eq!(parse_query(Some("since=2027-01-15T08:00:00Z"), now, w), Ok(now));
+        assert_eq!(
+            parse_query(Some("since=2027-01-15T09%3A00%3A00%2B01%3A00"), now, w),
+            Ok(now)
+        );
+        assert!(parse_query(Some("since=yesterday"), now, w).is_err());
+        assert!(parse_query(Some("unused_days=-1"), now, w).is_err());
+        assert!(parse_query(Some("limit=3"), now, w).is_err());
+    }
+}

@@ -1,0 +1,199 @@
+//! [`Scope`]: the service that enforces a [`ScopeLayer`](crate::ScopeLayer).
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use nhi_guard_core::context::{Decision, ScopeOutcome};
+use nhi_guard_core::denial::respond;
+use nhi_guard_core::future::ResponseFuture;
+use nhi_guard_core::{Control, Denial, GuardBody, Principal, Protocol, ScopeSet, SecurityContext};
+use tower_service::Service;
+
+use crate::layer::Config;
+use crate::policy::{Access, Fallback, Rule};
+
+/// The reason code of a request that no rule covers under [`Fallback::Deny`].
+pub const ROUTE_NOT_IN_POLICY: &str = "route_not_in_policy";
+
+/// Enforces the scope policy in front of `S`. Created by
+/// [`ScopeLayer`](crate::ScopeLayer).
+#[derive(Clone)]
+pub struct Scope<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Scope<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scope")
+            .field("inner", &self.inner)
+            .field("shadow", &self.config.shadow)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Scope<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// What the policy says about one request: the rule that decided (none when the
+/// fallback did), and the denial when the request is (or, in shadow mode, would
+/// be) refused.
+fn evaluate<'a>(
+    rule: Option<&'a Rule>,
+    fallback: Fallback,
+    principal: Option<&Principal>,
+) -> (Option<&'a Rule>, Option<Denial>) {
+    let Some(rule) = rule else {
+        let denial = match (fallback, principal) {
+            (Fallback::Allow, _) | (Fallback::Authenticated, Some(_)) => None,
+            (Fallback::Deny, Some(_)) => Some(Denial::forbidden(
+                Control::Scope,
+                ROUTE_NOT_IN_POLICY,
+                "No access policy covers this route",
+            )),
+            (_, None) => Some(Denial::missing_credential(Control::Scope)),
+        };
+        return (None, denial);
+    };
+    let denial = match (rule.access(), principal) {
+        (Access::Public, _) => None,
+        (_, None) => Some(Denial::missing_credential(Control::Scope)),
+        (access, Some(p)) => access
+            .check(p.scopes())
+            .err()
+            .map(|missing| Denial::insufficient_scope(Control::Scope, access.required().clone(), missing)),
+    };
+    (Some(rule), denial)
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Scope<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<GuardBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let config = &*self.config;
+        let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
+        let (rule, fallback) = config.matcher.find(req.method(), req.uri().path());
+
+        let from_ctx;
+        let principal = match req.extensions().get::<Principal>() {
+            Some(p) => Some(p),
+            None => {
+                from_ctx = ctx.principal();
+                from_ctx.as_ref()
+            }
+        };
+
+        let (rule, denial) = evaluate(rule, fallback, principal);
+        let passes = denial.is_none() || config.shadow;
+
+        // One lock: route template, scope outcome and (when passing) the decision.
+        ctx.update(|s| {
+            if let Some(route) = rule.and_then(Rule::route_arc) {
+                s.route = Some(route.clone());
+            }
+            if let Some(rule) = rule {
+                let granted = principal.map_or_else(ScopeSet::empty, |p| p.scopes().clone());
+                let missing = denial
+                    .as_ref()
+                    .and_then(Denial::missing_scopes)
+                    .cloned()
+                    .unwrap_or_default();
+                s.scopes = Some(ScopeOutcome {
+                    rule: Some(rule.label_arc().clone()),
+                    required: rule.access().required().clone(),
+                    granted,
+                    missing,
+                });
+            }
+            if passes && s.decision == Decision::Pending {
+                s.decision = Decision::Allowed;
+            }
+        });
+
+        // Least-privilege bookkeeping, stamped with the request's arrival time.
+        if let (Some(store), Some(p), Some(rule)) = (&config.store, principal, rule) {
+            let at = ctx.received_at();
+            if passes {
+                for scope in rule.access().required() {
+                    if p.scopes().contains(scope) {
+                        store.record_use(p.client_id(), scope, at);
+                    }
+                }
+            }
+            if let Some(missing) = denial.as_ref().and_then(Denial::missing_scopes) {
+                for scope in missing {
+                    store.record_denied(p.client_id(), scope, at);
+                }
+            }
+        }
+
+        let client = principal.map(|p| p.client_id().as_str()).unwrap_or("");
+        let rule_label = rule.map_or("", |r| r.label());
+        match denial {
+            None => {
+                tracing::debug!(
+                    target: "nhi_guard::scope",
+                    request_id = %ctx.request_id(),
+                    client_id = client,
+                    rule = rule_label,
+                    decision = "allow",
+                );
+                ResponseFuture::inner(self.inner.call(req))
+            }
+            Some(denial) => {
+                let missing = denial
+                    .missing_scopes()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                if config.shadow {
+                    ctx.record_shadow_denial(&denial);
+                    tracing::warn!(
+                        target: "nhi_guard::scope",
+                        request_id = %ctx.request_id(),
+                        client_id = client,
+                        rule = rule_label,
+                        reason = denial.reason(),
+                        missing = %missing,
+                        shadow = true,
+                        "scope policy would deny this request (shadow mode)"
+                    );
+                    return ResponseFuture::inner(self.inner.call(req));
+                }
+                tracing::info!(
+                    target: "nhi_guard::scope",
+                    request_id = %ctx.request_id(),
+                    client_id = client,
+                    rule = rule_label,
+                    reason = denial.reason(),
+                    missing = %missing,
+                    decision = "deny",
+                    "scope policy denied the request"
+                );
+                let denial = denial.with_request_id(ctx.request_id());
+                ctx.deny(&denial);
+                let protocol = Protocol::of(req.headers());
+                ResponseFuture::rejected(respond(&*config.renderer, denial, protocol))
+            }
+        }
+    }
+}
