@@ -544,6 +544,16 @@ fn classify(
             ),
         );
     }
+    if e.kind == Kind::Start {
+        return mk(
+            e.line,
+            BreakKind::Deleted,
+            format!(
+                "this chain start does not link to line {}: records between them were deleted",
+                p.line
+            ),
+        );
+    }
     if e.seq == expected {
         return mk(
             p.line,
@@ -554,16 +564,15 @@ fn classify(
             ),
         );
     }
-    if e.kind == Kind::Start || e.seq > expected {
-        let missing = if e.kind == Kind::Start {
-            "some".to_owned()
-        } else {
-            (e.seq - expected).to_string()
-        };
+    if e.seq > expected {
         return mk(
             e.line,
             BreakKind::Deleted,
-            format!("{missing} record(s) missing between line {} and this one", p.line),
+            format!(
+                "{} record(s) missing between line {} and this one",
+                e.seq - expected,
+                p.line
+            ),
         );
     }
     mk(
