@@ -235,7 +235,7 @@ impl RateLimitLayer {
         let c = self.config_mut();
         c.route_groups
             .push((Arc::from(path_prefix.trim_end_matches('/')), Arc::from(group)));
-        c.route_groups.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        c.route_groups.sort_by_key(|g| std::cmp::Reverse(g.0.len()));
         Ok(self)
     }
 

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nhi_guard_core::clock::{SharedClock, SystemClock};
@@ -75,9 +75,10 @@ struct Shard {
 /// concurrent requests against a burst `B` admit exactly `B`, and a request refused
 /// by one limit spends nothing on the others.
 ///
-/// Memory is bounded by `max_keys`: a shard that is full first forgets idle keys
-/// (whose TAT is past, which changes no decision); if every key is still active it
-/// forgets the eighth closest to idle, which forgives those keys part of their debt
+/// Memory is bounded by `max_keys`: a new key that finds the store full first
+/// makes its shard forget its idle keys (whose TAT is past, which changes no
+/// decision); if every key there is still active it forgets the eighth closest to
+/// idle, which forgives those keys part of their debt
 /// (counted in [`InMemoryStore::evicted_active`]).
 ///
 /// ```
@@ -97,7 +98,7 @@ struct Shard {
 pub struct InMemoryStore {
     shards: Box<[Shard]>,
     shard_bits: u32,
-    shard_cap: usize,
+    len: AtomicUsize,
     max_keys: usize,
     hasher: RandomState,
     clock: SharedClock,
@@ -142,7 +143,7 @@ impl InMemoryStore {
                 })
                 .collect(),
             shard_bits,
-            shard_cap: max_keys.div_ceil(shards),
+            len: AtomicUsize::new(0),
             max_keys,
             hasher: RandomState::new(),
             clock: Arc::new(SystemClock),
@@ -159,15 +160,16 @@ impl InMemoryStore {
         self
     }
 
-    /// The bound on live keys. The effective bound is `shards × ceil(max / shards)`,
-    /// at most `shards - 1` above it.
+    /// The bound on live keys. A new key that finds the store full makes room in
+    /// its own shard; if that shard is empty the store may exceed the bound by at
+    /// most one key per shard.
     pub fn max_keys(&self) -> usize {
         self.max_keys
     }
 
     /// Keys currently held.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(&s.map).len()).sum()
+        self.len.load(Ordering::Relaxed)
     }
 
     /// Whether no key is held.
@@ -321,29 +323,52 @@ impl InMemoryStore {
             *v = tat;
             return;
         }
-        if map.len() >= self.shard_cap {
+        if self.len.load(Ordering::Relaxed) >= self.max_keys {
             self.make_room(map, now);
         }
         map.insert(hash, tat);
+        self.len.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The store is full: forget this shard's idle keys; if it has none, those of
+    /// the other shards that are not busy; if none anywhere, the eighth of this
+    /// shard's keys closest to idle.
     #[cold]
     fn make_room(&self, map: &mut Map, now: u64) {
-        let before = map.len();
-        map.retain(|_, tat| *tat > now);
-        self.evicted_idle
-            .fetch_add((before - map.len()) as u64, Ordering::Relaxed);
-        if map.len() < self.shard_cap {
+        if self.remove_idle(map, now) > 0 {
             return;
         }
-        // Every key is active: forget the eighth closest to idle.
+        let mut removed = 0;
+        for s in self.shards.iter() {
+            // try_lock: this thread holds its own shard(s); never wait for another.
+            if let Ok(mut other) = s.map.try_lock() {
+                removed += self.remove_idle(&mut other, now);
+            }
+        }
+        if removed > 0 || map.is_empty() {
+            return;
+        }
         let mut tats: Vec<u64> = map.values().copied().collect();
         let k = (tats.len() / 8).max(1) - 1;
         let (_, &mut threshold, _) = tats.select_nth_unstable(k);
         let before = map.len();
         map.retain(|_, tat| *tat > threshold);
-        self.evicted_active
-            .fetch_add((before - map.len()) as u64, Ordering::Relaxed);
+        let removed = before - map.len();
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        self.evicted_active.fetch_add(removed as u64, Ordering::Relaxed);
+    }
+
+    fn remove_idle(&self, map: &mut Map, now: u64) -> usize {
+        let before = map.len();
+        map.retain(|_, tat| *tat > now);
+        let removed = before - map.len();
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        self.evicted_idle.fetch_add(removed as u64, Ordering::Relaxed);
+        // Give back a table that churn left mostly empty.
+        if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+            map.shrink_to(map.len() * 2);
+        }
+        removed
     }
 
     /// Forgets every key whose TAT is past (changes no decision). The store also
@@ -351,11 +376,7 @@ impl InMemoryStore {
     pub fn sweep(&self) {
         let now = self.clock.unix_nanos();
         for s in self.shards.iter() {
-            let mut map = lock(&s.map);
-            let before = map.len();
-            map.retain(|_, tat| *tat > now);
-            self.evicted_idle
-                .fetch_add((before - map.len()) as u64, Ordering::Relaxed);
+            self.remove_idle(&mut lock(&s.map), now);
         }
     }
 }
@@ -577,7 +598,7 @@ mod tests {
         }
         assert!(s.evicted_idle() > 90_000);
         assert_eq!(s.evicted_active(), 0);
-        assert!(s.memory_bytes() < 1024 * 128);
+        assert!(s.memory_bytes() < 1024 * 128, "{} bytes", s.memory_bytes());
     }
 
     #[test]
