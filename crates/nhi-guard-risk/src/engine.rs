@@ -1,0 +1,544 @@
+//! Scoring and actions: the part of the layer that does not depend on the service.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use nhi_guard_core::context::{Decision, RiskAssessment, SignalHit};
+use nhi_guard_core::denial::SharedRenderer;
+use nhi_guard_core::risk_store::{RiskKey, RiskStore, StickyAction, StickyDecision};
+use nhi_guard_core::{ClientAddrResolver, Control, CredentialInfo, Denial, SecurityContext, SharedClock};
+
+use crate::route::RouteTable;
+use crate::signal::{CredentialClass, Outcome, Phase, Points, RequestFacts, RouteFacts, Signal};
+use crate::signals::nanos;
+use crate::state::KeyHasher;
+use crate::sticky::{MemoryRiskStore, StickyHit};
+
+/// The `violated-policies` name of a risk throttle.
+pub const ABNORMAL_USAGE_POLICY: &str = "abnormal-usage-detected";
+
+/// Score thresholds of the graded actions (0–100, each at least the one before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Thresholds {
+    /// Throttle from this score. Default 40: one strong signal (a credential spray,
+    /// an enumeration run, a hoarder at its fair share) or two weaker ones.
+    pub throttle: u32,
+    /// Step-up from this score. Default 60.
+    pub step_up: u32,
+    /// Block from this score. Default 80: a strong signal well past its threshold,
+    /// or strong signals agreeing.
+    pub block: u32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self {
+            throttle: 40,
+            step_up: 60,
+            block: 80,
+        }
+    }
+}
+
+/// How long sticky decisions last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Cooldowns {
+    /// Default 5 minutes: long enough to break a burst, short enough that a
+    /// legitimate client that tripped it recovers by itself.
+    pub throttle: Duration,
+    /// Default 15 minutes: the window in which a fresh credential is demanded.
+    pub step_up: Duration,
+    /// Default 15 minutes: attackers rotate addresses within minutes, so longer
+    /// blocks buy little and cost more when wrong.
+    pub block: Duration,
+}
+
+impl Default for Cooldowns {
+    fn default() -> Self {
+        Self {
+            throttle: Duration::from_secs(300),
+            step_up: Duration::from_secs(900),
+            block: Duration::from_secs(900),
+        }
+    }
+}
+
+/// Whether the layer enforces its decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Score, record and act.
+    #[default]
+    Enforce,
+    /// Score and record everything (including sticky decisions and the denials that
+    /// would have been made, as shadow denials), never refuse.
+    Shadow,
+    /// Do nothing: pass every request through.
+    Off,
+}
+
+impl Mode {
+    /// Parses `enforce`, `shadow` or `off` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "enforce" => Some(Self::Enforce),
+            "shadow" => Some(Self::Shadow),
+            "off" => Some(Self::Off),
+            _ => None,
+        }
+    }
+}
+
+/// Cluster-wide evidence kept in a shared [`RiskStore`]: failures and distinct
+/// failed credentials per address and network, added up over every replica; when a
+/// total reaches its limit the address or network is blocked in the store, so every
+/// replica refuses it. Defaults are the block levels of the default signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedLimits {
+    /// Failures per address per `address_window`. Default 15 per 60 s.
+    pub address_failures: u64,
+    /// Default 60 s.
+    pub address_window: Duration,
+    /// Failures per network per `network_window`. Default 40 per 10 minutes.
+    pub network_failures: u64,
+    /// Default 10 minutes.
+    pub network_window: Duration,
+    /// Distinct failed credentials per address per `network_window`. Default 6.
+    pub distinct_credentials: u64,
+}
+
+impl Default for SharedLimits {
+    fn default() -> Self {
+        Self {
+            address_failures: 15,
+            address_window: Duration::from_secs(60),
+            network_failures: 40,
+            network_window: Duration::from_secs(600),
+            distinct_credentials: 6,
+        }
+    }
+}
+
+/// A shared store and what to do when it fails.
+#[derive(Debug, Clone)]
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn RiskStore>,
+    pub(crate) fail_closed: bool,
+    pub(crate) limits: SharedLimits,
+}
+
+/// Everything a layer needs, behind one `Arc`.
+pub(crate) struct Engine {
+    pub(crate) id: u64,
+    pub(crate) signals: Box<[Arc<dyn Signal>]>,
+    pub(crate) edge: Box<[bool]>,
+    pub(crate) routes: RouteTable,
+    pub(crate) hasher: KeyHasher,
+    pub(crate) thresholds: Thresholds,
+    pub(crate) cooldowns: Cooldowns,
+    pub(crate) throttle_interval: Duration,
+    pub(crate) max_age: Duration,
+    pub(crate) tiers: HashMap<Box<str>, f32>,
+    pub(crate) sticky: Arc<MemoryRiskStore>,
+    pub(crate) shared: Option<Shared>,
+    pub(crate) mode: Mode,
+    pub(crate) clock: SharedClock,
+    pub(crate) resolver: ClientAddrResolver,
+    pub(crate) renderer: SharedRenderer,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.signals.iter().map(|s| s.name()).collect();
+        f.debug_struct("RiskConfig")
+            .field("signals", &names)
+            .field("routes", &self.routes)
+            .field("thresholds", &self.thresholds)
+            .field("cooldowns", &self.cooldowns)
+            .field("throttle_interval", &self.throttle_interval)
+            .field("max_age", &self.max_age)
+            .field("tiers", &self.tiers)
+            .field("shared", &self.shared)
+            .field("mode", &self.mode)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of assessing one request.
+#[derive(Debug)]
+pub(crate) struct Verdict {
+    pub(crate) denial: Option<Denial>,
+    /// A sticky decision made now (to copy to the shared store).
+    pub(crate) new_sticky: Option<StickyDecision>,
+}
+
+impl Engine {
+    /// Reads what signals need from the context, once.
+    pub(crate) fn facts(&self, ctx: &SecurityContext, route: Option<RouteFacts>) -> RequestFacts {
+        let now = self.clock.now();
+        let mut f = RequestFacts::new(now);
+        if let Some(a) = ctx.client_addr() {
+            f = f.with_addr(&self.hasher, a.ip());
+        }
+        f.route = route;
+        ctx.read(|s| {
+            if let Some(p) = &s.principal {
+                f.client = Some((
+                    p.client_id().clone(),
+                    self.hasher.hash_tagged(3, p.client_id().as_str()),
+                ));
+                if !self.tiers.is_empty() {
+                    f.tier_multiplier = self.tiers.get(p.tier_name()).copied().unwrap_or(1.0);
+                }
+                f.credential_class = match p.credential() {
+                    CredentialInfo::Jwt {
+                        certificate_bound: true,
+                        ..
+                    }
+                    | CredentialInfo::Certificate { .. } => CredentialClass::SenderConstrained,
+                    CredentialInfo::Jwt { .. } => CredentialClass::Bearer {
+                        fresh: s
+                            .credential_issued_at
+                            .is_some_and(|iat| match now.duration_since(iat) {
+                                Ok(age) => age <= self.max_age,
+                                // Issued "in the future": clock skew of a fresh token.
+                                Err(e) => e.duration() <= Duration::from_secs(60),
+                            }),
+                    },
+                    CredentialInfo::ApiKey { .. } => CredentialClass::ApiKey,
+                    _ => CredentialClass::None,
+                };
+            }
+            if let Some(fp) = s.credential_fingerprint {
+                f.credential = Some((fp, self.hasher.hash_tagged(4, fp.as_bytes())));
+            }
+            f.identity_failure = s.identity_failure;
+            f.missing_scopes = s.scopes.as_ref().is_some_and(|o| !o.missing.is_empty());
+        });
+        f
+    }
+
+    /// Checks sticky decisions, scores, picks the action and records the assessment.
+    pub(crate) fn assess(&self, ctx: &SecurityContext, f: &RequestFacts, phase: Phase) -> Verdict {
+        let mut throttled = false;
+        match self.sticky.check(f, nanos(self.throttle_interval)) {
+            None => {}
+            Some(StickyHit::ThrottlePassed) => throttled = true,
+            Some(StickyHit::Block(d)) => return self.sticky_denial(ctx, f, &d, self.block_denial(&d, f)),
+            Some(StickyHit::ThrottleRefused(d, wait)) => {
+                return self.sticky_denial(ctx, f, &d, throttle_denial(wait));
+            }
+            Some(StickyHit::StepUp(d)) if !satisfies_step_up(f.credential_class) => {
+                return self.sticky_denial(ctx, f, &d, self.step_up_denial());
+            }
+            Some(StickyHit::StepUp(_)) => {}
+        }
+
+        // Score: no allocation unless a signal fires.
+        let mut hits: Vec<(&'static str, Points)> = Vec::new();
+        let mut raw = 0u32;
+        for (signal, edge) in self.signals.iter().zip(self.edge.iter()) {
+            if phase == Phase::Edge && !*edge {
+                continue;
+            }
+            if let Some(p) = signal.evaluate(f)
+                && p.points > 0
+            {
+                raw = raw.saturating_add(p.points);
+                hits.push((signal.name(), p));
+            }
+        }
+        if hits.is_empty() {
+            ctx.update(|s| {
+                s.risk = Some(RiskAssessment {
+                    score: 0,
+                    action: Cow::Borrowed("allow"),
+                    signals: Vec::new(),
+                })
+            });
+            return Verdict {
+                denial: None,
+                new_sticky: None,
+            };
+        }
+        let weight = f.route.map_or(1.0, |r| self.routes.sensitivity(r.index())) * f.tier_multiplier;
+        let score = ((raw as f32 * weight).round() as u32).min(100);
+        let top = hits
+            .iter()
+            .max_by_key(|(_, p)| p.points)
+            .map(|(_, p)| p.key.clone())
+            .unwrap_or_else(|| RiskKey::Client(nhi_guard_core::ClientId::from("-")));
+        let t = self.thresholds;
+        let (action, key, denial) = if score >= t.block {
+            (StickyAction::Block, Some(top), None)
+        } else if score >= t.step_up {
+            match f.credential_class {
+                CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained => (
+                    // A fresh or sender-constrained credential answers the step-up.
+                    StickyAction::Throttle,
+                    None,
+                    None,
+                ),
+                CredentialClass::Bearer { fresh: false } => {
+                    let key = f.credential.map_or(top, |(fp, _)| RiskKey::Credential(fp));
+                    (StickyAction::StepUp, Some(key), Some(self.step_up_denial()))
+                }
+                // An API key cannot be refreshed: the step-up escalates to a block.
+                _ => (StickyAction::Block, Some(top), None),
+            }
+        } else if score >= t.throttle {
+            (StickyAction::Throttle, Some(top), None)
+        } else {
+            (StickyAction::Throttle, None, None)
+        };
+
+        let reason: Arc<str> = Arc::from(hits.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","));
+        let now = f.now;
+        let mut new_sticky = None;
+        let mut denial = denial;
+        let mut action_name = "allow";
+        if let Some(key) = key {
+            let cooldown = match action {
+                StickyAction::Block => self.cooldowns.block,
+                StickyAction::StepUp => self.cooldowns.step_up,
+                _ => self.cooldowns.throttle,
+            };
+            let decision = StickyDecision {
+                key,
+                action,
+                until: now + cooldown,
+                score,
+                reason,
+            };
+            match action {
+                StickyAction::Block => {
+                    action_name = "block";
+                    self.sticky.put_decision(decision.clone(), now);
+                    denial = Some(self.block_denial(&decision, f));
+                }
+                StickyAction::StepUp => {
+                    action_name = "step_up";
+                    self.sticky.put_decision(decision.clone(), now);
+                }
+                _ => {
+                    action_name = "throttle";
+                    self.sticky
+                        .put_throttle(decision.clone(), now, nanos(self.throttle_interval));
+                    if !throttled {
+                        denial = Some(throttle_denial(self.throttle_interval));
+                    }
+                }
+            }
+            new_sticky = Some(decision);
+        }
+        let signals = hits
+            .into_iter()
+            .map(|(name, p)| SignalHit {
+                signal: name,
+                points: p.points,
+                reason: Cow::Owned(format!("{} ({})", p.reason, p.key)),
+            })
+            .collect();
+        ctx.update(|s| {
+            s.risk = Some(RiskAssessment {
+                score,
+                action: Cow::Borrowed(action_name),
+                signals,
+            })
+        });
+        tracing::debug!(
+            target: "nhi_guard::risk",
+            request_id = %ctx.request_id(),
+            score,
+            action = action_name,
+            "risk assessed"
+        );
+        Verdict { denial, new_sticky }
+    }
+
+    fn sticky_denial(
+        &self,
+        ctx: &SecurityContext,
+        f: &RequestFacts,
+        d: &StickyDecision,
+        denial: Denial,
+    ) -> Verdict {
+        let action = match d.action {
+            StickyAction::Block => "block",
+            StickyAction::StepUp => "step_up",
+            _ => "throttle",
+        };
+        let hit = SignalHit {
+            signal: "sticky",
+            points: d.score,
+            reason: Cow::Owned(format!(
+                "{action} on {} for {}s more ({})",
+                d.key,
+                d.remaining(f.now).as_secs(),
+                d.reason
+            )),
+        };
+        ctx.update(|s| {
+            s.risk = Some(RiskAssessment {
+                score: d.score,
+                action: Cow::Borrowed(action),
+                signals: vec![hit],
+            })
+        });
+        Verdict {
+            denial: Some(denial),
+            new_sticky: None,
+        }
+    }
+
+    pub(crate) fn block_denial(&self, d: &StickyDecision, f: &RequestFacts) -> Denial {
+        Denial::forbidden(
+            Control::Risk,
+            "risk_blocked",
+            "Requests are blocked for a cool-down after abnormal activity",
+        )
+        .retry_after(d.remaining(f.now).max(Duration::from_secs(1)))
+    }
+
+    pub(crate) fn step_up_denial(&self) -> Denial {
+        Denial::step_up(
+            Control::Risk,
+            "step_up_required",
+            "Present a freshly issued or sender-constrained access token",
+            self.max_age,
+        )
+    }
+
+    /// Lets every signal learn how the request ended, and (with a shared store)
+    /// returns the cluster-wide evidence to add.
+    pub(crate) fn observe(
+        &self,
+        ctx: &SecurityContext,
+        route: Option<RouteFacts>,
+        status: StatusCode,
+    ) -> RequestFacts {
+        let f = self.facts(ctx, route);
+        let (status, refused_by_risk) = match ctx.decision() {
+            Decision::Denied(d) => (d.status, d.control == Control::Risk),
+            _ => (status, false),
+        };
+        let outcome = Outcome {
+            status,
+            refused_by_risk,
+        };
+        for s in self.signals.iter() {
+            s.observe(&f, outcome);
+        }
+        f
+    }
+}
+
+fn satisfies_step_up(class: CredentialClass) -> bool {
+    matches!(
+        class,
+        CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained
+    )
+}
+
+pub(crate) fn throttle_denial(wait: Duration) -> Denial {
+    Denial::rate_limited(
+        Control::Risk,
+        "abnormal_usage",
+        "Request rate reduced for a cool-down after abnormal usage",
+        wait,
+    )
+    .violated_policy(ABNORMAL_USAGE_POLICY)
+}
+
+/// Cluster-wide evidence of one failed authentication, and the block it earns.
+pub(crate) async fn share_failure(
+    shared: &Shared,
+    f: &RequestFacts,
+    cooldown: Duration,
+) -> Result<Option<StickyDecision>, nhi_guard_core::risk_store::RiskStoreError> {
+    let (Some((ip, _)), Some((net, _)), Some((fp, _)), Some(_)) =
+        (f.addr, f.network, f.credential, f.identity_failure)
+    else {
+        return Ok(None);
+    };
+    let l = shared.limits;
+    let now = f.now;
+    let addr_key = RiskKey::Address(ip).to_string();
+    let a = shared
+        .store
+        .increment(Arc::from(format!("fail:{addr_key}")), l.address_window, now)
+        .await?;
+    let d = shared
+        .store
+        .add_distinct(
+            Arc::from(format!("creds:{addr_key}")),
+            Arc::from(&fp.as_bytes()[..]),
+            l.network_window,
+            now,
+        )
+        .await?;
+    let n = shared
+        .store
+        .increment(
+            Arc::from(format!("fail:{}", RiskKey::Network(net))),
+            l.network_window,
+            now,
+        )
+        .await?;
+    let decision = |key: RiskKey, why: String| StickyDecision {
+        key,
+        action: StickyAction::Block,
+        until: now + cooldown,
+        score: 100,
+        reason: Arc::from(why),
+    };
+    let block = if n >= l.network_failures {
+        Some(decision(
+            RiskKey::Network(net),
+            format!("shared:{n} failures from network"),
+        ))
+    } else if a >= l.address_failures || d >= l.distinct_credentials {
+        Some(decision(
+            RiskKey::Address(ip),
+            format!("shared:{a} failures, {d} distinct credentials from address"),
+        ))
+    } else {
+        None
+    };
+    if let Some(b) = &block {
+        shared.store.put(b.clone(), now).await?;
+    }
+    Ok(block)
+}
+
+/// The shared store's decision on the request's keys.
+pub(crate) async fn shared_check(
+    shared: &Shared,
+    f: &RequestFacts,
+) -> Result<Option<StickyDecision>, nhi_guard_core::risk_store::RiskStoreError> {
+    let mut keys = Vec::with_capacity(4);
+    if let Some((ip, _)) = f.addr {
+        keys.push(RiskKey::Address(ip));
+    }
+    if let Some((net, _)) = f.network {
+        keys.push(RiskKey::Network(net));
+    }
+    if let Some((fp, _)) = f.credential {
+        keys.push(RiskKey::Credential(fp));
+    }
+    if let Some((id, _)) = &f.client {
+        keys.push(RiskKey::Client(id.clone()));
+    }
+    if keys.is_empty() {
+        return Ok(None);
+    }
+    shared.store.find(Arc::from(keys), f.now).await
+}

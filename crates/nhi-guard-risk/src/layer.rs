@@ -1,0 +1,349 @@
+//! [`RiskLayer`]: configuration and builder.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
+use nhi_guard_core::risk_store::RiskStore;
+use nhi_guard_core::{ClientAddrResolver, Clock, SharedClock, SystemClock};
+use tower_layer::Layer;
+
+use crate::engine::{Cooldowns, Engine, Mode, Shared, SharedLimits, Thresholds};
+use crate::error::ConfigError;
+use crate::operator::RiskOperator;
+use crate::route::{Route, RouteTable};
+use crate::service::{Risk, RiskEdge};
+use crate::signal::{Phase, Signal};
+use crate::signals;
+use crate::state::KeyHasher;
+use crate::sticky::MemoryRiskStore;
+
+/// Builds the risk layer: signals, routes, thresholds, cool-downs and mode.
+///
+/// The configuration lives behind an `Arc`; clones of the layer (and of its
+/// services) share the same signal state and sticky decisions. See the crate docs
+/// for the placement relative to the identity layer.
+#[derive(Debug, Clone)]
+pub struct RiskLayer {
+    engine: Arc<Engine>,
+}
+
+impl Default for RiskLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl RiskLayer {
+    /// A layer with the eight default signals, default thresholds (throttle 40,
+    /// step-up 60, block 80), default cool-downs, enforcing, on the system clock.
+    pub fn new() -> Self {
+        let hasher = KeyHasher::new();
+        let cooldowns = Cooldowns::default();
+        let signals = signals::defaults();
+        let edge = signals.iter().map(|s| s.phase() == Phase::Edge).collect();
+        Self {
+            engine: Arc::new(Engine {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                signals: signals.into(),
+                edge,
+                routes: RouteTable::default(),
+                sticky: Arc::new(MemoryRiskStore::with_hasher(
+                    hasher.clone(),
+                    100_000,
+                    longest(&cooldowns),
+                )),
+                hasher,
+                thresholds: Thresholds::default(),
+                cooldowns,
+                throttle_interval: Duration::from_secs(10),
+                max_age: Duration::from_secs(300),
+                tiers: HashMap::new(),
+                shared: None,
+                mode: Mode::Enforce,
+                clock: Arc::new(SystemClock),
+                resolver: ClientAddrResolver::new(),
+                renderer: DefaultRenderer::new().shared(),
+            }),
+        }
+    }
+
+    fn edit(&mut self) -> &mut Engine {
+        // The builder runs before the layer is shared, so this does not clone; if a
+        // clone exists, the edit goes to a fresh copy (state included) for this one.
+        if Arc::get_mut(&mut self.engine).is_none() {
+            let e = &self.engine;
+            self.engine = Arc::new(Engine {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                signals: e.signals.clone(),
+                edge: e.edge.clone(),
+                routes: e.routes.clone(),
+                hasher: e.hasher.clone(),
+                thresholds: e.thresholds,
+                cooldowns: e.cooldowns,
+                throttle_interval: e.throttle_interval,
+                max_age: e.max_age,
+                tiers: e.tiers.clone(),
+                sticky: e.sticky.clone(),
+                shared: e.shared.clone(),
+                mode: e.mode,
+                clock: e.clock.clone(),
+                resolver: e.resolver.clone(),
+                renderer: e.renderer.clone(),
+            });
+        }
+        Arc::get_mut(&mut self.engine).unwrap_or_else(|| unreachable!("just made unique"))
+    }
+
+    /// Replaces the signals (start from [`crate::signals::defaults`] to extend them).
+    #[must_use]
+    pub fn signals(mut self, signals: Vec<Arc<dyn Signal>>) -> Self {
+        let e = self.edit();
+        e.edge = signals.iter().map(|s| s.phase() == Phase::Edge).collect();
+        e.signals = signals.into();
+        self
+    }
+
+    /// Adds a signal.
+    #[must_use]
+    pub fn signal(mut self, signal: impl Signal) -> Self {
+        let e = self.edit();
+        let mut v = e.signals.to_vec();
+        v.push(Arc::new(signal));
+        e.edge = v.iter().map(|s| s.phase() == Phase::Edge).collect();
+        e.signals = v.into();
+        self
+    }
+
+    /// Adds a route (group, resource capture, sensitivity, scarce). Routes match in
+    /// the order added.
+    ///
+    /// # Errors
+    /// When more than 65 535 routes are added.
+    pub fn route(mut self, route: Route) -> Result<Self, ConfigError> {
+        let e = self.edit();
+        let hasher = e.hasher.clone();
+        e.routes.push(route, &hasher)?;
+        Ok(self)
+    }
+
+    /// Sets the action thresholds.
+    ///
+    /// # Errors
+    /// Unless `1 ≤ throttle ≤ step_up ≤ block ≤ 100`; the error names the field.
+    pub fn thresholds(mut self, t: Thresholds) -> Result<Self, ConfigError> {
+        if t.throttle == 0 {
+            return Err(ConfigError::new("thresholds.throttle", "must be at least 1"));
+        }
+        if t.step_up < t.throttle {
+            return Err(ConfigError::new(
+                "thresholds.step_up",
+                "must be at least thresholds.throttle",
+            ));
+        }
+        if t.block < t.step_up {
+            return Err(ConfigError::new(
+                "thresholds.block",
+                "must be at least thresholds.step_up",
+            ));
+        }
+        if t.block > 100 {
+            return Err(ConfigError::new("thresholds.block", "must be at most 100"));
+        }
+        self.edit().thresholds = t;
+        Ok(self)
+    }
+
+    /// Sets how long sticky decisions last.
+    ///
+    /// # Errors
+    /// When a cool-down is zero or longer than 30 days; the error names it.
+    pub fn cooldowns(mut self, c: Cooldowns) -> Result<Self, ConfigError> {
+        for (name, d) in [
+            ("cooldowns.throttle", c.throttle),
+            ("cooldowns.step_up", c.step_up),
+            ("cooldowns.block", c.block),
+        ] {
+            if d.is_zero() || d > Duration::from_secs(30 * 86_400) {
+                return Err(ConfigError::new(name, "must be between 1 ns and 30 days"));
+            }
+        }
+        let e = self.edit();
+        e.cooldowns = c;
+        e.sticky = Arc::new(MemoryRiskStore::with_hasher(
+            e.hasher.clone(),
+            100_000,
+            longest(&c),
+        ));
+        Ok(self)
+    }
+
+    /// While throttled, a key may send one request per `interval` (default 10 s,
+    /// i.e. its effective quota is cut to 6 a minute for the cool-down).
+    ///
+    /// # Errors
+    /// When `interval` is zero.
+    pub fn throttle_interval(mut self, interval: Duration) -> Result<Self, ConfigError> {
+        if interval.is_zero() {
+            return Err(ConfigError::new("throttle_interval", "must not be zero"));
+        }
+        self.edit().throttle_interval = interval;
+        Ok(self)
+    }
+
+    /// The RFC 9470 `max_age` of a step-up: a bearer token issued (`iat`) at most
+    /// this long ago answers it. Default 5 minutes.
+    ///
+    /// # Errors
+    /// When `max_age` is under one second.
+    pub fn step_up_max_age(mut self, max_age: Duration) -> Result<Self, ConfigError> {
+        if max_age < Duration::from_secs(1) {
+            return Err(ConfigError::new("step_up_max_age", "must be at least 1 s"));
+        }
+        self.edit().max_age = max_age;
+        Ok(self)
+    }
+
+    /// Multiplies the score of clients of tier `tier` (e.g. 0.5 for a trusted batch
+    /// tier, 1.5 for a free tier). Default 1.
+    ///
+    /// # Errors
+    /// When `multiplier` is negative, not finite, or above 10.
+    pub fn tier_multiplier(mut self, tier: &str, multiplier: f32) -> Result<Self, ConfigError> {
+        if !multiplier.is_finite() || !(0.0..=10.0).contains(&multiplier) {
+            return Err(ConfigError::new(
+                format!("tier_multiplier[{tier}]"),
+                "must be a finite number from 0 to 10",
+            ));
+        }
+        self.edit().tiers.insert(tier.into(), multiplier);
+        Ok(self)
+    }
+
+    /// Enforce, shadow or off.
+    #[must_use]
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.edit().mode = mode;
+        self
+    }
+
+    /// Shadow mode: score and record, never refuse.
+    #[must_use]
+    pub fn shadow(self) -> Self {
+        self.mode(Mode::Shadow)
+    }
+
+    /// The clock (tests use [`nhi_guard_core::clock::ManualClock`]).
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.edit().clock = Arc::new(clock);
+        self
+    }
+
+    /// A shared clock.
+    #[must_use]
+    pub fn shared_clock(mut self, clock: SharedClock) -> Self {
+        self.edit().clock = clock;
+        self
+    }
+
+    /// How the client address is resolved when this layer creates the context.
+    #[must_use]
+    pub fn address_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+        self.edit().resolver = resolver;
+        self
+    }
+
+    /// Replaces the denial renderer.
+    #[must_use]
+    pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
+        self.edit().renderer = Arc::new(renderer);
+        self
+    }
+
+    /// A shared renderer.
+    #[must_use]
+    pub fn shared_renderer(mut self, renderer: SharedRenderer) -> Self {
+        self.edit().renderer = renderer;
+        self
+    }
+
+    /// Shares blocks, step-ups and authentication-failure evidence with other
+    /// replicas through `store` (e.g. `nhi-guard-redis`). Each request then makes
+    /// one store look-up; failed authentications make three more. When the store
+    /// fails, the request is scored locally (fail-open) unless
+    /// [`RiskLayer::shared_store_fail_closed`].
+    #[must_use]
+    pub fn shared_store(mut self, store: Arc<dyn RiskStore>) -> Self {
+        self.edit().shared = Some(Shared {
+            store,
+            fail_closed: false,
+            limits: SharedLimits::default(),
+        });
+        self
+    }
+
+    /// With a shared store: refuse requests (503 / `UNAVAILABLE`) while it fails.
+    #[must_use]
+    pub fn shared_store_fail_closed(mut self, fail_closed: bool) -> Self {
+        if let Some(s) = &mut self.edit().shared {
+            s.fail_closed = fail_closed;
+        }
+        self
+    }
+
+    /// With a shared store: the cluster-wide limits.
+    #[must_use]
+    pub fn shared_limits(mut self, limits: SharedLimits) -> Self {
+        if let Some(s) = &mut self.edit().shared {
+            s.limits = limits;
+        }
+        self
+    }
+
+    /// The operator handle: list and lift active decisions, report memory.
+    pub fn operator(&self) -> RiskOperator {
+        RiskOperator::new(self.engine.clone())
+    }
+
+    /// The edge half of this layer, sharing its state: place it *outside* the
+    /// identity layer. It refuses addresses and networks under a sticky decision
+    /// before credentials are verified, scores the address signals, and observes
+    /// every outcome (including identity failures, which the inner layer never
+    /// sees because the identity layer answers them).
+    pub fn edge(&self) -> RiskEdgeLayer {
+        RiskEdgeLayer {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+fn longest(c: &Cooldowns) -> Duration {
+    c.throttle.max(c.step_up).max(c.block)
+}
+
+impl<S> Layer<S> for RiskLayer {
+    type Service = Risk<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Risk::new(inner, self.engine.clone(), Phase::Identified)
+    }
+}
+
+/// The edge half of a [`RiskLayer`] (see [`RiskLayer::edge`]).
+#[derive(Debug, Clone)]
+pub struct RiskEdgeLayer {
+    engine: Arc<Engine>,
+}
+
+impl<S> Layer<S> for RiskEdgeLayer {
+    type Service = RiskEdge<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RiskEdge::new(Risk::new(inner, self.engine.clone(), Phase::Edge))
+    }
+}

@@ -1,0 +1,283 @@
+//! Routes the risk layer knows about: their group, the capture that names the
+//! resource, their sensitivity, and whether they hold a scarce resource.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::error::ConfigError;
+use crate::signal::RouteFacts;
+use crate::state::KeyHasher;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Capture(Box<str>),
+}
+
+/// A route pattern with its risk attributes.
+///
+/// ```
+/// use nhi_guard_risk::Route;
+///
+/// let reserve = Route::new("POST", "/inventory/{sku}/reserve")
+///     .unwrap()
+///     .group("inventory")
+///     .scarce()
+///     .sensitivity(1.5)
+///     .unwrap();
+/// assert_eq!(reserve.pattern(), "/inventory/{sku}/reserve");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Route {
+    method: Option<Method>,
+    pattern: Arc<str>,
+    segments: Box<[Segment]>,
+    group: Arc<str>,
+    resource: Option<usize>,
+    sensitivity: f32,
+    scarce: bool,
+}
+
+impl Route {
+    /// A route for `method` (`*` for any) and `pattern`: `/`-separated segments,
+    /// `{name}` capturing one segment. The last capture names the resource unless
+    /// [`Route::resource`] says otherwise. The group defaults to the pattern.
+    ///
+    /// # Errors
+    /// An invalid method, a pattern not starting with `/`, or a malformed capture.
+    pub fn new(method: &str, pattern: &str) -> Result<Self, ConfigError> {
+        let field = || format!("route[{method} {pattern}]");
+        let method = match method {
+            "*" => None,
+            m => Some(
+                Method::from_bytes(m.as_bytes()).map_err(|_| ConfigError::new(field(), "invalid method"))?,
+            ),
+        };
+        let Some(rest) = pattern.strip_prefix('/') else {
+            return Err(ConfigError::new(field(), "pattern must start with '/'"));
+        };
+        let mut segments = Vec::new();
+        for seg in rest.split('/') {
+            if let Some(name) = seg.strip_prefix('{') {
+                let name = name
+                    .strip_suffix('}')
+                    .filter(|n| !n.is_empty() && !n.contains(['{', '}']))
+                    .ok_or_else(|| ConfigError::new(field(), format!("malformed capture {seg:?}")))?;
+                segments.push(Segment::Capture(name.into()));
+            } else if seg.contains(['{', '}']) {
+                return Err(ConfigError::new(field(), format!("malformed capture {seg:?}")));
+            } else {
+                segments.push(Segment::Literal(seg.into()));
+            }
+        }
+        let resource = segments.iter().rposition(|s| matches!(s, Segment::Capture(_)));
+        Ok(Self {
+            method,
+            pattern: Arc::from(pattern),
+            segments: segments.into(),
+            group: Arc::from(pattern),
+            resource,
+            sensitivity: 1.0,
+            scarce: false,
+        })
+    }
+
+    /// Names the group whose routes share enumeration state (e.g. `GET /items/{id}`
+    /// and `GET /items/{id}/price` both in `items`).
+    #[must_use]
+    pub fn group(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.group = name.into();
+        self
+    }
+
+    /// Names the capture that identifies the resource.
+    ///
+    /// # Errors
+    /// When the pattern has no such capture.
+    pub fn resource(mut self, capture: &str) -> Result<Self, ConfigError> {
+        let pos = self
+            .segments
+            .iter()
+            .position(|s| matches!(s, Segment::Capture(n) if &**n == capture))
+            .ok_or_else(|| {
+                ConfigError::new(
+                    format!("route[{}].resource", self.pattern),
+                    format!("no capture named {capture:?}"),
+                )
+            })?;
+        self.resource = Some(pos);
+        Ok(self)
+    }
+
+    /// No resource identifier (a bulk or collection endpoint).
+    #[must_use]
+    pub fn no_resource(mut self) -> Self {
+        self.resource = None;
+        self
+    }
+
+    /// Multiplies the score of requests to this route. Default 1.
+    ///
+    /// # Errors
+    /// When `weight` is negative, not finite, or above 10.
+    pub fn sensitivity(mut self, weight: f32) -> Result<Self, ConfigError> {
+        if !weight.is_finite() || !(0.0..=10.0).contains(&weight) {
+            return Err(ConfigError::new(
+                format!("route[{}].sensitivity", self.pattern),
+                "must be a finite number from 0 to 10",
+            ));
+        }
+        self.sensitivity = weight;
+        Ok(self)
+    }
+
+    /// Marks the route as holding a scarce resource (a reservation, a hold):
+    /// successful requests count against the client's fair share.
+    #[must_use]
+    pub fn scarce(mut self) -> Self {
+        self.scarce = true;
+        self
+    }
+
+    /// The pattern.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Matches `method` and `path`, returning the resource segment (if the route
+    /// names one) on success.
+    fn matches<'p>(&self, method: &Method, path: &'p str) -> Option<Option<&'p str>> {
+        if self.method.as_ref().is_some_and(|m| m != method) {
+            return None;
+        }
+        let rest = path.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let mut resource = None;
+        for (i, seg) in self.segments.iter().enumerate() {
+            let part = parts.next()?;
+            match seg {
+                Segment::Literal(l) if **l == *part => {}
+                Segment::Literal(_) => return None,
+                Segment::Capture(_) if part.is_empty() => return None,
+                Segment::Capture(_) => {
+                    if self.resource == Some(i) {
+                        resource = Some(part);
+                    }
+                }
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(resource)
+    }
+}
+
+/// The routes of one layer, matched in order (first match wins).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteTable {
+    routes: Vec<(Route, u64)>,
+}
+
+impl RouteTable {
+    pub(crate) fn push(&mut self, route: Route, hasher: &KeyHasher) -> Result<(), ConfigError> {
+        if self.routes.len() >= usize::from(u16::MAX) {
+            return Err(ConfigError::new("routes", "too many routes"));
+        }
+        let group = hasher.hash_tagged(5, &*route.group);
+        self.routes.push((route, group));
+        Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub(crate) fn sensitivity(&self, index: usize) -> f32 {
+        self.routes.get(index).map_or(1.0, |r| r.0.sensitivity)
+    }
+
+    pub(crate) fn pattern(&self, index: usize) -> Option<&str> {
+        self.routes.get(index).map(|r| r.0.pattern())
+    }
+
+    /// The facts of the first route matching the request.
+    pub(crate) fn find(&self, method: &Method, path: &str, hasher: &KeyHasher) -> Option<RouteFacts> {
+        self.routes.iter().enumerate().find_map(|(i, (route, group))| {
+            let resource = route.matches(method, path)?;
+            Some(RouteFacts {
+                index: i as u16,
+                group_hash: *group,
+                resource_hash: resource.map(|r| hasher.hash_tagged(6, r)),
+                resource_number: resource.and_then(|r| r.parse().ok()),
+                scarce: route.scarce,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_and_capture_the_resource() {
+        let h = KeyHasher::new();
+        let mut t = RouteTable::default();
+        t.push(
+            Route::new("GET", "/items/{id}").expect("route").group("items"),
+            &h,
+        )
+        .expect("push");
+        t.push(
+            Route::new("POST", "/inventory/{sku}/reserve")
+                .expect("route")
+                .scarce(),
+            &h,
+        )
+        .expect("push");
+        t.push(
+            Route::new("*", "/orders/{tenant}/{order}")
+                .expect("route")
+                .resource("tenant")
+                .expect("capture"),
+            &h,
+        )
+        .expect("push");
+        let m = t.find(&Method::GET, "/items/42", &h).expect("match");
+        assert_eq!((m.index(), m.resource_number()), (0, Some(42)));
+        assert!(t.find(&Method::POST, "/items/42", &h).is_none());
+        assert!(t.find(&Method::GET, "/items/", &h).is_none());
+        assert!(t.find(&Method::GET, "/items/42/x", &h).is_none());
+        let r = t
+            .find(&Method::POST, "/inventory/ab-1/reserve", &h)
+            .expect("match");
+        assert!(r.is_scarce() && r.resource_number().is_none() && r.resource_hash().is_some());
+        let o = t.find(&Method::DELETE, "/orders/acme/7", &h).expect("match");
+        assert_eq!(o.resource_hash(), Some(h.hash_tagged(6, "acme")));
+        assert!(t.find(&Method::GET, "no-slash", &h).is_none());
+    }
+
+    #[test]
+    fn invalid_routes_fail_naming_the_field() {
+        assert_eq!(
+            Route::new("GET", "items").expect_err("no slash").field(),
+            "route[GET items]"
+        );
+        assert!(Route::new("GET", "/items/{id").is_err());
+        assert!(Route::new("GET", "/items/x{id}").is_err());
+        assert!(Route::new("G ET", "/x").is_err());
+        let e = Route::new("GET", "/items/{id}")
+            .expect("route")
+            .resource("sku")
+            .expect_err("no sku");
+        assert_eq!(e.field(), "route[/items/{id}].resource");
+        assert!(
+            Route::new("GET", "/x")
+                .expect("route")
+                .sensitivity(f32::NAN)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! [`Risk`] and [`RiskEdge`]: the services.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use nhi_guard_core::denial::{GrpcCode, respond};
+use nhi_guard_core::risk_store::StickyAction;
+use nhi_guard_core::{Control, Denial, GuardBody, Protocol, SecurityContext};
+use tower_service::Service;
+
+use crate::engine::{Engine, Mode, share_failure, shared_check};
+use crate::future::{Observation, ResponseFuture};
+use crate::signal::{CredentialClass, Phase, RouteFacts};
+
+/// Marks that a risk layer of this engine observes the request's outcome (the edge
+/// half does, so the inner half does not count it twice).
+#[derive(Debug, Clone, Copy)]
+struct ObservedBy(u64);
+
+/// The risk service (see [`crate::RiskLayer`]).
+#[derive(Clone)]
+pub struct Risk<S> {
+    inner: S,
+    engine: Arc<Engine>,
+    phase: Phase,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Risk<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Risk")
+            .field("inner", &self.inner)
+            .field("phase", &self.phase)
+            .field("config", &self.engine)
+            .finish()
+    }
+}
+
+impl<S> Risk<S> {
+    pub(crate) fn new(inner: S, engine: Arc<Engine>, phase: Phase) -> Self {
+        Self { inner, engine, phase }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Risk<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<GuardBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let engine = &self.engine;
+        if engine.mode == Mode::Off {
+            return ResponseFuture::inner(self.inner.call(req), None);
+        }
+        let ctx = SecurityContext::get_or_insert(&mut req, &engine.resolver, &*engine.clock);
+        let route = if engine.routes.is_empty() {
+            None
+        } else {
+            engine.routes.find(req.method(), req.uri().path(), &engine.hasher)
+        };
+        if let Some(r) = route
+            && let Some(pattern) = engine.routes.pattern(r.index())
+        {
+            ctx.update(|s| {
+                if s.route.is_none() {
+                    s.route = Some(Arc::from(pattern));
+                }
+            });
+        }
+        let protocol = Protocol::of(req.headers());
+        let observe = match self.phase {
+            Phase::Edge => {
+                req.extensions_mut().insert(ObservedBy(engine.id));
+                true
+            }
+            _ => req
+                .extensions()
+                .get::<ObservedBy>()
+                .is_none_or(|o| o.0 != engine.id),
+        };
+
+        if engine.shared.is_some() {
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            let call = Call {
+                engine: engine.clone(),
+                ctx,
+                route,
+                protocol,
+                observe,
+                phase: self.phase,
+            };
+            return ResponseFuture::shared(Box::pin(call.run(inner, req)));
+        }
+
+        let facts = engine.facts(&ctx, route);
+        let verdict = engine.assess(&ctx, &facts, self.phase);
+        if let Some(denial) = verdict.denial {
+            if engine.mode == Mode::Enforce {
+                ctx.deny(&denial);
+                let res = respond(
+                    &*engine.renderer,
+                    denial.with_request_id(ctx.request_id()),
+                    protocol,
+                );
+                if observe {
+                    engine.observe(&ctx, route, res.status());
+                }
+                return ResponseFuture::rejected(res);
+            }
+            ctx.record_shadow_denial(&denial);
+        }
+        if self.phase == Phase::Identified {
+            ctx.allow();
+        }
+        let observe = observe.then(|| Observation {
+            engine: engine.clone(),
+            ctx,
+            route,
+        });
+        ResponseFuture::inner(self.inner.call(req), observe)
+    }
+}
+
+/// One request through a layer with a shared store.
+struct Call {
+    engine: Arc<Engine>,
+    ctx: SecurityContext,
+    route: Option<RouteFacts>,
+    protocol: Protocol,
+    observe: bool,
+    phase: Phase,
+}
+
+impl Call {
+    async fn run<S, ReqBody, ResBody>(
+        self,
+        mut inner: S,
+        req: Request<ReqBody>,
+    ) -> Result<Response<GuardBody<ResBody>>, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let Call {
+            engine,
+            ctx,
+            route,
+            protocol,
+            observe,
+            phase,
+        } = self;
+        let Some(shared) = engine.shared.clone() else {
+            unreachable!("only called with a shared store")
+        };
+        let f = engine.facts(&ctx, route);
+        let mut denial = None;
+        match shared_check(&shared, &f).await {
+            Ok(Some(d)) => match d.action {
+                StickyAction::Block => denial = Some(engine.block_denial(&d, &f)),
+                StickyAction::StepUp
+                    if !matches!(
+                        f.credential_class(),
+                        CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained
+                    ) =>
+                {
+                    denial = Some(engine.step_up_denial());
+                }
+                _ => {}
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(target: "nhi_guard::risk", error = %e, "shared risk store failed");
+                if shared.fail_closed {
+                    denial = Some(
+                        Denial::custom(
+                            Control::Risk,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "risk_store_unavailable",
+                            "Service unavailable",
+                            "Risk state is unavailable; retry later",
+                            GrpcCode::Unavailable,
+                        )
+                        .retry_after(Duration::from_secs(1)),
+                    );
+                }
+            }
+        }
+        if let Some(d) = &denial {
+            ctx.update(|s| {
+                s.risk = Some(nhi_guard_core::context::RiskAssessment {
+                    score: 100,
+                    action: std::borrow::Cow::Borrowed(if d.status() == StatusCode::UNAUTHORIZED {
+                        "step_up"
+                    } else {
+                        "block"
+                    }),
+                    signals: vec![nhi_guard_core::context::SignalHit {
+                        signal: "shared_sticky",
+                        points: 100,
+                        reason: std::borrow::Cow::Borrowed("decision shared by another replica"),
+                    }],
+                })
+            });
+        } else {
+            let verdict = engine.assess(&ctx, &f, phase);
+            if let Some(d) = verdict.new_sticky
+                && d.action >= StickyAction::StepUp
+                && let Err(e) = shared.store.put(d, f.now()).await
+            {
+                tracing::warn!(target: "nhi_guard::risk", error = %e, "could not share a risk decision");
+            }
+            denial = verdict.denial;
+        }
+        if let Some(denial) = denial {
+            if engine.mode == Mode::Enforce {
+                ctx.deny(&denial);
+                let res = respond(
+                    &*engine.renderer,
+                    denial.with_request_id(ctx.request_id()),
+                    protocol,
+                );
+                if observe {
+                    engine.observe(&ctx, route, res.status());
+                }
+                return Ok(res);
+            }
+            ctx.record_shadow_denial(&denial);
+        }
+        if phase == Phase::Identified {
+            ctx.allow();
+        }
+        let res = inner.call(req).await?;
+        if observe {
+            let of = engine.observe(&ctx, route, res.status());
+            if let Err(e) = share_failure(&shared, &of, engine.cooldowns.block).await {
+                tracing::warn!(target: "nhi_guard::risk", error = %e, "could not share failure evidence");
+            }
+        }
+        Ok(res.map(GuardBody::inner))
+    }
+}
+
+/// The edge half of the risk service (see [`crate::RiskLayer::edge`]).
+#[derive(Clone)]
+pub struct RiskEdge<S>(Risk<S>);
+
+impl<S: fmt::Debug> fmt::Debug for RiskEdge<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RiskEdge").field(&self.0).finish()
+    }
+}
+
+impl<S> RiskEdge<S> {
+    pub(crate) fn new(inner: Risk<S>) -> Self {
+        Self(inner)
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RiskEdge<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<GuardBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        self.0.call(req)
+    }
+}

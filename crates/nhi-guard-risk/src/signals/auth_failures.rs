@@ -1,0 +1,206 @@
+use std::borrow::Cow;
+use std::time::Duration;
+
+use nhi_guard_core::risk_store::RiskKey;
+
+use super::nanos;
+use crate::signal::{Curve, Outcome, Phase, Points, RequestFacts, Signal, SignalMemory};
+use crate::state::{BoundedMap, WindowCounter};
+
+/// Configuration of [`AuthFailureVelocity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthFailureConfig {
+    /// Window of the per-address count. Default 60 s.
+    pub address_window: Duration,
+    /// Points for failures per address in the window. Default: 5 failures → 40
+    /// (throttle), +8 per 2 more, so 15 failures in a minute → 80 (block).
+    ///
+    /// A machine client that is correctly configured does not fail to authenticate;
+    /// one whose key was just rotated fails a handful of times before it stops or
+    /// is fixed. Five a minute leaves that room; stuffing runs far faster.
+    pub address_curve: Curve,
+    /// Window of the per-network (/24, /64) count. Default 10 minutes.
+    pub network_window: Duration,
+    /// Points for failures per network in the window. Default: 20 → 40, +10 per 5
+    /// more, so 40 failures in 10 minutes → 80 (block the network). Catches
+    /// low-and-slow stuffing that spreads over many addresses of a few networks,
+    /// each address staying far under the per-address threshold.
+    pub network_curve: Curve,
+    /// Most addresses and networks tracked (each). Default 100 000.
+    pub capacity: usize,
+}
+
+impl Default for AuthFailureConfig {
+    fn default() -> Self {
+        Self {
+            address_window: Duration::from_secs(60),
+            address_curve: Curve::new(5, 40, 8, 2, 100),
+            network_window: Duration::from_secs(600),
+            network_curve: Curve::new(20, 40, 10, 5, 100),
+            capacity: 100_000,
+        }
+    }
+}
+
+/// Signal 1: authentication-failure velocity per client address and per network
+/// (credential stuffing). Learns from responses whose identity check failed with a
+/// presented credential; scores every later request from the address or network.
+#[derive(Debug)]
+pub struct AuthFailureVelocity {
+    cfg: AuthFailureConfig,
+    addr_window: u64,
+    net_window: u64,
+    by_addr: BoundedMap<WindowCounter>,
+    by_net: BoundedMap<WindowCounter>,
+}
+
+impl AuthFailureVelocity {
+    /// The signal with `cfg`.
+    pub fn new(cfg: AuthFailureConfig) -> Self {
+        Self {
+            addr_window: nanos(cfg.address_window),
+            net_window: nanos(cfg.network_window),
+            by_addr: BoundedMap::new(cfg.capacity, cfg.address_window * 2),
+            by_net: BoundedMap::new(cfg.capacity, cfg.network_window * 2),
+            cfg,
+        }
+    }
+}
+
+impl Signal for AuthFailureVelocity {
+    fn name(&self) -> &'static str {
+        "auth_failure_velocity"
+    }
+
+    fn phase(&self) -> Phase {
+        Phase::Edge
+    }
+
+    fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
+        let now = f.now_nanos;
+        let (ip, ah) = f.addr?;
+        let a = self
+            .by_addr
+            .read(ah, now, |c| c.count(now, self.addr_window))
+            .unwrap_or(0);
+        let ap = self.cfg.address_curve.points(a);
+        let (net, nh) = f.network?;
+        let n = self
+            .by_net
+            .read(nh, now, |c| c.count(now, self.net_window))
+            .unwrap_or(0);
+        let np = self.cfg.network_curve.points(n);
+        if ap == 0 && np == 0 {
+            return None;
+        }
+        Some(if ap >= np {
+            Points {
+                points: ap,
+                key: RiskKey::Address(ip),
+                reason: Cow::Owned(format!("{a} authentication failures from this address")),
+            }
+        } else {
+            Points {
+                points: np,
+                key: RiskKey::Network(net),
+                reason: Cow::Owned(format!("{n} authentication failures from this network")),
+            }
+        })
+    }
+
+    fn observe(&self, f: &RequestFacts, _outcome: Outcome) {
+        if f.identity_failure.is_none() || f.credential.is_none() {
+            return;
+        }
+        let now = f.now_nanos;
+        if let Some((_, h)) = f.addr {
+            self.by_addr.update(h, now, WindowCounter::default, |c| {
+                c.add(now, self.addr_window, 1)
+            });
+        }
+        if let Some((_, h)) = f.network {
+            self.by_net
+                .update(h, now, WindowCounter::default, |c| c.add(now, self.net_window, 1));
+        }
+    }
+
+    fn memory(&self) -> SignalMemory {
+        SignalMemory {
+            keys: self.by_addr.len() + self.by_net.len(),
+            capacity: self.by_addr.capacity() + self.by_net.capacity(),
+            bytes: self.by_addr.memory_bytes(|_| 0) + self.by_net.memory_bytes(|_| 0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::testing::*;
+    use crate::state::KeyHasher;
+
+    fn ok() -> Outcome {
+        Outcome {
+            status: http::StatusCode::UNAUTHORIZED,
+            refused_by_risk: false,
+        }
+    }
+
+    #[test]
+    fn failures_from_one_address_add_up_and_fade() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        for i in 0..4 {
+            s.observe(&failed(&h, f64::from(i), "127.0.0.9", &format!("k{i}")), ok());
+        }
+        assert_eq!(
+            s.evaluate(&facts(&h, 5.0, "127.0.0.9")),
+            None,
+            "4 failures are tolerated"
+        );
+        s.observe(&failed(&h, 5.0, "127.0.0.9", "k5"), ok());
+        let p = s.evaluate(&facts(&h, 6.0, "127.0.0.9")).expect("points");
+        assert_eq!((p.points, p.key.to_string()), (40, "addr:127.0.0.9".to_string()));
+        // Other addresses of the network are not affected at this volume.
+        assert_eq!(s.evaluate(&facts(&h, 6.0, "127.0.0.10")), None);
+        for i in 0..10 {
+            s.observe(&failed(&h, 7.0, "127.0.0.9", &format!("x{i}")), ok());
+        }
+        assert_eq!(
+            s.evaluate(&facts(&h, 8.0, "127.0.0.9")).map(|p| p.points),
+            Some(80)
+        );
+        // Two windows later it is forgotten.
+        assert_eq!(s.evaluate(&facts(&h, 130.0, "127.0.0.9")), None);
+    }
+
+    #[test]
+    fn failures_spread_over_a_network_score_the_network() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        for i in 0..40u32 {
+            let ip = format!("127.5.6.{}", i + 1);
+            s.observe(&failed(&h, f64::from(i) * 10.0, &ip, &format!("k{i}")), ok());
+        }
+        let p = s.evaluate(&facts(&h, 400.0, "127.5.6.200")).expect("points");
+        assert_eq!(p.key.to_string(), "net:127.5.6.0/24");
+        assert!(p.points >= 70, "{p:?}");
+        assert_eq!(s.evaluate(&facts(&h, 400.0, "127.5.7.1")), None);
+    }
+
+    #[test]
+    fn successes_and_missing_credentials_do_not_count() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        for i in 0..50 {
+            s.observe(&authed(&h, f64::from(i), "127.0.0.1", "c", "k"), ok());
+            s.observe(
+                &facts(&h, f64::from(i), "127.0.0.1").with_identity_failure("credential_missing"),
+                ok(),
+            );
+        }
+        assert_eq!(s.evaluate(&facts(&h, 51.0, "127.0.0.1")), None);
+        assert!(s.memory().capacity >= 200_000);
+    }
+}

@@ -1,0 +1,202 @@
+use std::borrow::Cow;
+use std::time::Duration;
+
+use nhi_guard_core::risk_store::RiskKey;
+
+use super::nanos;
+use crate::signal::{Curve, Points, RequestFacts, Signal, SignalMemory};
+use crate::state::{BoundedMap, CappedSet, Sketch, WindowedDistinct};
+
+/// Configuration of [`CredentialSpread`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CredentialSpreadConfig {
+    /// Window of the distinct counts. Default 1 hour.
+    pub window: Duration,
+    /// How many networks a credential is first seen from are its home: requests from
+    /// them never score here. Default 2 (a deployment and its failover).
+    pub home_networks: u8,
+    /// How long after a credential is first seen its home networks are learned.
+    /// Default 15 minutes: long enough for a deployment to show its egress networks,
+    /// short enough that a copy used later never becomes home.
+    pub home_learning: Duration,
+    /// Points for a request from outside the home networks, by distinct networks the
+    /// credential was used from in the window (home included). Default: 3 → 40, +10
+    /// per extra network.
+    ///
+    /// A credential lives in one deployment, which egresses through one or two
+    /// networks; a third network within the hour means the credential has left its
+    /// deployment (copied, shared or stolen). With [`super::NewNetwork`] (30) the
+    /// first such request reaches 70 (step-up for a bearer token), the next network
+    /// 80 (block that network).
+    pub network_curve: Curve,
+    /// Points for a request from outside the home networks, by distinct addresses
+    /// outside them. Default: 8 → 40, +10 per 4 more. Catches replay from many
+    /// addresses of one foreign network.
+    pub address_curve: Curve,
+    /// Most credentials tracked. Default 100 000.
+    pub capacity: usize,
+}
+
+impl Default for CredentialSpreadConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(3600),
+            home_networks: 2,
+            home_learning: Duration::from_secs(900),
+            network_curve: Curve::new(3, 40, 10, 1, 100),
+            address_curve: Curve::new(8, 40, 10, 4, 100),
+            capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Spread {
+    first_seen: u64,
+    home: CappedSet<4>,
+    networks: WindowedDistinct<CappedSet<16>>,
+    foreign_addrs: WindowedDistinct<CappedSet<32>>,
+}
+
+/// Signal 3: one credential (token fingerprint, API key, or client id when there is
+/// no fingerprint) used from many addresses or networks within a window: theft or
+/// sharing. Points go to requests from outside the credential's home networks, keyed
+/// on the request's network, so the legitimate deployment keeps working while the
+/// copies are stopped.
+#[derive(Debug)]
+pub struct CredentialSpread {
+    cfg: CredentialSpreadConfig,
+    window: u64,
+    learning: u64,
+    by_credential: BoundedMap<Spread>,
+}
+
+impl CredentialSpread {
+    /// The signal with `cfg`.
+    pub fn new(cfg: CredentialSpreadConfig) -> Self {
+        Self {
+            window: nanos(cfg.window),
+            learning: nanos(cfg.home_learning),
+            by_credential: BoundedMap::new(cfg.capacity, cfg.window * 2),
+            cfg,
+        }
+    }
+}
+
+impl Signal for CredentialSpread {
+    fn name(&self) -> &'static str {
+        "credential_spread"
+    }
+
+    fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
+        f.client.as_ref()?;
+        let key = f.credential_hash().or(f.client_hash())?;
+        let (net, nh) = f.network?;
+        let (_, ah) = f.addr?;
+        let now = f.now_nanos;
+        let home = usize::from(self.cfg.home_networks);
+        let init = || Spread {
+            first_seen: now,
+            ..Spread::default()
+        };
+        let (nets, addrs) = self.by_credential.update(key, now, init, |s| {
+            if s.home.contains(nh) {
+                s.networks.insert(nh, now, self.window);
+                return (0, 0);
+            }
+            if (s.home.len() as usize) < home && now.saturating_sub(s.first_seen) < self.learning {
+                s.home.insert(nh);
+                s.networks.insert(nh, now, self.window);
+                return (0, 0);
+            }
+            (
+                s.networks.insert(nh, now, self.window),
+                s.foreign_addrs.insert(ah, now, self.window),
+            )
+        });
+        let np = self.cfg.network_curve.points(nets);
+        let ap = self.cfg.address_curve.points(addrs);
+        let points = np.max(ap);
+        (points > 0).then(|| Points {
+            points,
+            key: RiskKey::Network(net),
+            reason: Cow::Owned(format!(
+                "credential used from {nets} networks and {addrs} foreign addresses within the window"
+            )),
+        })
+    }
+
+    fn memory(&self) -> SignalMemory {
+        SignalMemory {
+            keys: self.by_credential.len(),
+            capacity: self.by_credential.capacity(),
+            bytes: self.by_credential.memory_bytes(|s| s.home.heap_bytes()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::testing::*;
+    use crate::state::KeyHasher;
+
+    #[test]
+    fn copies_from_foreign_networks_score_while_home_stays_clean() {
+        let h = KeyHasher::new();
+        let s = CredentialSpread::new(CredentialSpreadConfig::default());
+        for i in 0..10 {
+            assert_eq!(
+                s.evaluate(&authed(&h, f64::from(i), "127.10.0.5", "app", "key")),
+                None
+            );
+        }
+        // After the learning period, one foreign network: 2 networks, no points yet.
+        assert_eq!(s.evaluate(&authed(&h, 2000.0, "127.200.1.1", "app", "key")), None);
+        let p = s
+            .evaluate(&authed(&h, 2001.0, "127.200.2.1", "app", "key"))
+            .expect("third network");
+        assert_eq!(
+            (p.points, p.key.to_string()),
+            (40, "net:127.200.2.0/24".to_string())
+        );
+        let p = s
+            .evaluate(&authed(&h, 2002.0, "127.200.3.1", "app", "key"))
+            .expect("fourth network");
+        assert_eq!(p.points, 50);
+        // The home network is never scored.
+        assert_eq!(s.evaluate(&authed(&h, 2003.0, "127.10.0.5", "app", "key")), None);
+        // Another credential is unaffected.
+        assert_eq!(
+            s.evaluate(&authed(&h, 2003.0, "127.200.3.1", "other", "k2")),
+            None
+        );
+    }
+
+    #[test]
+    fn many_addresses_of_one_foreign_network_score() {
+        let h = KeyHasher::new();
+        let cfg = CredentialSpreadConfig {
+            home_networks: 1,
+            ..CredentialSpreadConfig::default()
+        };
+        let s = CredentialSpread::new(cfg);
+        assert_eq!(s.evaluate(&authed(&h, 0.0, "127.10.0.5", "app", "key")), None);
+        let mut last = None;
+        for i in 1..=8 {
+            last = s.evaluate(&authed(&h, 1000.0, &format!("127.99.0.{i}"), "app", "key"));
+        }
+        assert_eq!(last.map(|p| p.points), Some(40));
+    }
+
+    #[test]
+    fn failed_requests_are_ignored() {
+        let h = KeyHasher::new();
+        let s = CredentialSpread::new(CredentialSpreadConfig::default());
+        for i in 0..20 {
+            assert_eq!(s.evaluate(&failed(&h, 1.0, &format!("127.{i}.0.1"), "key")), None);
+        }
+        assert_eq!(s.memory().keys, 0);
+    }
+}

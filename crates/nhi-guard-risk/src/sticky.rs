@@ -1,0 +1,306 @@
+//! The in-process store of sticky decisions (and an in-process [`RiskStore`]).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use nhi_guard_core::clock::duration_nanos;
+use nhi_guard_core::risk_store::{RiskKey, RiskStore, RiskStoreFuture, StickyAction, StickyDecision};
+
+use crate::signal::RequestFacts;
+use crate::state::{BoundedMap, CappedSet, Hll64, KeyHasher, Sketch};
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    duration_nanos(t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+}
+
+/// The hash of a risk key, as [`RequestFacts`] computes it for the same key.
+pub(crate) fn key_hash(hasher: &KeyHasher, key: &RiskKey) -> u64 {
+    match key {
+        RiskKey::Address(ip) => hasher.hash_tagged(1, ip),
+        RiskKey::Network(net) => hasher.hash_tagged(2, net),
+        RiskKey::Client(id) => hasher.hash_tagged(3, id.as_str()),
+        RiskKey::Credential(fp) => hasher.hash_tagged(4, fp.as_bytes()),
+        // RiskKey is non-exhaustive; a future kind gets its own namespace.
+        other => hasher.hash_tagged(9, &other.to_string()),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub(crate) decision: StickyDecision,
+    until_nanos: u64,
+    /// Throttle: the GCRA theoretical arrival time of the cut allowance.
+    tat: u64,
+}
+
+/// What a sticky look-up found.
+#[derive(Debug, Clone)]
+pub(crate) enum StickyHit {
+    Block(StickyDecision),
+    StepUp(StickyDecision),
+    /// Throttled, over the allowance: retry after this long.
+    ThrottleRefused(StickyDecision, Duration),
+    /// Throttled, within the allowance.
+    ThrottlePassed,
+}
+
+/// In-process sticky decisions: bounded, each expiring at its `until`.
+#[derive(Debug)]
+pub struct MemoryRiskStore {
+    hasher: KeyHasher,
+    entries: BoundedMap<Entry>,
+    counters: BoundedMap<(u64, u64)>,
+    distinct: BoundedMap<(u64, Hll64, CappedSet<64>)>,
+}
+
+impl MemoryRiskStore {
+    /// A store holding at most `capacity` decisions, none lasting longer than
+    /// `longest`.
+    pub fn new(capacity: usize, longest: Duration) -> Self {
+        Self::with_hasher(KeyHasher::new(), capacity, longest)
+    }
+
+    pub(crate) fn with_hasher(hasher: KeyHasher, capacity: usize, longest: Duration) -> Self {
+        let idle = longest + Duration::from_secs(1);
+        Self {
+            hasher,
+            entries: BoundedMap::new(capacity, idle),
+            counters: BoundedMap::new(capacity, Duration::from_secs(24 * 3600)),
+            distinct: BoundedMap::new(capacity, Duration::from_secs(24 * 3600)),
+        }
+    }
+
+    /// Stores `decision` unless a stronger or longer one is in place on its key.
+    pub fn put_decision(&self, decision: StickyDecision, now: SystemTime) {
+        let h = key_hash(&self.hasher, &decision.key);
+        let now_n = unix_nanos(now);
+        let until_nanos = unix_nanos(decision.until);
+        let fresh = Entry {
+            until_nanos,
+            tat: now_n,
+            decision: decision.clone(),
+        };
+        self.entries.update(
+            h,
+            now_n,
+            || fresh.clone(),
+            |e| {
+                let active = e.until_nanos > now_n;
+                if !active || decision.action > e.decision.action {
+                    *e = fresh.clone();
+                } else if decision.action == e.decision.action && until_nanos > e.until_nanos {
+                    e.until_nanos = until_nanos;
+                    e.decision.until = decision.until;
+                    e.decision.score = e.decision.score.max(decision.score);
+                }
+            },
+        );
+    }
+
+    /// Starts (or extends) a throttle whose allowance is spent until `now + interval`.
+    pub(crate) fn put_throttle(&self, decision: StickyDecision, now: SystemTime, interval: u64) {
+        let h = key_hash(&self.hasher, &decision.key);
+        self.put_decision(decision, now);
+        let now_n = unix_nanos(now);
+        self.entries.update(
+            h,
+            now_n,
+            || unreachable_entry(now_n),
+            |e| {
+                if e.decision.action == StickyAction::Throttle {
+                    e.tat = e.tat.max(now_n + interval);
+                }
+            },
+        );
+    }
+
+    /// The strongest active decision on the request's keys; a throttle's allowance
+    /// is consumed when the request passes it.
+    pub(crate) fn check(&self, facts: &RequestFacts, interval: u64) -> Option<StickyHit> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let now = facts.now_nanos;
+        let keys = [
+            facts.addr_hash(),
+            facts.network_hash(),
+            facts.credential_hash(),
+            facts.client_hash(),
+        ];
+        let mut best: Option<(StickyAction, u64)> = None;
+        for h in keys.into_iter().flatten() {
+            if let Some(action) = self
+                .entries
+                .read(h, now, |e| (e.until_nanos > now).then_some(e.decision.action))
+                .flatten()
+                && best.is_none_or(|b| action > b.0)
+            {
+                best = Some((action, h));
+            }
+        }
+        let (action, h) = best?;
+        self.entries
+            .read(h, now, |e| e.decision.clone())
+            .map(|d| match action {
+                StickyAction::Block => StickyHit::Block(d),
+                StickyAction::StepUp => StickyHit::StepUp(d),
+                _ => self.take_allowance(h, now, interval, d),
+            })
+    }
+
+    fn take_allowance(&self, h: u64, now: u64, interval: u64, d: StickyDecision) -> StickyHit {
+        let wait = self.entries.update(
+            h,
+            now,
+            || unreachable_entry(now),
+            |e| {
+                if e.tat <= now {
+                    e.tat = now + interval;
+                    None
+                } else {
+                    Some(e.tat - now)
+                }
+            },
+        );
+        match wait {
+            None => StickyHit::ThrottlePassed,
+            Some(w) => StickyHit::ThrottleRefused(d, Duration::from_nanos(w)),
+        }
+    }
+
+    /// Every active decision at `now`, strongest first.
+    pub fn active(&self, now: SystemTime) -> Vec<StickyDecision> {
+        let now_n = unix_nanos(now);
+        let mut out = Vec::new();
+        self.entries.for_each(now_n, |_, e| {
+            if e.until_nanos > now_n {
+                out.push(e.decision.clone());
+            }
+        });
+        out.sort_by(|a, b| b.action.cmp(&a.action).then_with(|| a.key.cmp(&b.key)));
+        out
+    }
+
+    /// Lifts the decision on `key`; whether an active one was there.
+    pub fn lift_key(&self, key: &RiskKey, now: SystemTime) -> bool {
+        let h = key_hash(&self.hasher, key);
+        let now_n = unix_nanos(now);
+        let was_active = self
+            .entries
+            .read(h, now_n, |e| e.until_nanos > now_n)
+            .unwrap_or(false);
+        self.entries.remove(h);
+        was_active
+    }
+
+    /// Decisions held (including lapsed ones not yet evicted).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no decision is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+// Only reached if an entry vanished between two look-ups under eviction: an
+// already-lapsed throttle that lets the request through.
+fn unreachable_entry(now: u64) -> Entry {
+    Entry {
+        decision: StickyDecision {
+            key: RiskKey::Client(nhi_guard_core::ClientId::from("-")),
+            action: StickyAction::Throttle,
+            until: SystemTime::UNIX_EPOCH + Duration::from_nanos(now),
+            score: 0,
+            reason: Arc::from(""),
+        },
+        until_nanos: now,
+        tat: now,
+    }
+}
+
+impl RiskStore for MemoryRiskStore {
+    fn increment(&self, name: Arc<str>, window: Duration, now: SystemTime) -> RiskStoreFuture<u64> {
+        let w = duration_nanos(window).max(1);
+        let now_n = unix_nanos(now);
+        let index = now_n / w;
+        let h = self.hasher.hash_tagged(7, &*name);
+        let n = self.counters.update(
+            h,
+            now_n,
+            || (index, 0),
+            |(i, c)| {
+                if *i != index {
+                    *i = index;
+                    *c = 0;
+                }
+                *c += 1;
+                *c
+            },
+        );
+        Box::pin(std::future::ready(Ok(n)))
+    }
+
+    fn add_distinct(
+        &self,
+        name: Arc<str>,
+        member: Arc<[u8]>,
+        window: Duration,
+        now: SystemTime,
+    ) -> RiskStoreFuture<u64> {
+        let w = duration_nanos(window).max(1);
+        let now_n = unix_nanos(now);
+        let index = now_n / w;
+        let h = self.hasher.hash_tagged(8, &*name);
+        let m = self.hasher.hash(&*member);
+        let n = self.distinct.update(
+            h,
+            now_n,
+            || (index, Hll64::default(), CappedSet::default()),
+            |(i, hll, exact)| {
+                if *i != index {
+                    *i = index;
+                    *hll = Hll64::default();
+                    *exact = CappedSet::default();
+                }
+                hll.insert(m);
+                exact.insert(m);
+                if exact.len() < 64 {
+                    exact.len()
+                } else {
+                    hll.count().max(64)
+                }
+            },
+        );
+        Box::pin(std::future::ready(Ok(u64::from(n))))
+    }
+
+    fn put(&self, decision: StickyDecision, now: SystemTime) -> RiskStoreFuture<()> {
+        self.put_decision(decision, now);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn find(&self, keys: Arc<[RiskKey]>, now: SystemTime) -> RiskStoreFuture<Option<StickyDecision>> {
+        let now_n = unix_nanos(now);
+        let best = keys
+            .iter()
+            .filter_map(|k| {
+                let h = key_hash(&self.hasher, k);
+                self.entries
+                    .read(h, now_n, |e| (e.until_nanos > now_n).then(|| e.decision.clone()))
+                    .flatten()
+            })
+            .max_by_key(|d| d.action);
+        Box::pin(std::future::ready(Ok(best)))
+    }
+
+    fn list(&self, now: SystemTime) -> RiskStoreFuture<Vec<StickyDecision>> {
+        Box::pin(std::future::ready(Ok(self.active(now))))
+    }
+
+    fn lift(&self, key: RiskKey) -> RiskStoreFuture<bool> {
+        let h = key_hash(&self.hasher, &key);
+        Box::pin(std::future::ready(Ok(self.entries.remove(h))))
+    }
+}
