@@ -86,3 +86,47 @@ impl TokenCache {
         self.inner.entry_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nhi_guard_core::ScopeSet;
+
+    fn token(exp: SystemTime) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken {
+            issuer: 0,
+            client_id: Arc::from("svc"),
+            subject: Arc::from("svc"),
+            scopes: ScopeSet::empty(),
+            exp,
+            kid: None,
+            alg: Arc::from("ES256"),
+            jti: None,
+            key_fingerprint: [0; 32],
+            cnf_x5t: None,
+        })
+    }
+
+    #[test]
+    fn hit_until_exp_then_gone() {
+        let cache = TokenCache::new(100);
+        let now = SystemTime::now();
+        cache.insert([1; 32], token(now + Duration::from_secs(10)), now);
+        assert!(cache.get(&[1; 32], now).is_some());
+        assert!(cache.get(&[1; 32], now + Duration::from_secs(9)).is_some());
+        assert!(cache.get(&[1; 32], now + Duration::from_secs(10)).is_none());
+        assert!(cache.get(&[1; 32], now).is_none(), "removed on the expired hit");
+    }
+
+    #[test]
+    fn expired_tokens_are_not_inserted_and_size_is_bounded() {
+        let cache = TokenCache::new(16);
+        let now = SystemTime::now();
+        cache.insert([2; 32], token(now), now);
+        assert!(cache.get(&[2; 32], now - Duration::from_secs(1)).is_none());
+        for i in 0..200u8 {
+            cache.insert([i; 32], token(now + Duration::from_secs(60)), now);
+        }
+        assert!(cache.len() <= 16, "{}", cache.len());
+    }
+}

@@ -53,15 +53,22 @@ enum Presented<'a> {
 
 /// A failed check: the denial, plus what to record about the credential.
 struct Failure {
-    denial: Denial,
+    denial: Box<Denial>,
     credential: Option<(IdentityKind, CredentialFingerprint)>,
 }
 
 impl Failure {
     fn bare(denial: Denial) -> Self {
         Self {
-            denial,
+            denial: Box::new(denial),
             credential: None,
+        }
+    }
+
+    fn with(denial: Denial, kind: IdentityKind, fp: CredentialFingerprint) -> Self {
+        Self {
+            denial: Box::new(denial),
+            credential: Some((kind, fp)),
         }
     }
 }
@@ -282,12 +289,7 @@ impl Config {
         ctx: &SecurityContext,
         fp: CredentialFingerprint,
     ) -> Step {
-        let fail = |denial: Denial| {
-            Step::Fail(Failure {
-                denial,
-                credential: Some((IdentityKind::ServiceAccount, fp)),
-            })
-        };
+        let fail = |denial: Denial| Step::Fail(Failure::with(denial, IdentityKind::ServiceAccount, fp));
         if let Some(expected) = &vt.cnf_x5t {
             let Some(leaf) = certs.and_then(PeerCertificates::leaf) else {
                 return fail(Denial::invalid_token(
@@ -328,12 +330,7 @@ impl Config {
     fn admit_api_key(&self, key: &str, ctx: &SecurityContext) -> Step {
         let hash = ApiKeyHash::of_key(key.as_bytes());
         let fp = CredentialFingerprint::from_sha256(hash.as_bytes());
-        let fail = |denial: Denial| {
-            Step::Fail(Failure {
-                denial,
-                credential: Some((IdentityKind::ApiKey, fp)),
-            })
-        };
+        let fail = |denial: Denial| Step::Fail(Failure::with(denial, IdentityKind::ApiKey, fp));
         if key.len() > MAX_API_KEY_BYTES {
             return fail(Denial::invalid_token(
                 Control::Identity,
@@ -361,12 +358,7 @@ impl Config {
             return Step::Fail(Failure::bare(Denial::missing_credential(Control::Identity)));
         };
         let fp = CredentialFingerprint::of(leaf);
-        let fail = |denial: Denial| {
-            Step::Fail(Failure {
-                denial,
-                credential: Some((IdentityKind::WorkloadCertificate, fp)),
-            })
-        };
+        let fail = |denial: Denial| Step::Fail(Failure::with(denial, IdentityKind::WorkloadCertificate, fp));
         let spiffe = match mtls::spiffe_id(leaf) {
             Ok(id) => id,
             Err(e) => return fail(Denial::invalid_token(Control::Identity, e.reason(), e.detail())),
@@ -422,10 +414,7 @@ impl Config {
                         "The client may not call from this network",
                     ),
                 };
-                Step::Fail(Failure {
-                    denial,
-                    credential: Some((kind, fp)),
-                })
+                Step::Fail(Failure::with(denial, kind, fp))
             }
         }
     }
@@ -436,7 +425,7 @@ impl Config {
         step_result: Result<Option<Principal>, Failure>,
         extra: Option<(IdentityKind, CredentialFingerprint, bool)>,
         ctx: &SecurityContext,
-    ) -> Result<Option<Principal>, Denial> {
+    ) -> Result<Option<Principal>, Box<Denial>> {
         match step_result {
             Ok(principal) => {
                 if let Some(p) = &principal {
@@ -460,7 +449,7 @@ impl Config {
                 Ok(principal)
             }
             Err(failure) => {
-                let denial = failure.denial.with_request_id(ctx.request_id());
+                let denial = Box::new((*failure.denial).with_request_id(ctx.request_id()));
                 ctx.update(|s| {
                     s.identity_failure = Some(denial.reason());
                     if let Some((kind, fp)) = failure.credential {
@@ -502,10 +491,7 @@ fn token_failure(e: TokenError, fp: CredentialFingerprint) -> Failure {
     } else {
         Denial::invalid_token(Control::Identity, e.reason, e.detail)
     };
-    Failure {
-        denial,
-        credential: Some((IdentityKind::ServiceAccount, fp)),
-    }
+    Failure::with(denial, IdentityKind::ServiceAccount, fp)
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -599,9 +585,11 @@ where
                 }
                 nhi_guard_core::future::ResponseFuture::inner(self.inner.call(req))
             }
-            Err(denial) => {
-                nhi_guard_core::future::ResponseFuture::rejected(respond(&*config.renderer, denial, protocol))
-            }
+            Err(denial) => nhi_guard_core::future::ResponseFuture::rejected(respond(
+                &*config.renderer,
+                *denial,
+                protocol,
+            )),
         };
         ResponseFuture {
             kind: Kind::Ready { future },
@@ -644,6 +632,6 @@ where
             }
             inner.call(req).await.map(|res| res.map(GuardBody::inner))
         }
-        Err(denial) => Ok(respond(&*config.renderer, denial, protocol)),
+        Err(denial) => Ok(respond(&*config.renderer, *denial, protocol)),
     }
 }

@@ -108,7 +108,7 @@ async fn assert_rejected_any(layer: &IdentityLayer, token: &str, reasons: &[&str
     let problem: Value = serde_json::from_str(&out.body).unwrap();
     let got = problem["reason"].as_str().unwrap();
     assert!(reasons.contains(&got), "expected {reasons:?}: {problem}");
-    assert_eq!(out.state.identity_failure.as_deref(), Some(got));
+    assert_eq!(out.state.identity_failure, Some(got));
     assert_eq!(
         out.state.credential_fingerprint,
         Some(CredentialFingerprint::of(token.as_bytes()))
