@@ -52,6 +52,7 @@ pub fn inventory() -> Inventory {
         ))
         .client(record("billing-export", "invoices:read"))
         .client(record("ops-console", "admin orders:read"))
+        .client(record("monitor", "health:read"))
         .build()
         .expect("inventory")
 }
