@@ -1,0 +1,26 @@
+//! Redis implementations of the nhi-guard store traits, so that several replicas
+//! share one state.
+//!
+//! [`RedisStore`] implements [`RateLimitStore`](nhi_guard_core::store::RateLimitStore):
+//! GCRA in one atomic Lua script per request (all of its limits, one round trip),
+//! on the Redis server's clock, keys with TTLs, and an explicit
+//! [`FailurePolicy`](nhi_guard_core::store::FailurePolicy) with a timeout when Redis
+//! is slow or down. Plug it into `nhi_guard_ratelimit::RateLimitLayer::shared_store`.
+//!
+//! ```
+//! use std::time::Duration;
+//! use nhi_guard_core::store::FailurePolicy;
+//! use nhi_guard_redis::RedisStore;
+//!
+//! // Invalid configuration fails when the store is built, naming the field.
+//! let err = RedisStore::builder("redis://127.0.0.1:6379")
+//!     .failure_policy(FailurePolicy::FallbackLocal)
+//!     .timeout(Duration::from_millis(20))
+//!     .build_lazy()
+//!     .expect_err("invalid configuration");
+//! assert_eq!(err.field(), "fallback_store");
+//! ```
+
+mod ratelimit;
+
+pub use crate::ratelimit::{ConfigError, RedisStore, RedisStoreBuilder};
