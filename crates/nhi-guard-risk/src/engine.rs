@@ -145,6 +145,7 @@ pub(crate) struct Engine {
     pub(crate) cooldowns: Cooldowns,
     pub(crate) throttle_interval: Duration,
     pub(crate) max_age: Duration,
+    pub(crate) repeat_points: u32,
     pub(crate) tiers: HashMap<Box<str>, f32>,
     pub(crate) sticky: Arc<MemoryRiskStore>,
     pub(crate) shared: Option<Shared>,
@@ -227,15 +228,23 @@ impl Engine {
     }
 
     /// Checks sticky decisions, scores, picks the action and records the assessment.
-    pub(crate) fn assess(&self, ctx: &SecurityContext, f: &RequestFacts, phase: Phase) -> Verdict {
+    /// `allow` marks the context allowed when the request passes (one lock for both).
+    pub(crate) fn assess(
+        &self,
+        ctx: &SecurityContext,
+        f: &RequestFacts,
+        phase: Phase,
+        allow: bool,
+    ) -> Verdict {
         let mut throttled = false;
+        let mut held_back: Option<(StickyDecision, Duration)> = None;
         match self.sticky.check(f, nanos(self.throttle_interval)) {
             None => {}
             Some(StickyHit::ThrottlePassed) => throttled = true,
             Some(StickyHit::Block(d)) => return self.sticky_denial(ctx, f, &d, self.block_denial(&d, f)),
-            Some(StickyHit::ThrottleRefused(d, wait)) => {
-                return self.sticky_denial(ctx, f, &d, throttle_denial(wait));
-            }
+            // Over the cut allowance: still scored, so that persisting escalates to
+            // a block instead of waiting the throttle out.
+            Some(StickyHit::ThrottleRefused(d, wait)) => held_back = Some((d, wait)),
             Some(StickyHit::StepUp(d)) if !satisfies_step_up(f.credential_class) => {
                 return self.sticky_denial(ctx, f, &d, self.step_up_denial());
             }
@@ -256,13 +265,23 @@ impl Engine {
                 hits.push((signal.name(), p));
             }
         }
+        if let Some(p) = self.sticky.repeat_offender(f, self.repeat_points) {
+            raw = raw.saturating_add(p.points);
+            hits.push(("repeat_offender", p));
+        }
         if hits.is_empty() {
+            if let Some((d, wait)) = held_back {
+                return self.sticky_denial(ctx, f, &d, throttle_denial(wait));
+            }
             ctx.update(|s| {
                 s.risk = Some(RiskAssessment {
                     score: 0,
                     action: Cow::Borrowed("allow"),
                     signals: Vec::new(),
-                })
+                });
+                if allow && s.decision == Decision::Pending {
+                    s.decision = Decision::Allowed;
+                }
             });
             return Verdict {
                 denial: None,
@@ -277,42 +296,39 @@ impl Engine {
             .map(|(_, p)| p.key.clone())
             .unwrap_or_else(|| RiskKey::Client(nhi_guard_core::ClientId::from("-")));
         let t = self.thresholds;
-        let (action, key, denial) = if score >= t.block {
-            (StickyAction::Block, Some(top), None)
+        let action = if score >= t.block {
+            Some(StickyAction::Block)
         } else if score >= t.step_up {
             match f.credential_class {
-                CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained => (
-                    // A fresh or sender-constrained credential answers the step-up.
-                    StickyAction::Throttle,
-                    None,
-                    None,
-                ),
-                CredentialClass::Bearer { fresh: false } => {
-                    let key = f.credential.map_or(top, |(fp, _)| RiskKey::Credential(fp));
-                    (StickyAction::StepUp, Some(key), Some(self.step_up_denial()))
-                }
+                // A fresh or sender-constrained credential answers the step-up.
+                CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained => None,
+                CredentialClass::Bearer { fresh: false } => Some(StickyAction::StepUp),
                 // An API key cannot be refreshed: the step-up escalates to a block.
-                _ => (StickyAction::Block, Some(top), None),
+                _ => Some(StickyAction::Block),
             }
         } else if score >= t.throttle {
-            (StickyAction::Throttle, Some(top), None)
+            Some(StickyAction::Throttle)
         } else {
-            (StickyAction::Throttle, None, None)
+            None
         };
 
-        let reason: Arc<str> = Arc::from(hits.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","));
         let now = f.now;
         let mut new_sticky = None;
-        let mut denial = denial;
+        let mut denial = None;
         let mut action_name = "allow";
-        if let Some(key) = key {
+        if let Some(action) = action {
+            let reason: Arc<str> = Arc::from(hits.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","));
             let cooldown = match action {
-                StickyAction::Block => self.cooldowns.block,
+                StickyAction::Block => {
+                    let strikes = self.sticky.strike(&top, now);
+                    let factor = 1u32 << strikes.saturating_sub(1).min(6);
+                    (self.cooldowns.block * factor).min(Duration::from_secs(86_400))
+                }
                 StickyAction::StepUp => self.cooldowns.step_up,
                 _ => self.cooldowns.throttle,
             };
             let decision = StickyDecision {
-                key,
+                key: top,
                 action,
                 until: now + cooldown,
                 score,
@@ -327,17 +343,23 @@ impl Engine {
                 StickyAction::StepUp => {
                     action_name = "step_up";
                     self.sticky.put_decision(decision.clone(), now);
+                    denial = Some(self.step_up_denial());
                 }
                 _ => {
                     action_name = "throttle";
                     self.sticky
                         .put_throttle(decision.clone(), now, nanos(self.throttle_interval));
                     if !throttled {
-                        denial = Some(throttle_denial(self.throttle_interval));
+                        denial = Some(throttle_denial(
+                            held_back.as_ref().map_or(self.throttle_interval, |h| h.1),
+                        ));
                     }
                 }
             }
             new_sticky = Some(decision);
+        } else if let Some((_, wait)) = held_back {
+            action_name = "throttle";
+            denial = Some(throttle_denial(wait));
         }
         let signals = hits
             .into_iter()
@@ -347,12 +369,16 @@ impl Engine {
                 reason: Cow::Owned(format!("{} ({})", p.reason, p.key)),
             })
             .collect();
+        let passes = denial.is_none();
         ctx.update(|s| {
             s.risk = Some(RiskAssessment {
                 score,
                 action: Cow::Borrowed(action_name),
                 signals,
-            })
+            });
+            if allow && passes && s.decision == Decision::Pending {
+                s.decision = Decision::Allowed;
+            }
         });
         tracing::debug!(
             target: "nhi_guard::risk",

@@ -112,7 +112,7 @@ where
         }
 
         let facts = engine.facts(&ctx, route);
-        let verdict = engine.assess(&ctx, &facts, self.phase);
+        let verdict = engine.assess(&ctx, &facts, self.phase, self.phase == Phase::Identified);
         if let Some(denial) = verdict.denial {
             if engine.mode == Mode::Enforce {
                 ctx.deny(&denial);
@@ -127,9 +127,9 @@ where
                 return ResponseFuture::rejected(res);
             }
             ctx.record_shadow_denial(&denial);
-        }
-        if self.phase == Phase::Identified {
-            ctx.allow();
+            if self.phase == Phase::Identified {
+                ctx.allow();
+            }
         }
         let observe = observe.then(|| Observation {
             engine: engine.clone(),
@@ -220,7 +220,7 @@ impl Call {
                 })
             });
         } else {
-            let verdict = engine.assess(&ctx, &f, phase);
+            let verdict = engine.assess(&ctx, &f, phase, false);
             if let Some(d) = verdict.new_sticky
                 && d.action >= StickyAction::StepUp
                 && let Err(e) = shared.store.put(d, f.now()).await

@@ -49,6 +49,9 @@ pub(crate) enum StickyHit {
 pub struct MemoryRiskStore {
     hasher: KeyHasher,
     entries: BoundedMap<Entry>,
+    /// Blocks earned per key in the last day: repeat offenders get longer blocks
+    /// and start with points.
+    strikes: BoundedMap<u32>,
     counters: BoundedMap<(u64, u64)>,
     distinct: BoundedMap<(u64, Hll64, CappedSet<64>)>,
 }
@@ -65,6 +68,7 @@ impl MemoryRiskStore {
         Self {
             hasher,
             entries: BoundedMap::new(capacity, idle),
+            strikes: BoundedMap::new(capacity, Duration::from_secs(24 * 3600)),
             counters: BoundedMap::new(capacity, Duration::from_secs(24 * 3600)),
             distinct: BoundedMap::new(capacity, Duration::from_secs(24 * 3600)),
         }
@@ -97,21 +101,31 @@ impl MemoryRiskStore {
         );
     }
 
-    /// Starts (or extends) a throttle whose allowance is spent until `now + interval`.
+    /// Starts a throttle whose allowance is spent until `now + interval`, or extends
+    /// the cool-down of an active one (keeping its allowance schedule, so refused
+    /// requests do not push the next allowed one further away).
     pub(crate) fn put_throttle(&self, decision: StickyDecision, now: SystemTime, interval: u64) {
         let h = key_hash(&self.hasher, &decision.key);
-        self.put_decision(decision, now);
         let now_n = unix_nanos(now);
-        self.entries.update(
-            h,
-            now_n,
-            || unreachable_entry(now_n),
-            |e| {
-                if e.decision.action == StickyAction::Throttle {
-                    e.tat = e.tat.max(now_n + interval);
-                }
-            },
-        );
+        let was_active = self
+            .entries
+            .read(h, now_n, |e| {
+                e.until_nanos > now_n && e.decision.action == StickyAction::Throttle
+            })
+            .unwrap_or(false);
+        self.put_decision(decision, now);
+        if !was_active {
+            self.entries.update(
+                h,
+                now_n,
+                || unreachable_entry(now_n),
+                |e| {
+                    if e.decision.action == StickyAction::Throttle {
+                        e.tat = now_n + interval;
+                    }
+                },
+            );
+        }
     }
 
     /// The strongest active decision on the request's keys; a throttle's allowance
@@ -166,6 +180,50 @@ impl MemoryRiskStore {
             None => StickyHit::ThrottlePassed,
             Some(w) => StickyHit::ThrottleRefused(d, Duration::from_nanos(w)),
         }
+    }
+
+    /// Counts a block on `key`; returns its blocks in the last day (this one included).
+    pub(crate) fn strike(&self, key: &RiskKey, now: SystemTime) -> u32 {
+        let h = key_hash(&self.hasher, key);
+        self.strikes.update(
+            h,
+            unix_nanos(now),
+            || 0,
+            |n| {
+                *n = n.saturating_add(1);
+                *n
+            },
+        )
+    }
+
+    /// Points for a request from a key blocked before within the last day:
+    /// `per_strike` per block, at most three strikes' worth.
+    pub(crate) fn repeat_offender(&self, f: &RequestFacts, per_strike: u32) -> Option<crate::signal::Points> {
+        if self.strikes.is_empty() || per_strike == 0 {
+            return None;
+        }
+        let now = f.now_nanos;
+        let candidates = [
+            (f.addr_hash(), 0u8),
+            (f.network_hash(), 1),
+            (f.credential_hash(), 2),
+            (f.client_hash(), 3),
+        ];
+        let (n, which) = candidates
+            .iter()
+            .filter_map(|(h, w)| Some((self.strikes.read((*h)?, now, |n| *n)?, *w)))
+            .max_by_key(|(n, _)| *n)?;
+        let key = match which {
+            0 => RiskKey::Address(f.addr()?),
+            1 => RiskKey::Network(f.network()?),
+            2 => RiskKey::Credential(f.credential()?),
+            _ => RiskKey::Client(f.client()?.clone()),
+        };
+        Some(crate::signal::Points {
+            points: per_strike.saturating_mul(n.min(3)),
+            key,
+            reason: std::borrow::Cow::Owned(format!("blocked {n} time(s) in the last day")),
+        })
     }
 
     /// Every active decision at `now`, strongest first.

@@ -5,7 +5,7 @@ use nhi_guard_core::risk_store::RiskKey;
 
 use super::nanos;
 use crate::signal::{Curve, Outcome, Phase, Points, RequestFacts, Signal, SignalMemory};
-use crate::state::{BoundedMap, WindowCounter};
+use crate::state::{BoundedMap, CappedSet, WindowCounter, WindowedDistinct};
 
 /// Configuration of [`AuthFailureVelocity`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +22,16 @@ pub struct AuthFailureConfig {
     pub address_curve: Curve,
     /// Window of the per-network (/24, /64) count. Default 10 minutes.
     pub network_window: Duration,
-    /// Points for failures per network in the window. Default: 20 → 40, +10 per 5
-    /// more, so 40 failures in 10 minutes → 80 (block the network). Catches
+    /// Points for failures per network in the window. Default: 10 → 40, +10 per 5
+    /// more, so 30 failures in 10 minutes → 80 (block the network). Catches
     /// low-and-slow stuffing that spreads over many addresses of a few networks,
     /// each address staying far under the per-address threshold.
     pub network_curve: Curve,
+    /// The network curve applies only once this many distinct addresses of the
+    /// network failed in the window. Default 5: one misconfigured client retrying a
+    /// stale key, or a NAT address, is the per-address signal's business and must
+    /// not put its neighbours under suspicion.
+    pub network_min_addresses: u32,
     /// Most addresses and networks tracked (each). Default 100 000.
     pub capacity: usize,
 }
@@ -37,7 +42,8 @@ impl Default for AuthFailureConfig {
             address_window: Duration::from_secs(60),
             address_curve: Curve::new(5, 40, 8, 2, 100),
             network_window: Duration::from_secs(600),
-            network_curve: Curve::new(20, 40, 10, 5, 100),
+            network_curve: Curve::new(10, 40, 10, 5, 100),
+            network_min_addresses: 5,
             capacity: 100_000,
         }
     }
@@ -52,7 +58,13 @@ pub struct AuthFailureVelocity {
     addr_window: u64,
     net_window: u64,
     by_addr: BoundedMap<WindowCounter>,
-    by_net: BoundedMap<WindowCounter>,
+    by_net: BoundedMap<NetFailures>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct NetFailures {
+    failures: WindowCounter,
+    addresses: WindowedDistinct<CappedSet<16>>,
 }
 
 impl AuthFailureVelocity {
@@ -86,11 +98,16 @@ impl Signal for AuthFailureVelocity {
             .unwrap_or(0);
         let ap = self.cfg.address_curve.points(a);
         let (net, nh) = f.network?;
-        let n = self
+        let w = self.net_window;
+        let (n, spread) = self
             .by_net
-            .read(nh, now, |c| c.count(now, self.net_window))
-            .unwrap_or(0);
-        let np = self.cfg.network_curve.points(n);
+            .read(nh, now, |c| (c.failures.count(now, w), c.addresses.count(now, w)))
+            .unwrap_or((0, 0));
+        let np = if spread >= self.cfg.network_min_addresses {
+            self.cfg.network_curve.points(n)
+        } else {
+            0
+        };
         if ap == 0 && np == 0 {
             return None;
         }
@@ -119,9 +136,12 @@ impl Signal for AuthFailureVelocity {
                 c.add(now, self.addr_window, 1)
             });
         }
-        if let Some((_, h)) = f.network {
-            self.by_net
-                .update(h, now, WindowCounter::default, |c| c.add(now, self.net_window, 1));
+        if let (Some((_, h)), Some((_, ah))) = (f.network, f.addr) {
+            let w = self.net_window;
+            self.by_net.update(h, now, NetFailures::default, |c| {
+                c.failures.add(now, w, 1);
+                c.addresses.insert(ah, now, w);
+            });
         }
     }
 
@@ -179,14 +199,28 @@ mod tests {
     fn failures_spread_over_a_network_score_the_network() {
         let h = KeyHasher::new();
         let s = AuthFailureVelocity::new(AuthFailureConfig::default());
-        for i in 0..40u32 {
+        for i in 0..30u32 {
             let ip = format!("127.5.6.{}", i + 1);
             s.observe(&failed(&h, f64::from(i) * 10.0, &ip, &format!("k{i}")), ok());
         }
-        let p = s.evaluate(&facts(&h, 400.0, "127.5.6.200")).expect("points");
-        assert_eq!(p.key.to_string(), "net:127.5.6.0/24");
-        assert!(p.points >= 70, "{p:?}");
-        assert_eq!(s.evaluate(&facts(&h, 400.0, "127.5.7.1")), None);
+        let p = s.evaluate(&facts(&h, 300.0, "127.5.6.200")).expect("points");
+        assert_eq!(
+            (p.points, p.key.to_string()),
+            (80, "net:127.5.6.0/24".to_string())
+        );
+        assert_eq!(s.evaluate(&facts(&h, 300.0, "127.5.7.1")), None);
+    }
+
+    #[test]
+    fn one_address_failing_slowly_does_not_taint_its_network() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        // A client retrying a stale key every 20 s: 3 a minute, 30 in 10 minutes.
+        for i in 0..30u32 {
+            s.observe(&failed(&h, f64::from(i) * 20.0, "127.5.6.7", "stale"), ok());
+        }
+        assert_eq!(s.evaluate(&facts(&h, 600.0, "127.5.6.8")), None);
+        assert_eq!(s.evaluate(&facts(&h, 600.0, "127.5.6.7")), None);
     }
 
     #[test]
