@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use nhi_guard_core::context::{Decision, RiskAssessment, SignalHit};
+use nhi_guard_core::context::{ContextState, Decision, RiskAssessment, SignalHit};
 use nhi_guard_core::denial::SharedRenderer;
 use nhi_guard_core::risk_store::{RiskKey, RiskStore, StickyAction, StickyDecision};
 use nhi_guard_core::{ClientAddrResolver, Control, CredentialInfo, Denial, SecurityContext, SharedClock};
@@ -182,7 +182,8 @@ pub(crate) struct Verdict {
 }
 
 impl Engine {
-    /// Reads what signals need from the context, once.
+    /// Reads what signals need from the context, once (and records the matched
+    /// route's pattern in the context when nothing else did).
     pub(crate) fn facts(&self, ctx: &SecurityContext, route: Option<RouteFacts>) -> RequestFacts {
         let now = self.clock.now();
         let mut f = RequestFacts::new(now);
@@ -190,41 +191,55 @@ impl Engine {
             f = f.with_addr(&self.hasher, a.ip());
         }
         f.route = route;
-        ctx.read(|s| {
-            if let Some(p) = &s.principal {
-                f.client = Some((
-                    p.client_id().clone(),
-                    self.hasher.hash_tagged(3, p.client_id().as_str()),
-                ));
-                if !self.tiers.is_empty() {
-                    f.tier_multiplier = self.tiers.get(p.tier_name()).copied().unwrap_or(1.0);
-                }
-                f.credential_class = match p.credential() {
-                    CredentialInfo::Jwt {
-                        certificate_bound: true,
-                        ..
-                    }
-                    | CredentialInfo::Certificate { .. } => CredentialClass::SenderConstrained,
-                    CredentialInfo::Jwt { .. } => CredentialClass::Bearer {
-                        fresh: s
-                            .credential_issued_at
-                            .is_some_and(|iat| match now.duration_since(iat) {
-                                Ok(age) => age <= self.max_age,
-                                // Issued "in the future": clock skew of a fresh token.
-                                Err(e) => e.duration() <= Duration::from_secs(60),
-                            }),
-                    },
-                    CredentialInfo::ApiKey { .. } => CredentialClass::ApiKey,
-                    _ => CredentialClass::None,
-                };
+        let pattern = route.and_then(|r| self.routes.pattern_arc(r.index()));
+        ctx.update(|s| {
+            if let (None, Some(p)) = (&s.route, pattern) {
+                s.route = Some(p.clone());
             }
-            if let Some(fp) = s.credential_fingerprint {
-                f.credential = Some((fp, self.hasher.hash_tagged(4, fp.as_bytes())));
-            }
-            f.identity_failure = s.identity_failure;
-            f.missing_scopes = s.scopes.as_ref().is_some_and(|o| !o.missing.is_empty());
+            self.refresh(&mut f, s);
         });
         f
+    }
+
+    /// Fills in what identity and scope recorded.
+    fn refresh(&self, f: &mut RequestFacts, s: &ContextState) {
+        if f.client.is_none()
+            && let Some(p) = &s.principal
+        {
+            f.client = Some((
+                p.client_id().clone(),
+                self.hasher.hash_tagged(3, p.client_id().as_str()),
+            ));
+            if !self.tiers.is_empty() {
+                f.tier_multiplier = self.tiers.get(p.tier_name()).copied().unwrap_or(1.0);
+            }
+            let now = f.now;
+            f.credential_class = match p.credential() {
+                CredentialInfo::Jwt {
+                    certificate_bound: true,
+                    ..
+                }
+                | CredentialInfo::Certificate { .. } => CredentialClass::SenderConstrained,
+                CredentialInfo::Jwt { .. } => CredentialClass::Bearer {
+                    fresh: s
+                        .credential_issued_at
+                        .is_some_and(|iat| match now.duration_since(iat) {
+                            Ok(age) => age <= self.max_age,
+                            // Issued "in the future": clock skew of a fresh token.
+                            Err(e) => e.duration() <= Duration::from_secs(60),
+                        }),
+                },
+                CredentialInfo::ApiKey { .. } => CredentialClass::ApiKey,
+                _ => CredentialClass::None,
+            };
+        }
+        if f.credential.is_none()
+            && let Some(fp) = s.credential_fingerprint
+        {
+            f.credential = Some((fp, self.hasher.hash_tagged(4, fp.as_bytes())));
+        }
+        f.identity_failure = s.identity_failure;
+        f.missing_scopes = s.scopes.as_ref().is_some_and(|o| !o.missing.is_empty());
     }
 
     /// Checks sticky decisions, scores, picks the action and records the assessment.
@@ -443,16 +458,20 @@ impl Engine {
         )
     }
 
-    /// Lets every signal learn how the request ended, and (with a shared store)
-    /// returns the cluster-wide evidence to add.
+    /// Lets every signal learn how the request ended: the request's facts, brought
+    /// up to date with what inner layers recorded. Returns them (for shared
+    /// evidence).
     pub(crate) fn observe(
         &self,
         ctx: &SecurityContext,
-        route: Option<RouteFacts>,
+        mut f: RequestFacts,
         status: StatusCode,
     ) -> RequestFacts {
-        let f = self.facts(ctx, route);
-        let (status, refused_by_risk) = match ctx.decision() {
+        let decision = ctx.read(|s| {
+            self.refresh(&mut f, s);
+            s.decision
+        });
+        let (status, refused_by_risk) = match decision {
             Decision::Denied(d) => (d.status, d.control == Control::Risk),
             _ => (status, false),
         };

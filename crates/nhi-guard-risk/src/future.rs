@@ -10,13 +10,13 @@ use nhi_guard_core::{GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
 
 use crate::engine::Engine;
-use crate::signal::RouteFacts;
+use crate::signal::RequestFacts;
 
 /// What to observe once the inner service answered.
 pub(crate) struct Observation {
     pub(crate) engine: Arc<Engine>,
     pub(crate) ctx: SecurityContext,
-    pub(crate) route: Option<RouteFacts>,
+    pub(crate) facts: RequestFacts,
 }
 
 type Boxed<B, E> = Pin<Box<dyn Future<Output = Result<Response<GuardBody<B>>, E>> + Send>>;
@@ -92,7 +92,7 @@ where
             KindProj::Inner { future, observe } => {
                 let res = ready!(future.poll(cx))?;
                 if let Some(o) = observe.take() {
-                    o.engine.observe(&o.ctx, o.route, res.status());
+                    o.engine.observe(&o.ctx, o.facts, res.status());
                 }
                 Poll::Ready(Ok(res.map(GuardBody::inner)))
             }

@@ -198,8 +198,8 @@ impl RouteTable {
         self.routes.get(index).map_or(1.0, |r| r.0.sensitivity)
     }
 
-    pub(crate) fn pattern(&self, index: usize) -> Option<&str> {
-        self.routes.get(index).map(|r| r.0.pattern())
+    pub(crate) fn pattern_arc(&self, index: usize) -> Option<&Arc<str>> {
+        self.routes.get(index).map(|r| &r.0.pattern)
     }
 
     /// The facts of the first route matching the request.

@@ -76,15 +76,6 @@ where
         } else {
             engine.routes.find(req.method(), req.uri().path(), &engine.hasher)
         };
-        if let Some(r) = route
-            && let Some(pattern) = engine.routes.pattern(r.index())
-        {
-            ctx.update(|s| {
-                if s.route.is_none() {
-                    s.route = Some(Arc::from(pattern));
-                }
-            });
-        }
         let protocol = Protocol::of(req.headers());
         let observe = match self.phase {
             Phase::Edge => {
@@ -122,7 +113,7 @@ where
                     protocol,
                 );
                 if observe {
-                    engine.observe(&ctx, route, res.status());
+                    engine.observe(&ctx, facts, res.status());
                 }
                 return ResponseFuture::rejected(res);
             }
@@ -134,7 +125,7 @@ where
         let observe = observe.then(|| Observation {
             engine: engine.clone(),
             ctx,
-            route,
+            facts,
         });
         ResponseFuture::inner(self.inner.call(req), observe)
     }
@@ -238,7 +229,7 @@ impl Call {
                     protocol,
                 );
                 if observe {
-                    engine.observe(&ctx, route, res.status());
+                    engine.observe(&ctx, f, res.status());
                 }
                 return Ok(res);
             }
@@ -249,7 +240,7 @@ impl Call {
         }
         let res = inner.call(req).await?;
         if observe {
-            let of = engine.observe(&ctx, route, res.status());
+            let of = engine.observe(&ctx, f, res.status());
             if let Err(e) = share_failure(&shared, &of, engine.cooldowns.block).await {
                 tracing::warn!(target: "nhi_guard::risk", error = %e, "could not share failure evidence");
             }

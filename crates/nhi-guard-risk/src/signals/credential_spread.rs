@@ -55,8 +55,8 @@ impl Default for CredentialSpreadConfig {
 struct Spread {
     first_seen: u64,
     home: CappedSet<4>,
-    networks: WindowedDistinct<CappedSet<16>>,
-    foreign_addrs: WindowedDistinct<CappedSet<32>>,
+    networks: WindowedDistinct<CappedSet<8>>,
+    foreign_addrs: WindowedDistinct<CappedSet<16>>,
 }
 
 /// Signal 3: one credential (token fingerprint, API key, or client id when there is
