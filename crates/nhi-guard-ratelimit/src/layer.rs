@@ -69,6 +69,8 @@ pub(crate) struct Config {
     pub(crate) shadow: bool,
     pub(crate) headers_on_allowed: bool,
     pub(crate) needs_parts: bool,
+    pub(crate) needs_group: bool,
+    pub(crate) needs_principal: bool,
 }
 
 impl fmt::Debug for Config {
@@ -119,6 +121,8 @@ impl RateLimitLayer {
                 shadow: false,
                 headers_on_allowed: true,
                 needs_parts: false,
+                needs_group: false,
+                needs_principal: false,
             }),
         }
     }
@@ -156,6 +160,13 @@ impl RateLimitLayer {
         }
         let c = self.config_mut();
         c.needs_parts |= limit.needs_parts();
+        c.needs_principal |= matches!(limit.quota, crate::limit::QuotaSource::Tier)
+            || matches!(
+                limit.key,
+                crate::limit::KeyKind::Client | crate::limit::KeyKind::ClientRoute
+            );
+        c.needs_group |=
+            matches!(limit.key, crate::limit::KeyKind::ClientRoute) || !limit.route_quotas.is_empty();
         c.limits.push(limit);
         Ok(self)
     }

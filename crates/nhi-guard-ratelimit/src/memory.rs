@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -62,7 +63,7 @@ struct Shard {
 
 /// The in-process rate-limit store.
 ///
-/// Each key is a 64-bit keyed hash (SipHash with a random per-store key) of the
+/// Each key is a 64-bit keyed hash (folded multiply with random per-store seeds) of the
 /// policy, subject and qualifier, mapped to its TAT in nanoseconds: 16 bytes of
 /// payload per key in a `HashMap` shard, about 20 to 40 bytes per live key with the
 /// table's load factor (see [`InMemoryStore::memory_bytes`]). Two different keys
@@ -100,7 +101,7 @@ pub struct InMemoryStore {
     shard_bits: u32,
     len: AtomicUsize,
     max_keys: usize,
-    hasher: RandomState,
+    seeds: [u64; 3],
     clock: SharedClock,
     evicted_idle: AtomicU64,
     evicted_active: AtomicU64,
@@ -145,7 +146,10 @@ impl InMemoryStore {
             shard_bits,
             len: AtomicUsize::new(0),
             max_keys,
-            hasher: RandomState::new(),
+            seeds: {
+                let r = RandomState::new();
+                [r.hash_one(1u64) | 1, r.hash_one(2u64) | 1, r.hash_one(3u64)]
+            },
             clock: Arc::new(SystemClock),
             evicted_idle: AtomicU64::new(0),
             evicted_active: AtomicU64::new(0),
@@ -207,14 +211,29 @@ impl InMemoryStore {
         self.evicted_active.load(Ordering::Relaxed)
     }
 
+    /// A keyed folded-multiply hash (the construction of foldhash / wyhash) of the
+    /// policy, key and qualifier, with lengths so that field boundaries count.
+    /// The seeds are random per store, so collisions cannot be aimed at.
     fn hash(&self, c: &LocalCheck<'_>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        h.write_usize(c.policy.len());
-        h.write(c.policy.as_bytes());
-        h.write_usize(c.key.len());
-        h.write(c.key);
-        h.write(c.qualifier);
-        h.finish()
+        let [k1, k2, s0] = self.seeds;
+        let mut h = s0;
+        for field in [c.policy.as_bytes(), c.key, c.qualifier] {
+            h = fold(h ^ field.len() as u64, k2);
+            let mut chunks = field.chunks_exact(8);
+            for chunk in &mut chunks {
+                h = fold(
+                    h ^ u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default()),
+                    k1,
+                );
+            }
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                let mut buf = [0u8; 8];
+                buf[..rest.len()].copy_from_slice(rest);
+                h = fold(h ^ u64::from_le_bytes(buf), k1);
+            }
+        }
+        fold(h, k2)
     }
 
     fn shard_of(&self, hash: u64) -> usize {
@@ -379,6 +398,13 @@ impl InMemoryStore {
             self.remove_idle(&mut lock(&s.map), now);
         }
     }
+}
+
+/// The folded multiply: the high and low halves of a 128-bit product, xored.
+#[inline]
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
 }
 
 fn lock(m: &Mutex<Map>) -> MutexGuard<'_, Map> {

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use nhi_guard_core::context::{Control, RateLimitOutcome};
+use nhi_guard_core::context::{Control, Decision, RateLimitOutcome};
 use nhi_guard_core::denial::{
     GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, insert_rate_limit_headers, respond,
 };
@@ -136,8 +136,13 @@ pub(crate) fn verdict<B>(
         Vec::new()
     };
     if !limited {
-        ctx.update(|s| s.rate_limit = Some(decided));
-        ctx.allow();
+        // One lock: record the outcome and pass.
+        ctx.update(|s| {
+            s.rate_limit = Some(decided);
+            if s.decision == Decision::Pending {
+                s.decision = Decision::Allowed;
+            }
+        });
         return Verdict::Pass(with_headers.then_some(all));
     }
     let retry = decisions[decider].retry_after;
@@ -253,14 +258,13 @@ where
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
         let protocol = Protocol::of(req.headers());
         let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
-        let who = ctx
-            .read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
-            .or_else(|| req.extensions().get::<Principal>().map(|p| who_of(cfg, p)));
-        let needs_group = cfg
-            .limits
-            .iter()
-            .any(|l| matches!(l.key, KeyKind::ClientRoute) || !l.route_quotas.is_empty());
-        let group = needs_group.then(|| route_group(cfg, req.uri().path(), &ctx));
+        let who = if cfg.needs_principal {
+            ctx.read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
+                .or_else(|| req.extensions().get::<Principal>().map(|p| who_of(cfg, p)))
+        } else {
+            None
+        };
+        let group = cfg.needs_group.then(|| route_group(cfg, req.uri().path(), &ctx));
         let mut custom: [Option<String>; MAX_LIMITS] = Default::default();
         if cfg.needs_parts {
             let (parts, body) = req.into_parts();
