@@ -22,5 +22,6 @@
 //! ```
 
 mod ratelimit;
+pub mod risk;
 
 pub use crate::ratelimit::{ConfigError, RedisStore, RedisStoreBuilder};
