@@ -352,12 +352,18 @@ impl Engine {
             match action {
                 StickyAction::Block => {
                     action_name = "block";
-                    self.sticky.put_decision(decision.clone(), now);
+                    // With a shared store, blocks and step-ups live there (so an
+                    // operator's lift reaches every replica); the caller puts it.
+                    if self.shared.is_none() {
+                        self.sticky.put_decision(decision.clone(), now);
+                    }
                     denial = Some(self.block_denial(&decision, f));
                 }
                 StickyAction::StepUp => {
                     action_name = "step_up";
-                    self.sticky.put_decision(decision.clone(), now);
+                    if self.shared.is_none() {
+                        self.sticky.put_decision(decision.clone(), now);
+                    }
                     denial = Some(self.step_up_denial());
                 }
                 _ => {

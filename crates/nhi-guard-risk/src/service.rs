@@ -214,9 +214,11 @@ impl Call {
             let verdict = engine.assess(&ctx, &f, phase, false);
             if let Some(d) = verdict.new_sticky
                 && d.action >= StickyAction::StepUp
-                && let Err(e) = shared.store.put(d, f.now()).await
+                && let Err(e) = shared.store.put(d.clone(), f.now()).await
             {
+                // Keep it on this replica at least.
                 tracing::warn!(target: "nhi_guard::risk", error = %e, "could not share a risk decision");
+                engine.sticky.put_decision(d, f.now());
             }
             denial = verdict.denial;
         }
