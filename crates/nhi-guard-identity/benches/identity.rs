@@ -93,6 +93,18 @@ fn bench(c: &mut Criterion) {
         }
     }
 
+    // The floor: context creation and header inspection, no credential
+    // (optional mode lets the request through anonymously).
+    let mut anonymous = IdentityLayer::builder(registry())
+        .optional(true)
+        .build()
+        .unwrap()
+        .layer(handler);
+    let accept = HeaderValue::from_static("application/json");
+    group.bench_function("no_credential_optional", |b| {
+        b.iter(|| rt.block_on(anonymous.call(request("accept", &accept))).unwrap())
+    });
+
     let key = HeaderValue::from_static("nhik_test_5e3b1f0a9c");
     let mut api = build(0).layer(handler);
     let res = rt.block_on(api.call(request("x-api-key", &key))).unwrap();

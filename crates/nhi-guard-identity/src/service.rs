@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response, StatusCode};
-use nhi_guard_core::context::Control;
+use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::denial::{GrpcCode, Protocol, respond};
 use nhi_guard_core::registry::{ApiKeyHash, ClientRecord, ClientRejection, Tier};
 use nhi_guard_core::{
@@ -95,12 +95,14 @@ fn invalid_request(reason: &'static str, detail: &'static str) -> Failure {
     Failure::bare(Denial::invalid_request(Control::Identity, reason, detail))
 }
 
-fn is_token68(s: &str) -> bool {
-    let body = s.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'))
+/// A plausible credential: non-empty visible ASCII without spaces. The token's
+/// own parser (strict base64url) checks the characters of a JWT; this check only
+/// has to be cheap, as it runs on every request.
+fn is_plausible_credential(s: &str) -> bool {
+    // One branch-free pass (vectorised by the compiler): any byte that is not
+    // visible ASCII (space, HTAB, DEL, non-ASCII) makes the credential malformed.
+    let bad = s.bytes().fold(false, |acc, b| acc | (b <= b' ') | (b >= 0x7f));
+    !s.is_empty() && !bad
 }
 
 impl Config {
@@ -124,13 +126,13 @@ impl Config {
                     "The request carries more than one Authorization header",
                 ));
             }
-            let value = value.to_str().map_err(|_| {
+            let value = std::str::from_utf8(value.as_bytes()).map_err(|_| {
                 invalid_request("malformed_authorization", "The Authorization header is malformed")
             })?;
             let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
             let credential = rest.trim_start_matches(' ');
             if scheme.eq_ignore_ascii_case("bearer") {
-                if !is_token68(credential) {
+                if !is_plausible_credential(credential) {
                     return Err(invalid_request(
                         "malformed_authorization",
                         "The Authorization header is malformed (expected `Bearer <token>`)",
@@ -198,6 +200,7 @@ impl Config {
     }
 
     fn decide<B>(&self, req: &Request<B>, ctx: &SecurityContext) -> Step {
+        let now = self.now();
         let presented = match self.presented(req.headers(), req.extensions()) {
             Ok(p) => p,
             Err(f) => return Step::Fail(f),
@@ -209,8 +212,8 @@ impl Config {
                 let digest = crate::sha256(token.as_bytes());
                 let fp = CredentialFingerprint::from_sha256(&digest);
                 let certs = req.extensions().get::<PeerCertificates>();
-                match self.verify_token(token, &digest, true) {
-                    Ok(vt) => self.admit_token(&vt, certs, ctx, fp),
+                match self.verify_token(token, &digest, true, now) {
+                    Ok(vt) => self.admit_token(&vt, certs, ctx, fp, now),
                     Err(TokenStep::Fail(e)) => Step::Fail(token_failure(e, fp)),
                     Err(TokenStep::Refetch(remote, seen_attempts)) => {
                         Step::Refetch(Box::new(PendingRefetch {
@@ -222,8 +225,8 @@ impl Config {
                     }
                 }
             }
-            Some(Presented::ApiKey(key)) => self.admit_api_key(key, ctx),
-            Some(Presented::Certificate(certs)) => self.admit_certificate(certs, ctx),
+            Some(Presented::ApiKey(key)) => self.admit_api_key(key, ctx, now),
+            Some(Presented::Certificate(certs)) => self.admit_certificate(certs, ctx, now),
         }
     }
 
@@ -233,8 +236,8 @@ impl Config {
         token: &str,
         digest: &[u8; 32],
         may_refetch: bool,
+        now: SystemTime,
     ) -> Result<Arc<VerifiedToken>, TokenStep> {
-        let now = self.now();
         if token.len() > self.max_token_bytes {
             return Err(TokenStep::Fail(TokenError::new(
                 "token_too_large",
@@ -288,6 +291,7 @@ impl Config {
         certs: Option<&PeerCertificates>,
         ctx: &SecurityContext,
         fp: CredentialFingerprint,
+        now: SystemTime,
     ) -> Step {
         let fail = |denial: Denial| Step::Fail(Failure::with(denial, IdentityKind::ServiceAccount, fp));
         if let Some(expected) = &vt.cnf_x5t {
@@ -320,14 +324,20 @@ impl Config {
             certificate_bound: vt.cnf_x5t.is_some(),
         };
         let tier = self.tier(&record);
-        let principal = Principal::with_credential_scopes(record.clone(), credential, &vt.scopes, tier)
+        // Token scopes ∩ ceiling; reuse the token's set when it is already inside.
+        let scopes = if vt.scopes.is_subset(record.scopes()) {
+            vt.scopes.clone()
+        } else {
+            vt.scopes.intersection(record.scopes())
+        };
+        let principal = Principal::new(record.clone(), credential, scopes, tier)
             .issuer(self.issuers[vt.issuer].iss.clone())
             .subject(vt.subject.clone())
             .credential_expires(vt.exp);
-        self.govern(&record, principal, ctx, IdentityKind::ServiceAccount, fp)
+        self.govern(&record, principal, ctx, IdentityKind::ServiceAccount, fp, now)
     }
 
-    fn admit_api_key(&self, key: &str, ctx: &SecurityContext) -> Step {
+    fn admit_api_key(&self, key: &str, ctx: &SecurityContext, now: SystemTime) -> Step {
         let hash = ApiKeyHash::of_key(key.as_bytes());
         let fp = CredentialFingerprint::from_sha256(hash.as_bytes());
         let fail = |denial: Denial| Step::Fail(Failure::with(denial, IdentityKind::ApiKey, fp));
@@ -350,10 +360,10 @@ impl Config {
         };
         let tier = self.tier(&record);
         let principal = Principal::new(record.clone(), credential, record.scopes().clone(), tier);
-        self.govern(&record, principal, ctx, IdentityKind::ApiKey, fp)
+        self.govern(&record, principal, ctx, IdentityKind::ApiKey, fp, now)
     }
 
-    fn admit_certificate(&self, certs: &PeerCertificates, ctx: &SecurityContext) -> Step {
+    fn admit_certificate(&self, certs: &PeerCertificates, ctx: &SecurityContext, now: SystemTime) -> Step {
         let Some(leaf) = certs.leaf() else {
             return Step::Fail(Failure::bare(Denial::missing_credential(Control::Identity)));
         };
@@ -377,7 +387,14 @@ impl Config {
         let tier = self.tier(&record);
         let principal =
             Principal::new(record.clone(), credential, record.scopes().clone(), tier).subject(spiffe);
-        self.govern(&record, principal, ctx, IdentityKind::WorkloadCertificate, fp)
+        self.govern(
+            &record,
+            principal,
+            ctx,
+            IdentityKind::WorkloadCertificate,
+            fp,
+            now,
+        )
     }
 
     fn tier(&self, record: &ClientRecord) -> Tier {
@@ -394,9 +411,10 @@ impl Config {
         ctx: &SecurityContext,
         kind: IdentityKind,
         fp: CredentialFingerprint,
+        now: SystemTime,
     ) -> Step {
         let addr = ctx.client_addr().map(|a| a.ip());
-        match record.admit(self.now(), addr, self.registry.expiry_warning()) {
+        match record.admit(now, addr, self.registry.expiry_warning()) {
             Ok(standing) => Step::Pass(Some(principal), Some((kind, fp, standing.expiring_soon))),
             Err(rejection) => {
                 let denial = match rejection {
@@ -429,14 +447,18 @@ impl Config {
         match step_result {
             Ok(principal) => {
                 if let Some(p) = &principal {
-                    ctx.set_principal(p.clone());
-                    if let Some((kind, fp, expiring_soon)) = extra {
-                        ctx.update(|s| {
-                            s.credential_kind = Some(kind);
+                    // One lock for everything this layer records.
+                    ctx.update(|s| {
+                        s.credential_kind = Some(p.kind());
+                        s.principal = Some(p.clone());
+                        if let Some((_, fp, expiring_soon)) = extra {
                             s.credential_fingerprint = Some(fp);
                             s.client_expiring_soon = expiring_soon;
-                        });
-                    }
+                        }
+                        if s.decision == Decision::Pending {
+                            s.decision = Decision::Allowed;
+                        }
+                    });
                     tracing::debug!(
                         target: TARGET,
                         request_id = %ctx.request_id(),
@@ -444,8 +466,9 @@ impl Config {
                         kind = p.kind().as_str(),
                         "identity verified"
                     );
+                } else {
+                    ctx.allow();
                 }
-                ctx.allow();
                 Ok(principal)
             }
             Err(failure) => {
@@ -613,10 +636,11 @@ where
         .refetch_for_unknown_kid(pending.seen_attempts)
         .await;
     let fp = CredentialFingerprint::from_sha256(&pending.digest);
-    let (result, extra) = match config.verify_token(&pending.token, &pending.digest, false) {
+    let now = config.now();
+    let (result, extra) = match config.verify_token(&pending.token, &pending.digest, false, now) {
         Ok(vt) => {
             let certs = req.extensions().get::<PeerCertificates>();
-            match config.admit_token(&vt, certs, &ctx, fp) {
+            match config.admit_token(&vt, certs, &ctx, fp, now) {
                 Step::Pass(p, extra) => (Ok(p), extra),
                 Step::Fail(f) => (Err(f), None),
                 Step::Refetch(_) => (Err(token_failure(jwt::KEY_UNKNOWN, fp)), None),
