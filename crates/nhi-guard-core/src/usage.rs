@@ -180,66 +180,91 @@ struct Stat {
     last: AtomicU64,
 }
 
-#[derive(Debug, Default)]
-struct Stats {
-    stats: RwLock<Vec<Stat>>,
-    truncated: AtomicBool,
+impl Stat {
+    #[inline]
+    fn bump(&self, nanos: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if self.last.load(Ordering::Relaxed) < nanos {
+            self.last.fetch_max(nanos, Ordering::Relaxed);
+        }
+    }
 }
 
-impl Stats {
-    fn record(&self, scope: &str, nanos: u64, max: usize) {
-        {
-            let stats = self.stats.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(s) = stats.iter().find(|s| &*s.scope == scope) {
-                s.count.fetch_add(1, Ordering::Relaxed);
-                s.last.fetch_max(nanos, Ordering::Relaxed);
-                return;
-            }
-        }
-        let mut stats = self.stats.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(s) = stats.iter().find(|s| &*s.scope == scope) {
-            s.count.fetch_add(1, Ordering::Relaxed);
-            s.last.fetch_max(nanos, Ordering::Relaxed);
-        } else if stats.len() < max {
-            stats.push(Stat {
-                scope: scope.into(),
-                count: AtomicU64::new(1),
-                last: AtomicU64::new(nanos),
-            });
+fn find<'a>(stats: &'a [Stat], scope: &str) -> Option<&'a Stat> {
+    stats.iter().find(|s| &*s.scope == scope)
+}
+
+fn snapshot(stats: &[Stat]) -> BTreeMap<String, ScopeStat> {
+    stats
+        .iter()
+        .map(|s| {
+            let stat = ScopeStat {
+                count: s.count.load(Ordering::Relaxed),
+                last: UNIX_EPOCH + Duration::from_nanos(s.last.load(Ordering::Relaxed)),
+            };
+            (s.scope.to_string(), stat)
+        })
+        .collect()
+}
+
+/// FNV-1a. The keys are ids of authenticated clients (bounded by the inventory),
+/// not attacker-chosen strings, so a keyed hash buys nothing on this hot path.
+#[derive(Default, Clone, Copy)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
         } else {
-            self.truncated.store(true, Ordering::Relaxed);
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-    }
-
-    fn snapshot(&self) -> BTreeMap<String, ScopeStat> {
-        let stats = self.stats.read().unwrap_or_else(PoisonError::into_inner);
-        stats
-            .iter()
-            .map(|s| {
-                let stat = ScopeStat {
-                    count: s.count.load(Ordering::Relaxed),
-                    last: UNIX_EPOCH + Duration::from_nanos(s.last.load(Ordering::Relaxed)),
-                };
-                (s.scope.to_string(), stat)
-            })
-            .collect()
+        self.0 = h;
     }
 }
+
+type ClientMap = HashMap<ClientId, ClientCell, std::hash::BuildHasherDefault<Fnv>>;
 
 #[derive(Debug, Default)]
 struct ClientCell {
     last_seen: AtomicU64,
-    used: Stats,
-    denied: Stats,
+    used: Vec<Stat>,
+    denied: Vec<Stat>,
+    truncated: AtomicBool,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Used,
+    Denied,
+}
+
+impl ClientCell {
+    fn stats(&self, kind: Kind) -> &Vec<Stat> {
+        match kind {
+            Kind::Used => &self.used,
+            Kind::Denied => &self.denied,
+        }
+    }
 }
 
 /// The in-process [`ScopeUsageStore`]: per client, a short list of scopes with an
-/// atomic counter and last-seen time each. Recording a scope seen before takes two
-/// read locks and two atomic operations and allocates nothing.
+/// atomic counter and last-seen time each. Recording a scope seen before takes one
+/// read lock and one or two atomic operations and allocates nothing.
 ///
 /// Memory is bounded by [`UsageLimits`].
 pub struct InMemoryUsageStore {
-    clients: RwLock<HashMap<ClientId, Arc<ClientCell>>>,
+    // One lock: recording a scope seen before takes the read side only.
+    clients: RwLock<ClientMap>,
     limits: UsageLimits,
 }
 
@@ -267,7 +292,7 @@ impl InMemoryUsageStore {
     /// A store with these bounds (each at least 1).
     pub fn with_limits(limits: UsageLimits) -> Self {
         Self {
-            clients: RwLock::new(HashMap::new()),
+            clients: RwLock::new(ClientMap::default()),
             limits: UsageLimits {
                 max_clients: limits.max_clients.max(1),
                 max_scopes_per_client: limits.max_scopes_per_client.max(1),
@@ -288,33 +313,32 @@ impl InMemoryUsageStore {
 
     /// The usage of `client`, synchronously.
     pub fn usage_now(&self, client: &ClientId) -> ClientUsage {
-        let cell = self
-            .clients
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(client.as_str())
-            .cloned();
-        match cell {
+        let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
+        match clients.get(client.as_str()) {
             None => ClientUsage::default(),
             Some(cell) => ClientUsage {
-                used: cell.used.snapshot(),
-                denied: cell.denied.snapshot(),
-                truncated: cell.used.truncated.load(Ordering::Relaxed)
-                    || cell.denied.truncated.load(Ordering::Relaxed),
+                used: snapshot(&cell.used),
+                denied: snapshot(&cell.denied),
+                truncated: cell.truncated.load(Ordering::Relaxed),
             },
         }
     }
 
-    fn with_cell(&self, client: &ClientId, at: SystemTime, f: impl FnOnce(&ClientCell, u64)) {
+    fn record(&self, client: &ClientId, scope: &str, at: SystemTime, kind: Kind) {
         let nanos = duration_nanos(at.duration_since(UNIX_EPOCH).unwrap_or_default());
         {
             let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(cell) = clients.get(client.as_str()) {
-                cell.last_seen.fetch_max(nanos, Ordering::Relaxed);
-                f(cell, nanos);
+            if let Some(cell) = clients.get(client.as_str())
+                && let Some(stat) = find(cell.stats(kind), scope)
+            {
+                if cell.last_seen.load(Ordering::Relaxed) < nanos {
+                    cell.last_seen.fetch_max(nanos, Ordering::Relaxed);
+                }
+                stat.bump(nanos);
                 return;
             }
         }
+        // First time for this client or scope: the write side.
         let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
         if !clients.contains_key(client.as_str()) && clients.len() >= self.limits.max_clients {
             let oldest = clients
@@ -327,19 +351,31 @@ impl InMemoryUsageStore {
         }
         let cell = clients.entry(client.clone()).or_default();
         cell.last_seen.fetch_max(nanos, Ordering::Relaxed);
-        f(cell, nanos);
+        let (stats, max) = match kind {
+            Kind::Used => (&mut cell.used, self.limits.max_scopes_per_client),
+            Kind::Denied => (&mut cell.denied, self.limits.max_denied_per_client),
+        };
+        if let Some(stat) = find(stats, scope) {
+            stat.bump(nanos);
+        } else if stats.len() < max {
+            stats.push(Stat {
+                scope: scope.into(),
+                count: AtomicU64::new(1),
+                last: AtomicU64::new(nanos),
+            });
+        } else {
+            cell.truncated.store(true, Ordering::Relaxed);
+        }
     }
 }
 
 impl ScopeUsageStore for InMemoryUsageStore {
     fn record_use(&self, client: &ClientId, scope: &str, at: SystemTime) {
-        let max = self.limits.max_scopes_per_client;
-        self.with_cell(client, at, |cell, nanos| cell.used.record(scope, nanos, max));
+        self.record(client, scope, at, Kind::Used);
     }
 
     fn record_denied(&self, client: &ClientId, scope: &str, at: SystemTime) {
-        let max = self.limits.max_denied_per_client;
-        self.with_cell(client, at, |cell, nanos| cell.denied.record(scope, nanos, max));
+        self.record(client, scope, at, Kind::Denied);
     }
 
     fn usage(&self, client: &ClientId) -> UsageFuture<'_> {

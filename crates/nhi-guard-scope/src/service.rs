@@ -91,109 +91,130 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
-        let (rule, fallback) = config.matcher.find(req.method(), req.uri().path());
-
-        let from_ctx;
-        let principal = match req.extensions().get::<Principal>() {
-            Some(p) => Some(p),
-            None => {
-                from_ctx = ctx.principal();
-                from_ctx.as_ref()
-            }
+        if SecurityContext::from_extensions(req.extensions()).is_none() {
+            SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
+        }
+        // Borrowed from the request, not cloned: the check finishes before the
+        // request moves on.
+        let rejection = match SecurityContext::from_extensions(req.extensions()) {
+            Some(ctx) => check(config, &req, ctx),
+            // Not reachable (the context was just inserted); decide on a detached one.
+            None => check(config, &req, &SecurityContext::new(None, &*config.clock)),
         };
+        match rejection {
+            None => ResponseFuture::inner(self.inner.call(req)),
+            Some(response) => ResponseFuture::rejected(response),
+        }
+    }
+}
 
-        let (rule, denial) = evaluate(rule, fallback, principal);
-        let passes = denial.is_none() || config.shadow;
+/// Decides on one request and records the outcome; `Some` is the rejection.
+fn check<ReqBody, ResBody>(
+    config: &Config,
+    req: &Request<ReqBody>,
+    ctx: &SecurityContext,
+) -> Option<Response<GuardBody<ResBody>>> {
+    let (rule, fallback) = config.matcher.find(req.method(), req.uri().path());
 
-        // One lock: route template, scope outcome and (when passing) the decision.
-        ctx.update(|s| {
-            if let Some(route) = rule.and_then(Rule::route_arc) {
-                s.route = Some(route.clone());
-            }
-            if let Some(rule) = rule {
-                let granted = principal.map_or_else(ScopeSet::empty, |p| p.scopes().clone());
-                let missing = denial
-                    .as_ref()
-                    .and_then(Denial::missing_scopes)
-                    .cloned()
-                    .unwrap_or_default();
-                s.scopes = Some(ScopeOutcome {
-                    rule: Some(rule.label_arc().clone()),
-                    required: rule.access().required().clone(),
-                    granted,
-                    missing,
-                });
-            }
-            if passes && s.decision == Decision::Pending {
-                s.decision = Decision::Allowed;
-            }
-        });
+    let from_ctx;
+    let principal = match req.extensions().get::<Principal>() {
+        Some(p) => Some(p),
+        None => {
+            from_ctx = ctx.principal();
+            from_ctx.as_ref()
+        }
+    };
 
-        // Least-privilege bookkeeping, stamped with the request's arrival time.
-        if let (Some(store), Some(p), Some(rule)) = (&config.store, principal, rule) {
-            let at = ctx.received_at();
-            if passes {
-                for scope in rule.access().required() {
-                    if p.scopes().contains(scope) {
-                        store.record_use(p.client_id(), scope, at);
-                    }
-                }
-            }
-            if let Some(missing) = denial.as_ref().and_then(Denial::missing_scopes) {
-                for scope in missing {
-                    store.record_denied(p.client_id(), scope, at);
+    let (rule, denial) = evaluate(rule, fallback, principal);
+    let passes = denial.is_none() || config.shadow;
+
+    // One lock: route template, scope outcome and (when passing) the decision.
+    ctx.update(|s| {
+        if let Some(route) = rule.and_then(Rule::route_arc) {
+            s.route = Some(route.clone());
+        }
+        if let Some(rule) = rule {
+            let granted = principal.map_or_else(ScopeSet::empty, |p| p.scopes().clone());
+            let missing = denial
+                .as_ref()
+                .and_then(Denial::missing_scopes)
+                .cloned()
+                .unwrap_or_default();
+            s.scopes = Some(ScopeOutcome {
+                rule: Some(rule.label_arc().clone()),
+                required: rule.access().required().clone(),
+                granted,
+                missing,
+            });
+        }
+        if passes && s.decision == Decision::Pending {
+            s.decision = Decision::Allowed;
+        }
+    });
+
+    // Least-privilege bookkeeping, stamped with the request's arrival time.
+    if let (Some(store), Some(p), Some(rule)) = (&config.store, principal, rule) {
+        let at = ctx.received_at();
+        if passes {
+            for scope in rule.access().required() {
+                if p.scopes().contains(scope) {
+                    store.record_use(p.client_id(), scope, at);
                 }
             }
         }
-
-        let client = principal.map(|p| p.client_id().as_str()).unwrap_or("");
-        let rule_label = rule.map_or("", |r| r.label());
-        match denial {
-            None => {
-                tracing::debug!(
-                    target: "nhi_guard::scope",
-                    request_id = %ctx.request_id(),
-                    client_id = client,
-                    rule = rule_label,
-                    decision = "allow",
-                );
-                ResponseFuture::inner(self.inner.call(req))
+        if let Some(missing) = denial.as_ref().and_then(Denial::missing_scopes) {
+            for scope in missing {
+                store.record_denied(p.client_id(), scope, at);
             }
-            Some(denial) => {
-                let missing = denial
-                    .missing_scopes()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                if config.shadow {
-                    ctx.record_shadow_denial(&denial);
-                    tracing::warn!(
-                        target: "nhi_guard::scope",
-                        request_id = %ctx.request_id(),
-                        client_id = client,
-                        rule = rule_label,
-                        reason = denial.reason(),
-                        missing = %missing,
-                        shadow = true,
-                        "scope policy would deny this request (shadow mode)"
-                    );
-                    return ResponseFuture::inner(self.inner.call(req));
-                }
-                tracing::info!(
+        }
+    }
+
+    let client = principal.map(|p| p.client_id().as_str()).unwrap_or("");
+    let rule_label = rule.map_or("", |r| r.label());
+    match denial {
+        None => {
+            tracing::debug!(
+                target: "nhi_guard::scope",
+                request_id = %ctx.request_id(),
+                client_id = client,
+                rule = rule_label,
+                decision = "allow",
+            );
+            None
+        }
+        Some(denial) => {
+            let missing = denial
+                .missing_scopes()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            if config.shadow {
+                ctx.record_shadow_denial(&denial);
+                tracing::warn!(
                     target: "nhi_guard::scope",
                     request_id = %ctx.request_id(),
                     client_id = client,
                     rule = rule_label,
                     reason = denial.reason(),
                     missing = %missing,
-                    decision = "deny",
-                    "scope policy denied the request"
+                    shadow = true,
+                    "scope policy would deny this request (shadow mode)"
                 );
-                let denial = denial.with_request_id(ctx.request_id());
-                ctx.deny(&denial);
-                let protocol = Protocol::of(req.headers());
-                ResponseFuture::rejected(respond(&*config.renderer, denial, protocol))
+                return None;
             }
+            tracing::info!(
+                target: "nhi_guard::scope",
+                request_id = %ctx.request_id(),
+                client_id = client,
+                rule = rule_label,
+                reason = denial.reason(),
+                missing = %missing,
+                decision = "deny",
+                "scope policy denied the request"
+            );
+            let denial = denial.with_request_id(ctx.request_id());
+            ctx.deny(&denial);
+            let protocol = Protocol::of(req.headers());
+            Some(respond(&*config.renderer, denial, protocol))
         }
     }
 }
