@@ -248,6 +248,8 @@ impl MemoryRiskStore {
             .read(h, now_n, |e| e.until_nanos > now_n)
             .unwrap_or(false);
         self.entries.remove(h);
+        // The operator forgives: no repeat-offender points or longer blocks either.
+        self.strikes.remove(h);
         was_active
     }
 

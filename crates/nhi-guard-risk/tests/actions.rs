@@ -491,3 +491,153 @@ fn invalid_configuration_names_the_field() {
     assert_eq!(Mode::parse("Shadow"), Some(Mode::Shadow));
     assert_eq!(Mode::parse("loud"), None);
 }
+
+#[tokio::test]
+async fn repeat_offenders_are_blocked_longer_and_start_with_points() {
+    let h = Harness::new(Mode::Enforce);
+    h.dial.set(85);
+    let (res, _) = h.send("127.0.0.20", Cred::ApiKey, false).await;
+    assert_eq!((res.status().as_u16(), header(&res, "retry-after")), (403, "900"));
+    h.dial.set(0);
+    h.clock.advance(Duration::from_secs(900));
+    let (res, ctx) = h.send("127.0.0.20", Cred::ApiKey, false).await;
+    assert_eq!(res.status(), 200);
+    let risk = ctx.read(|s| s.risk.clone()).expect("assessment");
+    assert_eq!((risk.score, risk.signals[0].signal), (20, "repeat_offender"));
+    // The second block in a day lasts twice as long.
+    h.dial.set(85);
+    let (res, _) = h.send("127.0.0.20", Cred::ApiKey, false).await;
+    assert_eq!(
+        (res.status().as_u16(), header(&res, "retry-after")),
+        (403, "1800")
+    );
+    // An operator's lift forgives the strikes too.
+    assert!(
+        h.layer
+            .operator()
+            .lift(&RiskKey::parse("addr:127.0.0.20").expect("key"))
+    );
+    h.dial.set(0);
+    let (res, ctx) = h.send("127.0.0.20", Cred::ApiKey, false).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(ctx.read(|s| s.risk.as_ref().map(|r| r.score)), Some(0));
+}
+
+/// A shared store that is down.
+#[derive(Debug)]
+struct Down;
+
+impl nhi_guard_core::risk_store::RiskStore for Down {
+    fn increment(
+        &self,
+        _: Arc<str>,
+        _: Duration,
+        _: SystemTime,
+    ) -> nhi_guard_core::risk_store::RiskStoreFuture<u64> {
+        Box::pin(std::future::ready(Err(down())))
+    }
+    fn add_distinct(
+        &self,
+        _: Arc<str>,
+        _: Arc<[u8]>,
+        _: Duration,
+        _: SystemTime,
+    ) -> nhi_guard_core::risk_store::RiskStoreFuture<u64> {
+        Box::pin(std::future::ready(Err(down())))
+    }
+    fn put(
+        &self,
+        _: nhi_guard_core::risk_store::StickyDecision,
+        _: SystemTime,
+    ) -> nhi_guard_core::risk_store::RiskStoreFuture<()> {
+        Box::pin(std::future::ready(Err(down())))
+    }
+    fn find(
+        &self,
+        _: Arc<[RiskKey]>,
+        _: SystemTime,
+    ) -> nhi_guard_core::risk_store::RiskStoreFuture<Option<nhi_guard_core::risk_store::StickyDecision>> {
+        Box::pin(std::future::ready(Err(down())))
+    }
+    fn list(
+        &self,
+        _: SystemTime,
+    ) -> nhi_guard_core::risk_store::RiskStoreFuture<Vec<nhi_guard_core::risk_store::StickyDecision>> {
+        Box::pin(std::future::ready(Err(down())))
+    }
+    fn lift(&self, _: RiskKey) -> nhi_guard_core::risk_store::RiskStoreFuture<bool> {
+        Box::pin(std::future::ready(Err(down())))
+    }
+}
+
+fn down() -> nhi_guard_core::risk_store::RiskStoreError {
+    nhi_guard_core::risk_store::RiskStoreError::new("connection refused")
+}
+
+#[tokio::test]
+async fn a_failing_shared_store_fails_open_by_default_and_closed_when_told() {
+    let mut h = Harness::new(Mode::Enforce);
+    h.layer = h.layer.clone().shared_store(Arc::new(Down));
+    let (res, _) = h.send("127.0.0.30", Cred::ApiKey, false).await;
+    assert_eq!(res.status(), 200);
+    // Blocks still happen, kept on this replica.
+    h.dial.set(85);
+    assert_eq!(h.send("127.0.0.30", Cred::ApiKey, false).await.0.status(), 403);
+    h.dial.set(0);
+    assert_eq!(h.send("127.0.0.30", Cred::ApiKey, false).await.0.status(), 403);
+    assert_eq!(h.layer.operator().active().len(), 1);
+    assert!(h.layer.operator().active_shared().await.is_err());
+
+    h.layer = h.layer.clone().shared_store_fail_closed(true);
+    let (res, ctx) = h.send("127.0.0.31", Cred::ApiKey, false).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(header(&res, "retry-after"), "1");
+    match ctx.decision() {
+        Decision::Denied(d) => assert_eq!(d.reason, "risk_store_unavailable"),
+        other => panic!("{other:?}"),
+    }
+    let (res, _) = h.send("127.0.0.31", Cred::ApiKey, true).await;
+    assert_eq!(header(&res, "grpc-status"), "14");
+}
+
+#[tokio::test]
+async fn memory_store_implements_the_shared_store_contract() {
+    use nhi_guard_core::risk_store::{RiskStore, StickyAction, StickyDecision};
+    let store = nhi_guard_risk::MemoryRiskStore::new(1000, Duration::from_secs(3600));
+    let now = UNIX_EPOCH + Duration::from_secs(T0);
+    let w = Duration::from_secs(60);
+    let name: Arc<str> = Arc::from("fail:addr:127.0.0.1");
+    assert_eq!(store.increment(name.clone(), w, now).await.ok(), Some(1));
+    assert_eq!(store.increment(name.clone(), w, now).await.ok(), Some(2));
+    assert_eq!(store.increment(name.clone(), w, now + w).await.ok(), Some(1));
+    let d: Arc<str> = Arc::from("creds");
+    for i in 0..4u8 {
+        store
+            .add_distinct(d.clone(), Arc::from(&[i][..]), w, now)
+            .await
+            .expect("add");
+    }
+    assert_eq!(
+        store.add_distinct(d, Arc::from(&[0u8][..]), w, now).await.ok(),
+        Some(4)
+    );
+    let key = RiskKey::parse("client:app").expect("key");
+    let block = StickyDecision {
+        key: key.clone(),
+        action: StickyAction::Block,
+        until: now + Duration::from_secs(60),
+        score: 90,
+        reason: Arc::from("test"),
+    };
+    store.put(block.clone(), now).await.expect("put");
+    // A weaker decision does not replace it.
+    let mut weaker = block.clone();
+    weaker.action = StickyAction::Throttle;
+    weaker.until = now + Duration::from_secs(600);
+    store.put(weaker, now).await.expect("put");
+    let found = store.find(Arc::from(vec![key.clone()]), now).await.expect("find");
+    assert_eq!(found.as_ref(), Some(&block));
+    assert_eq!(store.list(now).await.expect("list"), vec![block]);
+    assert!(store.lift(key.clone()).await.expect("lift"));
+    assert_eq!(store.find(Arc::from(vec![key]), now).await.expect("find"), None);
+}
