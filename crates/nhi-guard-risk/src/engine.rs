@@ -377,6 +377,16 @@ impl Engine {
                     }
                 }
             }
+            tracing::info!(
+                target: "nhi_guard::risk",
+                request_id = %ctx.request_id(),
+                score,
+                action = action_name,
+                key = %decision.key,
+                until = %nhi_guard_core::rfc3339(decision.until),
+                signals = %decision.reason,
+                "risk decision"
+            );
             new_sticky = Some(decision);
         } else if let Some((_, wait)) = held_back {
             action_name = "throttle";

@@ -20,10 +20,17 @@ use nhi_guard_core::clock::duration_nanos;
 /// the standard library's random source. A few nanoseconds per key; an attacker who
 /// does not know the seeds cannot aim collisions at one entry, and every table is
 /// bounded anyway.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyHasher {
     seed: u64,
     mul: u64,
+}
+
+impl std::fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The seeds are what keeps collisions out of an attacker's reach.
+        f.write_str("KeyHasher { .. }")
+    }
 }
 
 impl Default for KeyHasher {
