@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
-use nhi_guard_core::context::RateLimitOutcome;
 use nhi_guard_core::denial::Protocol;
 use nhi_guard_core::store::StoreFuture;
 use nhi_guard_core::{GuardBody, SecurityContext};
@@ -15,7 +14,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::layer::Config;
-use crate::service::{Meta, Verdict, add_headers, unavailable, verdict};
+use crate::service::{Fields, Meta, Verdict, unavailable, verdict};
 
 /// What the future needs to finish a request after a shared store answered.
 pub(crate) struct Pending<S, ReqB> {
@@ -48,7 +47,7 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
-            outcomes: Option<Vec<RateLimitOutcome>>,
+            fields: Option<Fields>,
         },
         Ready {
             response: Option<Response<GuardBody<ResB>>>,
@@ -68,9 +67,12 @@ impl<S, ReqB, F, ResB> fmt::Debug for ResponseFuture<S, ReqB, F, ResB> {
 }
 
 impl<S, ReqB, F, ResB> ResponseFuture<S, ReqB, F, ResB> {
-    pub(crate) fn inner(future: F, outcomes: Option<Vec<RateLimitOutcome>>) -> Self {
+    pub(crate) fn inner(future: F, outcomes: Option<Fields>) -> Self {
         Self {
-            state: State::Inner { future, outcomes },
+            state: State::Inner {
+                future,
+                fields: outcomes,
+            },
         }
     }
 
@@ -128,18 +130,18 @@ where
                         Err(e) => unavailable(&config, &ctx, protocol, &e),
                     };
                     let next = match v {
-                        Verdict::Pass(outcomes) => State::Inner {
+                        Verdict::Pass(fields) => State::Inner {
                             future: inner.call(req),
-                            outcomes,
+                            fields,
                         },
                         Verdict::Reject(res) => State::Ready { response: Some(res) },
                     };
                     self.as_mut().project().state.set(next);
                 }
-                StateProj::Inner { future, outcomes } => {
+                StateProj::Inner { future, fields } => {
                     let mut res = ready!(future.poll(cx))?;
-                    if let Some(o) = outcomes.take() {
-                        add_headers(res.headers_mut(), &o);
+                    if let Some(f) = fields.take() {
+                        f.apply(res.headers_mut());
                     }
                     return Poll::Ready(Ok(res.map(GuardBody::inner)));
                 }

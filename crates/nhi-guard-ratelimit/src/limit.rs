@@ -53,6 +53,8 @@ pub(crate) enum QuotaSource {
 #[derive(Debug, Clone)]
 pub struct Limit {
     pub(crate) name: Arc<str>,
+    /// The name as an RFC 8941 sf-string, for the header fields.
+    pub(crate) quoted: Arc<str>,
     pub(crate) key: KeyKind,
     pub(crate) quota: QuotaSource,
     pub(crate) cost: u32,
@@ -61,8 +63,18 @@ pub struct Limit {
 
 impl Limit {
     fn new(name: &str, key: KeyKind, quota: QuotaSource) -> Self {
+        let mut quoted = String::with_capacity(name.len() + 2);
+        quoted.push('"');
+        for c in name.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        quoted.push('"');
         Self {
             name: Arc::from(name),
+            quoted: Arc::from(quoted),
             key,
             quota,
             cost: 1,

@@ -7,11 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use nhi_guard_core::context::{Control, Decision, RateLimitOutcome};
-use nhi_guard_core::denial::{
-    GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, insert_rate_limit_headers, respond,
-};
-use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision};
+use nhi_guard_core::context::{Control, Decision};
+use nhi_guard_core::denial::{GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, respond};
+use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision, ceil_secs};
 use nhi_guard_core::{ClientId, Denial, GuardBody, Principal, SecurityContext};
 use tower_service::Service;
 
@@ -102,7 +100,7 @@ fn quota_for(cfg: &Config, limit: &Limit, who: Option<&Who>, group: Option<&str>
 pub(crate) type Meta = [(usize, Quota); MAX_LIMITS];
 
 pub(crate) enum Verdict<B> {
-    Pass(Option<Vec<RateLimitOutcome>>),
+    Pass(Option<Fields>),
     Reject(Response<GuardBody<B>>),
 }
 
@@ -129,11 +127,10 @@ pub(crate) fn verdict<B>(
         return Verdict::Pass(None);
     };
     let decided = outcome(decider);
-    let with_headers = limited || cfg.headers_on_allowed;
-    let all: Vec<RateLimitOutcome> = if with_headers {
-        (0..decisions.len()).map(outcome).collect()
-    } else {
-        Vec::new()
+    let fields = || {
+        cfg.headers_on_allowed
+            .then(|| Fields::render(cfg, meta, decisions))
+            .flatten()
     };
     if !limited {
         // One lock: record the outcome and pass.
@@ -143,7 +140,7 @@ pub(crate) fn verdict<B>(
                 s.decision = Decision::Allowed;
             }
         });
-        return Verdict::Pass(with_headers.then_some(all));
+        return Verdict::Pass(fields());
     }
     let retry = decisions[decider].retry_after;
     let mut denial = Denial::rate_limited(
@@ -157,8 +154,8 @@ pub(crate) fn verdict<B>(
         retry.max(Duration::from_nanos(1)),
     )
     .with_request_id(ctx.request_id());
-    for o in all.iter().cloned() {
-        denial = denial.rate_limit(o);
+    for i in 0..decisions.len() {
+        denial = denial.rate_limit(outcome(i));
     }
     tracing::info!(
         target: "nhi_guard::rate_limit",
@@ -172,7 +169,7 @@ pub(crate) fn verdict<B>(
     if cfg.shadow {
         ctx.record_shadow_denial(&denial);
         ctx.allow();
-        return Verdict::Pass(cfg.headers_on_allowed.then_some(all));
+        return Verdict::Pass(fields());
     }
     ctx.deny(&denial);
     Verdict::Reject(respond(&*cfg.renderer, denial, protocol))
@@ -209,21 +206,53 @@ pub(crate) fn unavailable<B>(
     Verdict::Reject(respond(&*cfg.renderer, denial, protocol))
 }
 
-/// Adds the rate-limit fields, after those an inner rate-limit layer already set.
-pub(crate) fn add_headers(headers: &mut HeaderMap, outcomes: &[RateLimitOutcome]) {
-    let prev_policy = headers.remove(&RATELIMIT_POLICY);
-    let prev_state = headers.remove(&RATELIMIT);
-    insert_rate_limit_headers(headers, outcomes);
-    for (name, prev) in [(&RATELIMIT_POLICY, prev_policy), (&RATELIMIT, prev_state)] {
-        let (Some(prev), Some(mine)) = (prev, headers.get(name)) else {
-            continue;
-        };
-        let mut joined = Vec::with_capacity(prev.len() + mine.len() + 2);
-        joined.extend_from_slice(prev.as_bytes());
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(mine.as_bytes());
-        if let Ok(v) = HeaderValue::from_bytes(&joined) {
-            headers.insert(name.clone(), v);
+/// The `RateLimit-Policy` and `RateLimit` fields of an allowed response, rendered
+/// with two allocations (the same values as core's `insert_rate_limit_headers`).
+#[derive(Debug)]
+pub(crate) struct Fields {
+    policy: HeaderValue,
+    state: HeaderValue,
+}
+
+impl Fields {
+    fn render(cfg: &Config, meta: &[(usize, Quota)], decisions: &[RateLimitDecision]) -> Option<Self> {
+        use std::fmt::Write;
+        let mut policy = String::with_capacity(40 * decisions.len());
+        let mut state = String::with_capacity(40 * decisions.len());
+        for (i, (d, (limit, quota))) in decisions.iter().zip(meta).enumerate() {
+            if i > 0 {
+                policy.push_str(", ");
+                state.push_str(", ");
+            }
+            let name = &cfg.limits[*limit].quoted;
+            policy.push_str(name);
+            state.push_str(name);
+            write!(policy, ";q={};w={}", quota.burst(), quota.window_secs()).ok()?;
+            write!(state, ";r={};t={}", d.remaining, ceil_secs(d.reset)).ok()?;
+        }
+        Some(Self {
+            policy: HeaderValue::try_from(policy).ok()?,
+            state: HeaderValue::try_from(state).ok()?,
+        })
+    }
+
+    /// Adds the fields to `headers`, after those an inner rate-limit layer set.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        for (name, mine) in [(&RATELIMIT_POLICY, self.policy), (&RATELIMIT, self.state)] {
+            let value = match headers.get(name) {
+                Some(prev) => {
+                    let mut joined = Vec::with_capacity(prev.len() + mine.len() + 2);
+                    joined.extend_from_slice(prev.as_bytes());
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(mine.as_bytes());
+                    match HeaderValue::from_bytes(&joined) {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    }
+                }
+                None => mine,
+            };
+            headers.insert(name.clone(), value);
         }
     }
 }
@@ -255,6 +284,9 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let cfg = &*self.config;
+        // A context this layer creates was stamped with this layer's clock just now:
+        // its arrival time saves a second clock read.
+        let created = req.extensions().get::<SecurityContext>().is_none();
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
         let protocol = Protocol::of(req.headers());
         let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
@@ -327,7 +359,13 @@ where
                 let mut out = [RateLimitDecision::default(); MAX_LIMITS];
                 if n > 0 {
                     store.check_at(
-                        cfg.clock.unix_nanos(),
+                        if created {
+                            ctx.received_at()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, nhi_guard_core::clock::duration_nanos)
+                        } else {
+                            cfg.clock.unix_nanos()
+                        },
                         &checks[..n],
                         CheckMode::Consume,
                         &mut out[..n],
