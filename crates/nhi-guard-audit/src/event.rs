@@ -127,7 +127,11 @@ pub(crate) struct AuditEvent {
     /// The decision: the context's, or the typed denial found on the response when
     /// a control put one there without recording it.
     pub(crate) decision: Decision,
-    pub(crate) state: ContextState,
+    /// Whether a control in shadow mode would have denied (never sampled away).
+    pub(crate) shadowed: bool,
+    /// The context, read by the writer thread when it formats the record: the
+    /// request path only pays for a reference count.
+    pub(crate) ctx: SecurityContext,
     pub(crate) service_name: Option<Arc<str>>,
 }
 
@@ -140,8 +144,8 @@ impl AuditEvent {
         response_denial: Option<DenialSummary>,
         cfg: &LayerConfig,
     ) -> Self {
-        let state = ctx.snapshot();
-        let decision = match (state.decision, response_denial) {
+        let (decision, shadowed) = ctx.read(|s| (s.decision, !s.shadow_denials.is_empty()));
+        let decision = match (decision, response_denial) {
             (Decision::Denied(d), _) => Decision::Denied(d),
             (_, Some(d)) => Decision::Denied(d),
             (d, None) => d,
@@ -155,18 +159,19 @@ impl AuditEvent {
             status,
             completion,
             decision,
-            state,
+            shadowed,
+            ctx: ctx.clone(),
             service_name: cfg.service_name.clone(),
         }
     }
 
     /// The route shown in the record: the router's template, the template a
     /// control recorded, or (only when configured) the raw path.
-    pub(crate) fn route(&self) -> Option<&str> {
+    pub(crate) fn route<'a>(&'a self, state: &'a ContextState) -> Option<&'a str> {
         self.info
             .matched_route
             .as_deref()
-            .or(self.state.route.as_deref())
+            .or(state.route.as_deref())
             .or(self.info.raw_path.as_deref())
     }
 
@@ -176,7 +181,7 @@ impl AuditEvent {
         !matches!(self.decision, Decision::Denied(_))
             && self.completion == Completion::Response
             && self.status.is_some_and(|s| s.as_u16() < 400)
-            && self.state.shadow_denials.is_empty()
+            && !self.shadowed
     }
 }
 

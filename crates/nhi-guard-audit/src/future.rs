@@ -20,7 +20,7 @@ enum State {
     Running { ctx: SecurityContext, info: RequestInfo },
     /// The inner service is done; the record waits for room in the queue.
     Waiting {
-        event: Box<AuditEvent>,
+        event: AuditEvent,
         reserve: ReserveFuture,
     },
     /// The record is in the queue (or deliberately not written).
@@ -56,7 +56,7 @@ impl Guard {
         completion: Completion,
         status: Option<StatusCode>,
         denial: Option<DenialSummary>,
-    ) -> Option<Box<AuditEvent>> {
+    ) -> Option<AuditEvent> {
         let State::Running { ctx, info } = std::mem::replace(&mut self.state, State::Done) else {
             return None;
         };
@@ -68,7 +68,7 @@ impl Guard {
             self.cfg.writer.count_sampled_out();
             return None;
         }
-        Some(Box::new(event))
+        Some(event)
     }
 }
 

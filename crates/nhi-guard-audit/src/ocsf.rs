@@ -9,7 +9,9 @@ use std::fmt::Display;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
-use nhi_guard_core::context::{Control, Decision};
+use nhi_guard_core::ScopeSet;
+use nhi_guard_core::context::RequestId;
+use nhi_guard_core::context::{ContextState, Control, Decision};
 use nhi_guard_core::principal::CredentialInfo;
 use serde::{Serialize, Serializer};
 
@@ -38,6 +40,16 @@ impl<T: Display> Serialize for Disp<T> {
 }
 
 /// `activity_id` and its caption for an HTTP method.
+#[cfg(test)]
+#[test]
+fn request_id_formatting_matches_display() {
+    for _ in 0..3 {
+        let id = RequestId::next();
+        let mut buf = [0u8; 36];
+        assert_eq!(format_request_id(id, &mut buf), id.to_string());
+    }
+}
+
 pub(crate) fn activity(method: &Method) -> (u32, &'static str) {
     match *method {
         Method::POST => (1, "Create"),
@@ -45,6 +57,34 @@ pub(crate) fn activity(method: &Method) -> (u32, &'static str) {
         Method::PUT | Method::PATCH => (3, "Update"),
         Method::DELETE => (4, "Delete"),
         _ => (99, "Other"),
+    }
+}
+
+/// Formats a request id like its `Display` (8-4-4-4-12 hex digits) without the
+/// formatting machinery: it appears three times in every record.
+fn format_request_id(id: RequestId, buf: &mut [u8; 36]) -> &str {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let v = id.as_u128();
+    let mut nibble = 0;
+    for (i, slot) in buf.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+        } else {
+            let shift = 124 - 4 * nibble;
+            *slot = HEX[((v >> shift) & 0xf) as usize];
+            nibble += 1;
+        }
+    }
+    std::str::from_utf8(buf).unwrap_or("")
+}
+
+fn type_name(activity_id: u32) -> &'static str {
+    match activity_id {
+        1 => "API Activity: Create",
+        2 => "API Activity: Read",
+        3 => "API Activity: Update",
+        4 => "API Activity: Delete",
+        _ => "API Activity: Other",
     }
 }
 
@@ -82,14 +122,14 @@ struct Metadata<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     profiles: &'a [&'a str],
     #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<Disp<nhi_guard_core::context::RequestId>>,
+    uid: Option<&'a str>,
     version: &'static str,
 }
 
 #[derive(Serialize)]
 struct User<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
-    credential_uid: Option<Disp<nhi_guard_core::CredentialFingerprint>>,
+    credential_uid: Option<&'a str>,
     name: &'a str,
     #[serde(rename = "type")]
     type_: &'a str,
@@ -111,8 +151,8 @@ struct Actor<'a> {
 }
 
 #[derive(Serialize)]
-struct ApiRequest {
-    uid: Disp<nhi_guard_core::context::RequestId>,
+struct ApiRequest<'a> {
+    uid: &'a str,
 }
 
 #[derive(Serialize)]
@@ -131,7 +171,7 @@ struct Service<'a> {
 #[derive(Serialize)]
 struct Api<'a> {
     operation: String,
-    request: ApiRequest,
+    request: ApiRequest<'a>,
     response: ApiResponse<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<Service<'a>>,
@@ -156,7 +196,6 @@ struct HttpRequest<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     http_headers: Vec<Header<'a>>,
     http_method: &'a str,
-    uid: Disp<nhi_guard_core::context::RequestId>,
     url: Url<'a>,
     version: &'static str,
 }
@@ -208,17 +247,14 @@ enum Credential<'a> {
     },
 }
 
+/// Governance facts about the verified client; who it is (id, subject, kind,
+/// issuer) is in `actor`.
 #[derive(Serialize)]
 struct Client<'a> {
     credential: Credential<'a>,
     expiring_soon: bool,
-    id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    issuer: Option<&'a str>,
-    kind: &'static str,
     owner: &'a str,
     purpose: &'a str,
-    subject: &'a str,
     tier: &'a str,
 }
 
@@ -248,9 +284,9 @@ struct Risk<'a> {
 
 #[derive(Serialize)]
 struct Scopes<'a> {
-    granted: Vec<&'a str>,
-    missing: Vec<&'a str>,
-    required: Vec<&'a str>,
+    granted: &'a ScopeSet,
+    missing: &'a ScopeSet,
+    required: &'a ScopeSet,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
 }
@@ -320,12 +356,12 @@ struct ApiActivity<'a> {
     src_endpoint: Endpoint,
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    status_code: Option<String>,
+    status_code: Option<Disp<u16>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_detail: Option<&'static str>,
     status_id: u32,
     time: u64,
-    type_name: String,
+    type_name: &'static str,
     type_uid: u32,
     unmapped: RequestUnmapped<'a>,
 }
@@ -372,6 +408,7 @@ fn control_name(c: Control) -> &'static str {
 pub(crate) fn write_api_activity(
     buf: &mut Vec<u8>,
     ev: &AuditEvent,
+    state: &ContextState,
     prev_sha256: &str,
     seq: u64,
     dropped_total: u64,
@@ -379,10 +416,9 @@ pub(crate) fn write_api_activity(
     let (activity_id, activity_name) = activity(&ev.info.method);
     let (decision, control, reason, denied_status) = decision_fields(&ev.decision);
     let denied = denied_status.is_some();
-    let route = ev.route();
+    let route = ev.route(state);
     let latency_ms = u64::try_from(ev.latency.as_millis()).unwrap_or(u64::MAX);
     let latency_us = u64::try_from(ev.latency.as_micros()).unwrap_or(u64::MAX);
-    let state = &ev.state;
 
     let success =
         ev.completion == Completion::Response && !denied && ev.status.is_some_and(|s| s.as_u16() < 400);
@@ -404,20 +440,24 @@ pub(crate) fn write_api_activity(
     };
 
     let principal = state.principal.as_ref();
+    // Same text as the fingerprint's `Display`, without the formatting machinery.
+    let fingerprint = state
+        .credential_fingerprint
+        .map(|f| crate::chain::hex(f.as_bytes()));
     let kind = principal
         .map(|p| p.kind())
         .or(state.credential_kind)
         .map(|k| k.as_str());
     let user = match principal {
         Some(p) => User {
-            credential_uid: state.credential_fingerprint.map(Disp),
+            credential_uid: fingerprint.as_deref(),
             name: p.subject_name(),
             type_: kind.unwrap_or("unknown"),
             type_id: 99,
             uid: Some(p.client_id().as_str()),
         },
         None => User {
-            credential_uid: state.credential_fingerprint.map(Disp),
+            credential_uid: fingerprint.as_deref(),
             name: "anonymous",
             type_: kind.unwrap_or("unknown"),
             type_id: 0,
@@ -457,15 +497,13 @@ pub(crate) fn write_api_activity(
             _ => Credential::Other { type_: "other" },
         },
         expiring_soon: state.client_expiring_soon,
-        id: p.client_id().as_str(),
-        issuer: p.issuer_name(),
-        kind: p.kind().as_str(),
         owner: p.owner(),
         purpose: p.purpose(),
-        subject: p.subject_name(),
         tier: p.tier_name(),
     });
 
+    let mut id_buf = [0u8; 36];
+    let request_id = format_request_id(ev.request_id, &mut id_buf);
     let operation = match route {
         Some(r) => format!("{} {r}", ev.info.method),
         None => ev.info.method.to_string(),
@@ -478,9 +516,7 @@ pub(crate) fn write_api_activity(
         actor,
         api: Api {
             operation,
-            request: ApiRequest {
-                uid: Disp(ev.request_id),
-            },
+            request: ApiRequest { uid: request_id },
             response: ApiResponse {
                 code: ev.status.map(|s| s.as_u16()),
                 error: reason,
@@ -505,7 +541,6 @@ pub(crate) fn write_api_activity(
                 })
                 .collect(),
             http_method: ev.info.method.as_str(),
-            uid: Disp(ev.request_id),
             url: Url {
                 path: route,
                 query_string: ev.info.query.as_deref(),
@@ -519,7 +554,7 @@ pub(crate) fn write_api_activity(
         metadata: Metadata {
             product: PRODUCT,
             profiles: &["security_control"],
-            uid: Some(Disp(ev.request_id)),
+            uid: Some(request_id),
             version: OCSF_VERSION,
         },
         severity: severity_name(severity_id),
@@ -532,11 +567,11 @@ pub(crate) fn write_api_activity(
                 .map(|a| a.peer().port()),
         },
         status: if success { "Success" } else { "Failure" },
-        status_code: ev.status.map(|s| s.as_u16().to_string()),
+        status_code: ev.status.map(|s| Disp(s.as_u16())),
         status_detail,
         status_id: if success { 1 } else { 2 },
         time: epoch_ms(ev.received_at),
-        type_name: format!("API Activity: {activity_name}"),
+        type_name: type_name(activity_id),
         type_uid: CLASS_API_ACTIVITY * 100 + activity_id,
         unmapped: RequestUnmapped {
             nhi_guard: Extension {
@@ -571,9 +606,9 @@ pub(crate) fn write_api_activity(
                         .collect(),
                 }),
                 scopes: state.scopes.as_ref().map(|s| Scopes {
-                    granted: s.granted.iter().collect(),
-                    missing: s.missing.iter().collect(),
-                    required: s.required.iter().collect(),
+                    granted: &s.granted,
+                    missing: &s.missing,
+                    required: &s.required,
                     rule: s.rule.as_deref(),
                 }),
                 shadow_denials: state

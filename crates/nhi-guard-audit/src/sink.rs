@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use nhi_guard_core::context::Decision;
+use nhi_guard_core::context::{ContextState, Decision};
 use tokio::sync::mpsc;
 
 use crate::chain::{ChainTip, read_tip};
@@ -46,7 +46,7 @@ pub struct AuditRecord<'a> {
     pub(crate) seq: u64,
     pub(crate) sha256: &'a str,
     pub(crate) json: &'a str,
-    pub(crate) event: Option<&'a AuditEvent>,
+    pub(crate) event: Option<(&'a AuditEvent, &'a ContextState)>,
 }
 
 impl fmt::Debug for AuditRecord<'_> {
@@ -78,63 +78,63 @@ impl<'a> AuditRecord<'a> {
     }
     /// The request id, for request records.
     pub fn request_id(&self) -> Option<String> {
-        self.event.map(|e| e.request_id.to_string())
+        self.event.map(|(e, _)| e.request_id.to_string())
     }
     /// `allowed`, `denied` or `none`, for request records.
     pub fn decision(&self) -> Option<&'static str> {
-        self.event.map(|e| decision_fields(&e.decision).0)
+        self.event.map(|(e, _)| decision_fields(&e.decision).0)
     }
     /// The control that denied the request.
     pub fn control(&self) -> Option<&'static str> {
-        self.event.and_then(|e| decision_fields(&e.decision).1)
+        self.event.and_then(|(e, _)| decision_fields(&e.decision).1)
     }
     /// The denial's stable reason code.
     pub fn reason(&self) -> Option<&'static str> {
-        self.event.and_then(|e| match e.decision {
+        self.event.and_then(|(e, _)| match e.decision {
             Decision::Denied(d) => Some(d.reason),
             _ => None,
         })
     }
     /// The response status, when the inner service answered.
     pub fn status(&self) -> Option<u16> {
-        self.event.and_then(|e| e.status.map(|s| s.as_u16()))
+        self.event.and_then(|(e, _)| e.status.map(|s| s.as_u16()))
     }
     /// `response`, `handler_error`, `panicked` or `cancelled`.
     pub fn completion(&self) -> Option<&'static str> {
-        self.event.map(|e| e.completion.as_str())
+        self.event.map(|(e, _)| e.completion.as_str())
     }
     /// The HTTP method.
     pub fn method(&self) -> Option<&'a str> {
-        self.event.map(|e| e.info.method.as_str())
+        self.event.map(|(e, _)| e.info.method.as_str())
     }
     /// The route template (or raw path when so configured).
     pub fn route(&self) -> Option<&'a str> {
-        self.event.and_then(|e| e.route())
+        self.event.and_then(|(e, s)| e.route(s))
     }
     /// The verified client id.
     pub fn client_id(&self) -> Option<&'a str> {
         self.event
-            .and_then(|e| e.state.principal.as_ref())
+            .and_then(|(_, s)| s.principal.as_ref())
             .map(|p| p.client_id().as_str())
     }
     /// The presented credential's fingerprint.
     pub fn credential_fingerprint(&self) -> Option<String> {
         self.event
-            .and_then(|e| e.state.credential_fingerprint)
+            .and_then(|(_, s)| s.credential_fingerprint)
             .map(|f| f.to_string())
     }
     /// The client's IP address.
     pub fn src_ip(&self) -> Option<std::net::IpAddr> {
-        self.event.and_then(|e| e.client_addr).map(|a| a.ip())
+        self.event.and_then(|(e, _)| e.client_addr).map(|a| a.ip())
     }
     /// The risk score.
     pub fn risk_score(&self) -> Option<u32> {
-        self.event.and_then(|e| e.state.risk.as_ref()).map(|r| r.score)
+        self.event.and_then(|(_, s)| s.risk.as_ref()).map(|r| r.score)
     }
     /// Latency in microseconds.
     pub fn latency_us(&self) -> Option<u64> {
         self.event
-            .map(|e| u64::try_from(e.latency.as_micros()).unwrap_or(u64::MAX))
+            .map(|(e, _)| u64::try_from(e.latency.as_micros()).unwrap_or(u64::MAX))
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nhi_guard_core::clock::{SharedClock, SystemClock};
+use nhi_guard_core::context::ContextState;
 use tokio::sync::mpsc::error::{SendError, TrySendError};
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::oneshot;
@@ -32,8 +33,11 @@ pub enum Overflow {
     Drop,
 }
 
+// Events are nearly every message: boxing them would cost an allocation on the
+// request path and a cross-thread free on the writer for each one.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Msg {
-    Event(Box<AuditEvent>),
+    Event(AuditEvent),
     Flush(oneshot::Sender<AuditStats>),
     Checkpoint(oneshot::Sender<AuditStats>),
     Shutdown(oneshot::Sender<AuditStats>),
@@ -92,9 +96,10 @@ struct Shared {
 
 pub(crate) type ReserveFuture = Pin<Box<dyn Future<Output = Result<OwnedPermit<Msg>, SendError<()>>> + Send>>;
 
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Offer {
     Done,
-    Wait(Box<AuditEvent>),
+    Wait(AuditEvent),
 }
 
 /// The request side of the audit pipeline: cheap to clone, given to
@@ -121,7 +126,7 @@ impl AuditWriter {
     }
 
     /// Offers a record to the queue without waiting.
-    pub(crate) fn offer(&self, ev: Box<AuditEvent>) -> Offer {
+    pub(crate) fn offer(&self, ev: AuditEvent) -> Offer {
         match self.tx.try_send(Msg::Event(ev)) {
             Ok(()) => {
                 self.shared.counters.enqueued.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +183,7 @@ impl AuditWriter {
     }
 
     /// Completes a wait started with [`AuditWriter::reserve`].
-    pub(crate) fn finish_wait(&self, permit: Result<OwnedPermit<Msg>, SendError<()>>, ev: Box<AuditEvent>) {
+    pub(crate) fn finish_wait(&self, permit: Result<OwnedPermit<Msg>, SendError<()>>, ev: AuditEvent) {
         match permit {
             Ok(permit) => {
                 permit.send(Msg::Event(ev));
@@ -190,7 +195,7 @@ impl AuditWriter {
 
     /// Enqueues from a drop guard, where waiting is impossible: when the queue is
     /// full under backpressure, a task waits for room instead.
-    pub(crate) fn detach(&self, ev: Box<AuditEvent>) {
+    pub(crate) fn detach(&self, ev: AuditEvent) {
         if let Offer::Wait(ev) = self.offer(ev) {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
@@ -442,7 +447,7 @@ impl<K: AuditSink> Writer<K> {
     fn append(
         &mut self,
         kind: RecordKind,
-        ev: Option<&AuditEvent>,
+        ev: Option<(&AuditEvent, &ContextState)>,
         build: impl FnOnce(&mut Vec<u8>, &str, u64) -> serde_json::Result<()>,
     ) -> bool {
         self.buf.clear();
@@ -492,9 +497,14 @@ impl<K: AuditSink> Writer<K> {
             self.rotate();
         }
         let dropped = self.shared.counters.dropped.load(Ordering::Relaxed);
-        if self.append(RecordKind::Request, Some(ev), |buf, prev, seq| {
-            write_api_activity(buf, ev, prev, seq, dropped)
-        }) {
+        // The request is over: the context is read in place (no copy). Anyone still
+        // holding it waits the few microseconds this record takes.
+        let written = ev.ctx.read(|state| {
+            self.append(RecordKind::Request, Some((ev, state)), |buf, prev, seq| {
+                write_api_activity(buf, ev, state, prev, seq, dropped)
+            })
+        });
+        if written {
             self.requests += 1;
             self.shared.counters.written.fetch_add(1, Ordering::Relaxed);
         }
