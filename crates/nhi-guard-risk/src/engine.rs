@@ -185,8 +185,9 @@ impl Engine {
     /// Reads what signals need from the context, once (and records the matched
     /// route's pattern in the context when nothing else did).
     pub(crate) fn facts(&self, ctx: &SecurityContext, route: Option<RouteFacts>) -> RequestFacts {
-        let now = self.clock.now();
-        let mut f = RequestFacts::new(now);
+        // The arrival time the context recorded (by the clock of the layer that
+        // created it): one clock read per request for the whole stack.
+        let mut f = RequestFacts::new(ctx.received_at());
         if let Some(a) = ctx.client_addr() {
             f = f.with_addr(&self.hasher, a.ip());
         }

@@ -239,7 +239,10 @@ impl RiskLayer {
         self.mode(Mode::Shadow)
     }
 
-    /// The clock (tests use [`nhi_guard_core::clock::ManualClock`]).
+    /// The clock (tests use [`nhi_guard_core::clock::ManualClock`]). Requests are
+    /// judged at the arrival time their security context recorded (by the clock of
+    /// the layer that created it, this one when it is first); the operator API and
+    /// a context created here use this clock.
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.edit().clock = Arc::new(clock);

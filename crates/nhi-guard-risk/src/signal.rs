@@ -242,6 +242,12 @@ impl RequestFacts {
         self
     }
 
+    /// The hash of [`RequestFacts::actor`], without building its key.
+    #[inline]
+    pub fn actor_hash(&self) -> Option<u64> {
+        self.client_hash().or(self.credential_hash()).or(self.addr_hash())
+    }
+
     /// The most specific "who": the client, else the credential, else the address;
     /// with the key a decision on it would use.
     pub fn actor(&self) -> Option<(u64, RiskKey)> {

@@ -82,7 +82,7 @@ impl Signal for Enumeration {
         if f.identity_failure.is_some() {
             return None;
         }
-        let (actor, key) = f.actor()?;
+        let actor = f.actor_hash()?;
         let now = f.now_nanos;
         let window = self.window;
         let (distinct, run) =
@@ -116,7 +116,7 @@ impl Signal for Enumeration {
         };
         Some(Points {
             points: dp.max(sp),
-            key,
+            key: f.actor()?.1,
             reason: Cow::Owned(reason),
         })
     }

@@ -72,7 +72,7 @@ impl Signal for Hoarding {
         if !f.route.is_some_and(|r| r.scarce) || f.identity_failure.is_some() {
             return None;
         }
-        let (h, key) = f.actor()?;
+        let h = f.actor_hash()?;
         let now = f.now_nanos;
         let w = self.window;
         let (holds, items) = self
@@ -81,9 +81,12 @@ impl Signal for Hoarding {
         let pct = (holds.saturating_mul(100) / self.cfg.fair_holds.max(1))
             .max(items.saturating_mul(100) / self.cfg.fair_items.max(1));
         let points = self.cfg.curve.points(pct);
-        (points > 0).then(|| Points {
+        if points == 0 {
+            return None;
+        }
+        Some(Points {
             points,
-            key,
+            key: f.actor()?.1,
             reason: Cow::Owned(format!(
                 "{holds} holds of {items} distinct items: {pct}% of the fair share"
             )),
@@ -97,7 +100,7 @@ impl Signal for Hoarding {
         if !outcome.status.is_success() || outcome.refused_by_risk {
             return;
         }
-        let Some((h, _)) = f.actor() else { return };
+        let Some(h) = f.actor_hash() else { return };
         let now = f.now_nanos;
         let w = self.window;
         self.by_actor.update(h, now, Holds::default, |s| {

@@ -77,7 +77,7 @@ impl Signal for Probing {
 
     fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
         f.client.as_ref()?;
-        let (h, key) = f.actor()?;
+        let h = f.actor_hash()?;
         let now = f.now_nanos;
         let w = self.window;
         let (total, refused, misses) = self.by_actor.read(h, now, |a| {
@@ -105,7 +105,7 @@ impl Signal for Probing {
         };
         Some(Points {
             points: rp.max(sp),
-            key,
+            key: f.actor()?.1,
             reason: Cow::Owned(reason),
         })
     }
@@ -114,7 +114,7 @@ impl Signal for Probing {
         if f.client.is_none() || outcome.refused_by_risk {
             return;
         }
-        let Some((h, _)) = f.actor() else { return };
+        let Some(h) = f.actor_hash() else { return };
         let now = f.now_nanos;
         let w = self.window;
         let refused = matches!(
