@@ -426,7 +426,7 @@ fn abuse_scenarios() {
         benign_bursts(),
     ];
     let mut table = String::from(
-        "| scenario | detection window | attack requests stopped after the window | time to detection | benign refused |\n|---|---|---|---|---|\n",
+        "| scenario | detection window | attack requests stopped after the window | time to detection | stopped by | benign refused |\n|---|---|---|---|---|---|\n",
     );
     for r in &reports {
         table.push_str(&r.row());

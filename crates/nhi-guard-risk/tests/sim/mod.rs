@@ -369,6 +369,8 @@ pub(crate) struct Report {
     pub(crate) detection_secs: Option<f64>,
     pub(crate) benign_total: usize,
     pub(crate) benign_refused: usize,
+    /// How attack requests were stopped: risk reason → count.
+    pub(crate) stopped_by: std::collections::BTreeMap<&'static str, usize>,
 }
 
 impl Report {
@@ -401,9 +403,18 @@ impl Report {
             (_, Some(d)) => format!("{d:.1} s"),
             (_, None) => "never".to_owned(),
         };
+        let how = if self.stopped_by.is_empty() {
+            "—".to_owned()
+        } else {
+            self.stopped_by
+                .iter()
+                .map(|(reason, n)| format!("{reason} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         format!(
-            "| {} | {} | {} | {} | {} of {} |",
-            self.name, window, attack, detect, self.benign_refused, self.benign_total
+            "| {} | {} | {} | {} | {} | {} of {} |",
+            self.name, window, attack, detect, how, self.benign_refused, self.benign_total
         )
     }
 }
@@ -430,6 +441,7 @@ pub(crate) fn simulate(
         detection_secs: None,
         benign_total: 0,
         benign_refused: 0,
+        stopped_by: std::collections::BTreeMap::new(),
     };
     while let Some(r) = queue.pop_front() {
         let a = world.send(&r);
@@ -450,6 +462,7 @@ pub(crate) fn simulate(
                     );
                 }
                 if a.refused_by_risk {
+                    *report.stopped_by.entry(a.reason.unwrap_or("?")).or_default() += 1;
                     report.attack_stopped += 1;
                     if after {
                         report.after_window_stopped += 1;
