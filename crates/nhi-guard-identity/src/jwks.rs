@@ -65,18 +65,21 @@ pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
 }
 
 /// The built-in HTTP/1.1 fetcher (hyper-util's client), with a timeout and a body
-/// limit.
+/// limit. It speaks plain `http`; with the `rustls` feature and
+/// [`HttpFetcher::with_tls`] it speaks `https` too.
 #[derive(Clone)]
 pub struct HttpFetcher {
     client: Client<HttpConnector, Empty<Bytes>>,
     timeout: Duration,
+    #[cfg(feature = "rustls")]
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for HttpFetcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpFetcher")
             .field("timeout", &self.timeout)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -88,47 +91,129 @@ impl HttpFetcher {
         Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
+
+    /// A fetcher that also speaks `https`, verifying the issuer's certificate with
+    /// `tls` (its root certificates decide which issuers are trusted). One
+    /// connection per fetch: key sets are fetched minutes apart.
+    #[cfg(feature = "rustls")]
+    pub fn with_tls(timeout: Duration, tls: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
+        Self {
+            tls: Some(tls),
+            ..Self::new(timeout)
+        }
+    }
+
+    #[cfg(feature = "rustls")]
+    async fn send_https(
+        &self,
+        tls: &Arc<tokio_rustls::rustls::ClientConfig>,
+        req: Request<Empty<Bytes>>,
+    ) -> Result<FetchResponse, FetchError> {
+        use tokio_rustls::rustls::pki_types::ServerName;
+        let err = |e: &dyn fmt::Display| FetchError(e.to_string());
+        let host = req
+            .uri()
+            .host()
+            .ok_or_else(|| FetchError("https url without host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = req.uri().port_u16().unwrap_or(443);
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| err(&e))?;
+        let name = ServerName::try_from(host.clone()).map_err(|e| err(&e))?;
+        let stream = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| err(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| err(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .unwrap_or(host);
+        parts.headers.insert(
+            header::HOST,
+            http::HeaderValue::try_from(authority).map_err(|e| err(&e))?,
+        );
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| err(&e))?;
+        let res = sender
+            .send_request(Request::from_parts(parts, body))
+            .await
+            .map_err(|e| err(&e))?;
+        read_response(res).await
+    }
+}
+
+async fn read_response<B>(res: http::Response<B>) -> Result<FetchResponse, FetchError>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: fmt::Display + Send + Sync + 'static + Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let max_age = max_age(res.headers());
+    match res.status() {
+        StatusCode::NOT_MODIFIED => return Ok(FetchResponse::NotModified { max_age }),
+        StatusCode::OK => {}
+        other => return Err(FetchError(format!("status {other}"))),
+    }
+    let etag = res
+        .headers()
+        .get(header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = Limited::new(res.into_body(), MAX_DOCUMENT_BYTES)
+        .collect()
+        .await
+        .map_err(|e| FetchError(format!("reading body: {e}")))?
+        .to_bytes();
+    Ok(FetchResponse::Document { body, etag, max_age })
 }
 
 impl JwksFetcher for HttpFetcher {
     fn fetch<'a>(&'a self, url: &'a Uri, etag: Option<&'a str>) -> FetchFuture<'a> {
         Box::pin(async move {
-            if url.scheme_str() != Some("http") {
-                return Err(FetchError(format!(
-                    "the built-in fetcher speaks plain http only; give RemoteKeys a JwksFetcher for {:?}",
-                    url.scheme_str().unwrap_or("")
-                )));
-            }
             let mut req = Request::get(url.clone()).header(header::ACCEPT, "application/json");
             if let Some(tag) = etag {
                 req = req.header(header::IF_NONE_MATCH, tag);
             }
             let req = req.body(Empty::new()).map_err(|e| FetchError(e.to_string()))?;
             let work = async {
-                let res = self
-                    .client
-                    .request(req)
-                    .await
-                    .map_err(|e| FetchError(e.to_string()))?;
-                let max_age = max_age(res.headers());
-                match res.status() {
-                    StatusCode::NOT_MODIFIED => return Ok(FetchResponse::NotModified { max_age }),
-                    StatusCode::OK => {}
-                    other => return Err(FetchError(format!("status {other}"))),
+                match url.scheme_str() {
+                    Some("http") => {
+                        let res = self
+                            .client
+                            .request(req)
+                            .await
+                            .map_err(|e| FetchError(e.to_string()))?;
+                        read_response(res).await
+                    }
+                    #[cfg(feature = "rustls")]
+                    Some("https") if self.tls.is_some() => match &self.tls {
+                        Some(tls) => self.send_https(tls, req).await,
+                        None => Err(FetchError("no TLS configuration".into())),
+                    },
+                    other => Err(FetchError(format!(
+                        "scheme {:?} not supported: plain http is built in; https needs the `rustls` \
+                         feature and HttpFetcher::with_tls, or your own JwksFetcher",
+                        other.unwrap_or("")
+                    ))),
                 }
-                let etag = res
-                    .headers()
-                    .get(header::ETAG)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let body = Limited::new(res.into_body(), MAX_DOCUMENT_BYTES)
-                    .collect()
-                    .await
-                    .map_err(|e| FetchError(format!("reading body: {e}")))?
-                    .to_bytes();
-                Ok(FetchResponse::Document { body, etag, max_age })
             };
             tokio::time::timeout(self.timeout, work)
                 .await

@@ -179,3 +179,91 @@ async fn workload_certificate_over_a_real_tls_connection() {
     let (status, _) = get(addr, &pki, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+/// The JWKS manager over https (the `rustls` feature's `HttpFetcher::with_tls`),
+/// against a TLS issuer whose certificate chains to the test CA.
+#[tokio::test]
+async fn jwks_fetched_over_https() {
+    use nhi_guard_identity::{HttpFetcher, JwksConfig, RemoteKeys};
+
+    let pki = Pki::new();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &pki.issuer).unwrap().der().clone();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let acceptor = TlsAcceptor::from(Arc::new(server));
+    let signing = TestKey::es256("https-key");
+    let doc = jwks(&[&signing]).to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let doc = doc.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let doc = doc.clone();
+                    async move {
+                        let body = if req.uri().path() == "/jwks.json" {
+                            doc
+                        } else {
+                            String::new()
+                        };
+                        Ok::<_, Infallible>(Response::new(body))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+
+    let client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    let fetcher = Arc::new(HttpFetcher::with_tls(
+        std::time::Duration::from_secs(5),
+        Arc::new(client),
+    ));
+    let url = format!("https://{addr}/jwks.json");
+    let remote = RemoteKeys::with_fetcher(&url, JwksConfig::default(), fetcher).unwrap();
+    remote.refresh().await.unwrap();
+    assert!(remote.keys().get("https-key").is_some());
+
+    // Without TLS support the same URL is refused with a clear error.
+    let plain = RemoteKeys::new(&url, JwksConfig::default()).unwrap();
+    let err = plain.refresh().await.unwrap_err();
+    assert!(
+        err.to_string().contains("https needs the `rustls` feature"),
+        "{err}"
+    );
+
+    // A fetcher trusting another CA refuses the issuer's certificate.
+    let other = Pki::new();
+    let client = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(other.roots())
+        .with_no_client_auth();
+    let fetcher = Arc::new(HttpFetcher::with_tls(
+        std::time::Duration::from_secs(5),
+        Arc::new(client),
+    ));
+    let untrusted = RemoteKeys::with_fetcher(&url, JwksConfig::default(), fetcher).unwrap();
+    assert!(untrusted.refresh().await.is_err());
+}
