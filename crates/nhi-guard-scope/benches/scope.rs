@@ -116,6 +116,14 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    let mut no_store = ScopeLayer::new(policy(100)).layer(handler);
+    group.bench_function("layer_without_usage_store/100", |b| {
+        b.iter_batched(
+            || make_req(true),
+            |req| drive(&mut no_store, req),
+            BatchSize::SmallInput,
+        )
+    });
     let mut bare = handler;
     group.bench_function("bare_no_context", |b| {
         b.iter_batched(

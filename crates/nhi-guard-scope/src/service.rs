@@ -156,8 +156,11 @@ fn check<ReqBody, ResBody>(
     if let (Some(store), Some(p), Some(rule)) = (&config.store, principal, rule) {
         let at = ctx.received_at();
         if passes {
+            let all_held = denial.is_none()
+                && matches!(rule.access(), Access::Scopes { any_of, .. } if any_of.is_empty());
             for scope in rule.access().required() {
-                if p.scopes().contains(scope) {
+                // An allowed all_of rule needs no membership test: every scope is held.
+                if all_held || p.scopes().contains(scope) {
                     store.record_use(p.client_id(), scope, at);
                 }
             }
