@@ -1,11 +1,40 @@
 //! nhi-guard: tower layers that protect machine-to-machine APIs.
 //!
-//! Every client is a governed non-human identity. The controls (identity, scope,
-//! rate limiting, risk, audit) are tower layers that share one per-request
-//! [`SecurityContext`]; each also works alone.
+//! Every client is a governed non-human identity. The controls — identity, scope,
+//! rate limiting, risk and audit — are tower layers that share one per-request
+//! [`SecurityContext`]; each also works alone, and [`NhiGuard::builder`] composes
+//! them in the order that makes sense:
 //!
-//! This facade re-exports the crates of the workspace. The foundation is
-//! [`core`] (`nhi-guard-core`).
+//! ```text
+//! audit → rate limit (address) → failure limit → risk edge → identity → risk → rate limit (client) → scope → handler
+//! ```
+//!
+//! The same layer works for axum routers, tonic servers
+//! (`Server::builder().layer(guard)`) and any hyper / tower service.
+//!
+//! Cargo features: `identity`, `scope`, `ratelimit`, `risk`, `audit` (default: all
+//! five; the [`NhiGuard`] builder needs all of them) and `redis` (shared state across
+//! replicas).
+
+#[cfg(all(
+    feature = "identity",
+    feature = "scope",
+    feature = "ratelimit",
+    feature = "risk",
+    feature = "audit"
+))]
+mod builder;
+mod maybe;
+
+#[cfg(all(
+    feature = "identity",
+    feature = "scope",
+    feature = "ratelimit",
+    feature = "risk",
+    feature = "audit"
+))]
+pub use crate::builder::{BuildError, NhiGuard, NhiGuardBuilder, NhiGuardLayer};
+pub use crate::maybe::{Maybe, MaybeFuture, MaybeService};
 
 pub use nhi_guard_core as core;
 pub use nhi_guard_core::{
@@ -13,8 +42,48 @@ pub use nhi_guard_core::{
     Decision, Denial, IdentityKind, InMemoryRegistry, Inventory, Principal, ScopeSet, SecurityContext, Tier,
 };
 
+/// The audit control (`nhi-guard-audit`).
+#[cfg(feature = "audit")]
+pub use nhi_guard_audit as audit;
+/// The identity control (`nhi-guard-identity`).
+#[cfg(feature = "identity")]
+pub use nhi_guard_identity as identity;
+/// The rate-limit control (`nhi-guard-ratelimit`).
+#[cfg(feature = "ratelimit")]
+pub use nhi_guard_ratelimit as ratelimit;
+/// Redis stores for several replicas (`nhi-guard-redis`).
+#[cfg(feature = "redis")]
+pub use nhi_guard_redis as redis;
+/// The risk control (`nhi-guard-risk`).
+#[cfg(feature = "risk")]
+pub use nhi_guard_risk as risk;
+/// The scope control (`nhi-guard-scope`).
+#[cfg(feature = "scope")]
+pub use nhi_guard_scope as scope;
+
 /// The types a handler or a `main` usually needs.
 pub mod prelude {
+    pub use nhi_guard_core::clock::{Clock, SharedClock, SystemClock};
     pub use nhi_guard_core::registry::{ClientRecord, ClientRegistry, InMemoryRegistry, Inventory, Tier};
-    pub use nhi_guard_core::{Denial, Principal, ScopeSet, SecurityContext};
+    pub use nhi_guard_core::{ClientAddrResolver, Denial, Principal, ScopeSet, SecurityContext};
+
+    #[cfg(feature = "audit")]
+    pub use nhi_guard_audit::{AuditLayer, AuditWriter};
+    #[cfg(feature = "identity")]
+    pub use nhi_guard_identity::{IdentityLayer, Issuer};
+    #[cfg(feature = "ratelimit")]
+    pub use nhi_guard_ratelimit::{Limit, RateLimitLayer};
+    #[cfg(feature = "risk")]
+    pub use nhi_guard_risk::{RiskLayer, Route};
+    #[cfg(feature = "scope")]
+    pub use nhi_guard_scope::{Policy, Require, ScopeLayer};
+
+    #[cfg(all(
+        feature = "identity",
+        feature = "scope",
+        feature = "ratelimit",
+        feature = "risk",
+        feature = "audit"
+    ))]
+    pub use crate::builder::NhiGuard;
 }

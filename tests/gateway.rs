@@ -1,5 +1,6 @@
-//! The demo gateway's contract: configuration from `NHI_GUARD_*` variables, the
-//! demo inventory, and the routes.
+//! The demo gateway end to end: configuration from `NHI_GUARD_*` variables, the
+//! demo inventory, and every control of the stack in front of the routes, with the
+//! audit log checked at the end.
 
 #[path = "../examples/gateway/app.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -7,13 +8,20 @@ mod app;
 #[path = "../examples/gateway/config.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod config;
+#[path = "../examples/gateway/guard.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod guard;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use axum::Router;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use nhi_guard::core::address::PeerAddr;
+use nhi_guard::core::clock::ManualClock;
 use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
 use tower::ServiceExt;
 
@@ -26,18 +34,34 @@ fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 fn defaults_and_invalid_values_name_the_variable() {
     let c = config::from_lookup(lookup(&[])).expect("defaults");
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert!(c.clients.is_none());
+    assert!(c.clients.is_none() && c.issuer.is_none() && c.redis_url.is_none() && c.audit_log.is_none());
+    assert_eq!(c.risk_mode, config::RiskMode::Enforce);
+    assert_eq!(c.audience, "nhi-guard-demo");
     for (var, value) in [
         ("NHI_GUARD_LISTEN", "localhost"),
         ("NHI_GUARD_CLIENTS", ""),
         ("NHI_GUARD_TRUSTED_PROXIES", "10.0.0.0/8, nope"),
+        ("NHI_GUARD_ISSUER", "not a url"),
+        ("NHI_GUARD_AUDIENCE", " "),
+        ("NHI_GUARD_REDIS_URL", "127.0.0.1:6379"),
+        ("NHI_GUARD_AUDIT_LOG", ""),
+        ("NHI_GUARD_RISK_MODE", "loud"),
     ] {
         let err = config::from_lookup(lookup(&[(var, value)])).expect_err(var);
         assert!(err.starts_with(var), "{err}");
     }
-    let c =
-        config::from_lookup(lookup(&[("NHI_GUARD_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")])).expect("ok");
+    let err =
+        config::from_lookup(lookup(&[("NHI_GUARD_JWKS_URL", "http://127.0.0.1:1/jwks")])).expect_err("jwks");
+    assert!(err.starts_with("NHI_GUARD_JWKS_URL"), "{err}");
+    let c = config::from_lookup(lookup(&[
+        ("NHI_GUARD_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1"),
+        ("NHI_GUARD_RISK_MODE", "shadow"),
+        ("NHI_GUARD_ISSUER", "http://127.0.0.1:9999/"),
+    ]))
+    .expect("ok");
     assert_eq!(c.trusted_proxies.len(), 2);
+    assert_eq!(c.risk_mode, config::RiskMode::Shadow);
+    assert_eq!(c.issuer.as_deref(), Some("http://127.0.0.1:9999"));
 }
 
 #[test]
@@ -61,37 +85,6 @@ fn demo_inventory_has_three_integrations_with_distinct_scopes_and_tiers() {
     );
 }
 
-async fn call(method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
-    let registry = Arc::new(InMemoryRegistry::new(app::demo_inventory(SystemTime::now())));
-    let router = app::routes(app::AppState { registry });
-    let res = router
-        .oneshot(
-            Request::builder()
-                .method(method)
-                .uri(uri)
-                .body(axum::body::Body::empty())
-                .expect("req"),
-        )
-        .await
-        .expect("infallible");
-    let status = res.status();
-    let body = res.into_body().collect().await.expect("body").to_bytes();
-    (status, serde_json::from_slice(&body).expect("json"))
-}
-
-#[tokio::test]
-async fn routes_answer_with_json() {
-    assert_eq!(call("GET", "/healthz").await.1["status"], "ok");
-    assert_eq!(call("GET", "/orders").await.0, StatusCode::OK);
-    assert_eq!(call("POST", "/orders").await.0, StatusCode::CREATED);
-    assert_eq!(call("GET", "/inventory/sku-9").await.1["sku"], "sku-9");
-    assert_eq!(call("POST", "/inventory/sku-9/reserve").await.1["reserved"], 1);
-    let (status, body) = call("GET", "/admin/clients").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(body["clients"].as_array().map(Vec::len), Some(4));
-    assert_eq!(body["clients"][0]["id"], "inventory-sync");
-}
-
 #[test]
 fn registry_serves_the_demo_keys_by_hash_only() {
     let registry = InMemoryRegistry::new(app::demo_inventory(SystemTime::now()));
@@ -103,5 +96,320 @@ fn registry_serves_the_demo_keys_by_hash_only() {
         );
         let debug = format!("{:?}", registry.client(id));
         assert!(!debug.contains(key), "a demo key leaked into Debug output");
+    }
+}
+
+struct Gateway {
+    router: Router,
+    guard: guard::Guard,
+    clock: ManualClock,
+    audit_log: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("nhi-guard-{name}-{}-{}", std::process::id(), nanos()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos()
+}
+
+async fn gateway(name: &str, vars: &[(&str, &str)]) -> Gateway {
+    let dir = TempDir::new(name);
+    let audit_log = dir.0.join("audit.jsonl");
+    let audit = audit_log.to_string_lossy().into_owned();
+    let mut all = vec![("NHI_GUARD_AUDIT_LOG", audit.as_str())];
+    all.extend_from_slice(vars);
+    let config = config::from_lookup(lookup(&all)).expect("config");
+    let clock = ManualClock::now();
+    let registry = Arc::new(InMemoryRegistry::new(app::demo_inventory(SystemTime::now())));
+    let guard = guard::build(
+        &config,
+        registry,
+        "http://127.0.0.1:8080",
+        Arc::new(clock.clone()),
+    )
+    .await
+    .expect("the gateway's stack builds");
+    let state = app::AppState {
+        reports: guard.reports.clone(),
+        jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
+    };
+    let router = app::routes(state).layer(guard.layer.clone());
+    Gateway {
+        router,
+        guard,
+        clock,
+        audit_log,
+        _dir: dir,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: serde_json::Value,
+}
+
+impl Gateway {
+    async fn send(&self, method: &str, uri: &str, auth: Option<(&str, &str)>, peer: &str) -> Reply {
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some((name, value)) = auth {
+            req = req.header(name, value);
+        }
+        let mut req = req.body(axum::body::Body::empty()).expect("request");
+        req.extensions_mut()
+            .insert(PeerAddr(peer.parse::<SocketAddr>().expect("peer")));
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn token(&self, client: &str, scopes: &str) -> String {
+        let demo = self.guard.demo.as_ref().expect("demo issuer");
+        format!("Bearer {}", demo.mint(client, scopes, Duration::from_secs(600)))
+    }
+
+    async fn finish(self) -> (nhi_guard::audit::Verification, Vec<serde_json::Value>) {
+        self.guard.audit.shutdown().await.expect("audit flushed");
+        let verification = nhi_guard::audit::verify_file(&self.audit_log).expect("readable log");
+        let records = std::fs::read_to_string(&self.audit_log)
+            .expect("log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        (verification, records)
+    }
+}
+
+fn key(client: &str) -> (&'static str, &'static str) {
+    let k = app::DEMO_API_KEYS
+        .iter()
+        .find(|(c, _)| *c == client)
+        .expect("demo key")
+        .1;
+    ("x-api-key", k)
+}
+
+#[tokio::test]
+async fn every_control_answers_through_the_gateway() {
+    let gw = gateway("controls", &[]).await;
+    let peer = "127.0.0.10:40000";
+
+    let r = gw.send("GET", "/healthz", None, peer).await;
+    assert_eq!(
+        (r.status, r.body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let r = gw.send("GET", "/.well-known/jwks.json", None, peer).await;
+    assert_eq!(r.body["keys"][0]["alg"], "ES256");
+
+    // identity: no credential, then a wrong key.
+    let r = gw.send("GET", "/orders", None, peer).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], r#"Bearer realm="nhi-guard-demo""#);
+    let r = gw
+        .send("GET", "/orders", Some(("x-api-key", "nhik_wrong_key_0000")), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains(r#"error="invalid_token""#)
+    );
+
+    // allowed, by API key and by bearer token, with rate-limit fields.
+    let r = gw.send("GET", "/orders", Some(key("inventory-sync")), peer).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.headers["ratelimit-policy"]
+            .to_str()
+            .expect("ascii")
+            .contains(r#""per-client";q=100"#)
+    );
+    let token = gw.token("inventory-sync", "orders:read orders:write");
+    let r = gw
+        .send("POST", "/orders", Some(("authorization", &token)), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+
+    // scope: reporting-bot may only read orders.
+    let bot = gw.token("reporting-bot", "orders:read");
+    let r = gw
+        .send("POST", "/orders", Some(("authorization", &bot)), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer realm="nhi-guard-demo", error="insufficient_scope", error_description="The access token lacks a required scope", scope="orders:write""#
+    );
+    assert_eq!(r.body["missing_scopes"], serde_json::json!(["orders:write"]));
+
+    // the admin report is itself protected by the scope layer.
+    let r = gw
+        .send("GET", "/admin/clients", Some(key("inventory-sync")), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let ops = gw.token("ops-console", "admin");
+    let r = gw
+        .send("GET", "/admin/clients", Some(("authorization", &ops)), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let sync = r.body["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .find(|c| c["client_id"] == "inventory-sync")
+        .expect("inventory-sync in the report")
+        .clone();
+    assert_eq!(sync["owner"], "fulfilment-team@example.com");
+    let used: Vec<&str> = sync["used"]
+        .as_array()
+        .expect("used")
+        .iter()
+        .filter_map(|u| u["scope"].as_str())
+        .collect();
+    assert!(
+        used.contains(&"orders:read") && used.contains(&"orders:write"),
+        "{used:?}"
+    );
+
+    // rate limit: partner-feed's tier is 5/s with bursts of 10 (the clock stands still).
+    let partner = key("partner-feed");
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        statuses.push(gw.send("GET", "/inventory/sku-1", Some(partner), peer).await);
+    }
+    assert!(statuses[..10].iter().all(|r| r.status == StatusCode::OK));
+    let limited = &statuses[10];
+    assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(
+        limited.body["violated-policies"],
+        serde_json::json!(["per-client"])
+    );
+    gw.clock.advance(Duration::from_secs(2));
+    assert_eq!(
+        gw.send("GET", "/inventory/sku-1", Some(partner), peer)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let (verification, records) = gw.finish().await;
+    assert!(
+        verification.first_break.is_none(),
+        "{:?}",
+        verification.first_break
+    );
+    // One record per request: 2 + 2 + 2 + 1 + 2 + 12 + 1.
+    assert_eq!(verification.requests, 22);
+    let controls: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["unmapped"]["nhi_guard"]["control"].as_str())
+        .collect();
+    for control in ["identity", "scope", "rate_limit"] {
+        assert!(
+            controls.contains(&control),
+            "no {control} denial audited in {controls:?}"
+        );
+    }
+    // No secret in any record.
+    let all: String = records.iter().map(ToString::to_string).collect();
+    for (_, k) in app::DEMO_API_KEYS {
+        assert!(!all.contains(k), "an API key reached the audit log");
+    }
+    assert!(
+        !all.contains(token.trim_start_matches("Bearer ")),
+        "a token reached the audit log"
+    );
+}
+
+#[tokio::test]
+async fn enumeration_is_throttled_then_blocked_by_risk() {
+    let gw = gateway("risk", &[]).await;
+    let sync = key("inventory-sync");
+    let mut refused_by_risk = 0;
+    let mut first_refusal = None;
+    for i in 0..200 {
+        // 20 requests a second: well inside the client's tier, so only risk refuses.
+        gw.clock.advance(Duration::from_millis(50));
+        let r = gw
+            .send(
+                "GET",
+                &format!("/inventory/sku-{i}"),
+                Some(sync),
+                "127.0.0.11:40000",
+            )
+            .await;
+        if r.status != StatusCode::OK {
+            assert_eq!(r.body["control"], "risk", "{i}: {}", r.body);
+            first_refusal.get_or_insert(i);
+            refused_by_risk += 1;
+        }
+    }
+    let first = first_refusal.expect("risk never refused the walk");
+    assert!(first <= 130, "risk reacted only after {first} objects");
+    assert_eq!(
+        refused_by_risk,
+        200 - first,
+        "once refused, the walk stays refused"
+    );
+    // Another client keeps working.
+    let r = gw
+        .send("GET", "/orders", Some(key("reporting-bot")), "127.0.0.12:40000")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let (verification, _) = gw.finish().await;
+    assert!(verification.first_break.is_none());
+}
+
+#[tokio::test]
+async fn risk_off_and_shadow_refuse_nothing() {
+    for mode in ["off", "shadow"] {
+        let gw = gateway(mode, &[("NHI_GUARD_RISK_MODE", mode)]).await;
+        for i in 0..200 {
+            gw.clock.advance(Duration::from_millis(50));
+            let r = gw
+                .send(
+                    "GET",
+                    &format!("/inventory/sku-{i}"),
+                    Some(key("inventory-sync")),
+                    "127.0.0.13:40000",
+                )
+                .await;
+            assert_eq!(
+                r.status,
+                StatusCode::OK,
+                "{mode}: request {i} refused: {}",
+                r.body
+            );
+        }
+        let _ = gw.finish().await;
     }
 }

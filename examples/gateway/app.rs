@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::Path;
+use axum::http::{StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use nhi_guard::core::ScopeSet;
-use nhi_guard::core::registry::{ClientRecord, ClientRegistry, InMemoryRegistry, Inventory, Tier};
+use nhi_guard::core::registry::{ClientRecord, Inventory, Tier};
+use nhi_guard::scope::report::ReportService;
 use serde_json::{Value, json};
 
 /// The demo's secrets are printed at start-up so the demo can be tried; real
@@ -124,19 +125,35 @@ pub(crate) fn demo_inventory(now: SystemTime) -> Inventory {
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    /// The client inventory.
-    pub(crate) registry: Arc<InMemoryRegistry>,
+    /// The least-privilege report behind `GET /admin/clients`.
+    pub(crate) reports: ReportService,
+    /// The demo issuer's JWKS, served at `/.well-known/jwks.json`.
+    pub(crate) jwks: Option<Arc<str>>,
 }
 
 /// The demo routes.
 pub(crate) fn routes(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
         .route("/orders", get(list_orders).post(create_order))
         .route("/inventory/{sku}", get(get_inventory))
         .route("/inventory/{sku}/reserve", post(reserve))
-        .route("/admin/clients", get(admin_clients))
-        .with_state(state)
+        .route("/admin/clients", state.reports.get_handler());
+    if let Some(jwks) = state.jwks {
+        router = router.route(
+            "/.well-known/jwks.json",
+            get(move || {
+                let jwks = jwks.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/jwk-set+json")],
+                        jwks.to_string(),
+                    )
+                }
+            }),
+        );
+    }
+    router
 }
 
 async fn list_orders() -> Json<Value> {
@@ -158,30 +175,4 @@ async fn get_inventory(Path(sku): Path<String>) -> Json<Value> {
 
 async fn reserve(Path(sku): Path<String>) -> Json<Value> {
     Json(json!({ "sku": sku, "reserved": 1 }))
-}
-
-async fn admin_clients(State(state): State<AppState>) -> Json<Value> {
-    let now = SystemTime::now();
-    let clients: Vec<Value> = state
-        .registry
-        .clients()
-        .iter()
-        .map(|c| {
-            let days_left = c
-                .expires()
-                .duration_since(now)
-                .map_or(0, |d| d.as_secs() / 86_400);
-            json!({
-                "id": c.id(),
-                "owner": c.owner(),
-                "purpose": c.purpose(),
-                "expires": nhi_guard::core::rfc3339(c.expires()),
-                "days_left": days_left,
-                "status": c.status(),
-                "tier": c.tier(),
-                "scopes": c.scopes(),
-            })
-        })
-        .collect();
-    Json(json!({ "clients": clients }))
 }

@@ -1,23 +1,32 @@
 //! The nhi-guard demo gateway: `cargo run --example gateway`.
 //!
-//! Environment (all optional):
+//! Every control in front of a small orders / inventory API. Environment (all
+//! optional; an invalid value stops start-up with a message naming the variable):
 //! - `NHI_GUARD_LISTEN` (default `127.0.0.1:8080`);
 //! - `NHI_GUARD_CLIENTS`: a TOML client inventory (default: a built-in demo inventory);
+//! - `NHI_GUARD_ISSUER`, `NHI_GUARD_JWKS_URL`, `NHI_GUARD_AUDIENCE`: an external token
+//!   issuer (default: an in-process demo issuer whose JWKS is served at
+//!   `/.well-known/jwks.json`);
+//! - `NHI_GUARD_REDIS_URL`: share rate limits and risk state through Redis;
+//! - `NHI_GUARD_AUDIT_LOG`: append the audit log (JSON Lines, hash-chained) to a file;
+//! - `NHI_GUARD_RISK_MODE`: `enforce` (default), `shadow` or `off`;
 //! - `NHI_GUARD_TRUSTED_PROXIES`: comma-separated CIDRs of proxies whose
 //!   `Forwarded` / `X-Forwarded-For` headers are believed.
 //!
-//! Prints `listening on http://ADDR` once it accepts connections.
+//! Prints `listening on http://ADDR` once it accepts connections, then commands to try.
 
 #![allow(clippy::print_stdout)]
 
 mod app;
 mod config;
+mod guard;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use nhi_guard::core::clock::SystemClock;
 use nhi_guard::core::registry::InMemoryRegistry;
 
 #[tokio::main]
@@ -29,48 +38,45 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-
-    let config = match config::from_lookup(|k| std::env::var(k).ok()) {
-        Ok(c) => c,
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("gateway: {msg}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    let registry = match &config.clients {
-        Some(path) => match InMemoryRegistry::from_toml_file(path) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("gateway: NHI_GUARD_CLIENTS={}: {e}", path.display());
-                return ExitCode::from(2);
-            }
-        },
-        None => InMemoryRegistry::new(app::demo_inventory(SystemTime::now())),
-    };
-    let state = app::AppState {
-        registry: Arc::new(registry),
-    };
-    let router = app::routes(state);
+    }
+}
 
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("gateway: NHI_GUARD_LISTEN={}: cannot listen: {e}", config.listen);
-            return ExitCode::from(2);
-        }
-    };
+async fn run() -> Result<(), String> {
+    let config = config::from_lookup(|k| std::env::var(k).ok())?;
+    let registry = Arc::new(match &config.clients {
+        Some(path) => InMemoryRegistry::from_toml_file(path)
+            .map_err(|e| format!("NHI_GUARD_CLIENTS={}: {e}", path.display()))?,
+        None => InMemoryRegistry::new(app::demo_inventory(SystemTime::now())),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("NHI_GUARD_LISTEN={}: cannot listen: {e}", config.listen))?;
     let addr = listener.local_addr().unwrap_or(config.listen);
-    println!("listening on http://{addr}");
+    let base = format!("http://{addr}");
+
+    let guard = guard::build(&config, registry.clone(), &base, Arc::new(SystemClock)).await?;
+    let state = app::AppState {
+        reports: guard.reports.clone(),
+        jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
+    };
+    let router = app::routes(state).layer(guard.layer.clone());
+    reload_on_sighup(registry.clone(), config.clients.clone());
+
+    println!("listening on {base}");
     if !config.trusted_proxies.is_empty() {
         let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
         println!("believing Forwarded / X-Forwarded-For from {}", nets.join(", "));
     }
-    if config.clients.is_none() {
-        println!("demo inventory loaded; try:");
-        println!("  curl -s http://{addr}/healthz");
-        println!("  curl -s http://{addr}/orders");
-        println!("  curl -s http://{addr}/inventory/sku-123");
+    if let Some(demo) = &guard.demo {
+        print_demo(&base, demo);
     }
+
     let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -78,9 +84,77 @@ async fn main() -> ExitCode {
     .with_graceful_shutdown(async {
         let _ = tokio::signal::ctrl_c().await;
     });
-    if let Err(e) = server.await {
-        eprintln!("gateway: server error: {e}");
-        return ExitCode::FAILURE;
+    let served = server.await.map_err(|e| format!("server error: {e}"));
+    // Flush every audit record before exiting.
+    if let Err(e) = guard.audit.shutdown().await {
+        eprintln!("gateway: audit flush failed: {e}");
     }
-    ExitCode::SUCCESS
+    if let Some(op) = guard.risk {
+        let active = op.active();
+        if !active.is_empty() {
+            println!("{} risk decisions were active at shutdown", active.len());
+        }
+    }
+    served
+}
+
+/// Re-reads `NHI_GUARD_CLIENTS` on SIGHUP; a bad file leaves the current inventory.
+fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std::path::PathBuf>) {
+    #[cfg(unix)]
+    if let Some(path) = path {
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match registry.reload_from_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "inventory reloaded"),
+                    Err(e) => tracing::error!(error = %e, "inventory reload failed; keeping the current one"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (registry, path);
+}
+
+fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
+    let token = |id: &str, scopes: &str| demo.mint(id, scopes, Duration::from_secs(3600));
+    println!();
+    println!("Demo clients (tokens valid for one hour; API keys are demo secrets):");
+    for (id, key) in app::DEMO_API_KEYS {
+        println!("  {id}: X-API-Key: {key}");
+    }
+    let sync = token(
+        "inventory-sync",
+        "orders:read orders:write inventory:read inventory:write",
+    );
+    let bot = token("reporting-bot", "orders:read");
+    let ops = token("ops-console", "admin");
+    println!();
+    println!("Try:");
+    println!("  # allowed: a service account with a bearer token");
+    println!("  curl -i {base}/orders -H 'Authorization: Bearer {sync}'");
+    println!("  # allowed: an API key");
+    println!(
+        "  curl -i {base}/inventory/sku-123 -H 'X-API-Key: {}'",
+        app::DEMO_API_KEYS[2].1
+    );
+    println!("  # 403 insufficient_scope: reporting-bot may only read orders");
+    println!("  curl -i -X POST {base}/orders -H 'Authorization: Bearer {bot}'");
+    println!("  # 401: no credential, then a bad one");
+    println!("  curl -i {base}/orders");
+    println!("  curl -i {base}/orders -H 'X-API-Key: nhik_wrong'");
+    println!("  # 429: partner-feed's tier allows 5/s with bursts of 10");
+    println!(
+        "  for i in $(seq 20); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/inventory/sku-1 -H 'X-API-Key: {}'; done; echo",
+        app::DEMO_API_KEYS[2].1
+    );
+    println!("  # risk: walking 150 SKUs one by one (enumeration) is throttled (429), then blocked (403)");
+    println!(
+        "  for i in $(seq 150); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/inventory/sku-$i -H 'X-API-Key: {}'; done; echo",
+        app::DEMO_API_KEYS[0].1
+    );
+    println!("  # the least-privilege report (scope admin)");
+    println!("  curl -s {base}/admin/clients -H 'Authorization: Bearer {ops}'");
 }

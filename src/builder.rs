@@ -1,0 +1,412 @@
+//! [`NhiGuard::builder`]: the five controls composed in the order DESIGN.md fixes,
+//! with one registry, one clock and one address resolver.
+
+use std::fmt;
+use std::sync::Arc;
+
+use nhi_guard_audit::AuditLayer;
+use nhi_guard_core::clock::{SharedClock, SystemClock};
+use nhi_guard_core::denial::DefaultRenderer;
+use nhi_guard_core::registry::SharedRegistry;
+use nhi_guard_core::{ClientAddrResolver, ScopeSet};
+use nhi_guard_identity::{IdentityLayer, IdentityLayerBuilder};
+use nhi_guard_ratelimit::{AuthFailureLimitLayer, RateLimitLayer};
+use nhi_guard_risk::{RiskEdgeLayer, RiskLayer};
+use nhi_guard_scope::ScopeLayer;
+use nhi_guard_scope::policy::Access;
+use tower::layer::util::Stack;
+use tower::util::Either;
+use tower_layer::Layer;
+
+use crate::maybe::Maybe;
+
+/// Entry point of the whole stack.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use nhi_guard::NhiGuard;
+/// use nhi_guard::prelude::*;
+/// use nhi_guard::identity::IdentityLayer;
+/// use nhi_guard::scope::{Policy, Require, ScopeLayer};
+///
+/// let expires = SystemTime::now() + Duration::from_secs(86_400 * 30);
+/// let registry = std::sync::Arc::new(InMemoryRegistry::new(
+///     Inventory::builder()
+///         .client(
+///             ClientRecord::builder("billing-export", "finance@example.com", "Nightly export", expires)
+///                 .scopes(ScopeSet::parse("invoices:read").unwrap())
+///                 .api_key("nhik_live_4f9c2a7d1e8b")
+///                 .build()
+///                 .unwrap(),
+///         )
+///         .build()
+///         .unwrap(),
+/// ));
+/// let policy = Policy::builder()
+///     .get("/invoices", Require::all_of("invoices:read"))
+///     .build()
+///     .unwrap();
+/// let guard = NhiGuard::builder(registry.clone())
+///     .identity(IdentityLayer::builder(registry))
+///     .scope(ScopeLayer::new(policy))
+///     .build()
+///     .unwrap();
+/// let app: axum::Router = axum::Router::new()
+///     .route("/invoices", axum::routing::get(|| async { "[]" }))
+///     .layer(guard);
+/// # let _ = app;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct NhiGuard;
+
+impl NhiGuard {
+    /// Starts a stack around `registry`, the client inventory every control consults.
+    pub fn builder(registry: SharedRegistry) -> NhiGuardBuilder {
+        NhiGuardBuilder {
+            registry,
+            clock: Arc::new(SystemClock),
+            resolver: ClientAddrResolver::new(),
+            audit: None,
+            address_limit: None,
+            failure_limit: None,
+            identity: None,
+            risk: None,
+            rate_limit: None,
+            scope: None,
+            check_policy_scopes: true,
+            realm: None,
+        }
+    }
+}
+
+/// Which part of the configuration is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError {
+    control: &'static str,
+    field: &'static str,
+    message: String,
+}
+
+impl BuildError {
+    fn new(control: &'static str, field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            control,
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The control at fault (`identity`, `scope`, `rate_limit`, `risk`, `audit`, `registry`).
+    pub fn control(&self) -> &'static str {
+        self.control
+    }
+
+    /// The field at fault.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}: {}", self.control, self.field, self.message)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Configures the whole stack. Each control is optional and configured through its
+/// own builder; [`NhiGuardBuilder::build`] validates them together.
+#[must_use]
+pub struct NhiGuardBuilder {
+    registry: SharedRegistry,
+    clock: SharedClock,
+    resolver: ClientAddrResolver,
+    audit: Option<AuditLayer>,
+    address_limit: Option<RateLimitLayer>,
+    failure_limit: Option<AuthFailureLimitLayer>,
+    identity: Option<IdentityLayerBuilder>,
+    risk: Option<RiskLayer>,
+    rate_limit: Option<RateLimitLayer>,
+    scope: Option<ScopeLayer>,
+    check_policy_scopes: bool,
+    realm: Option<Arc<str>>,
+}
+
+impl fmt::Debug for NhiGuardBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NhiGuardBuilder")
+            .field("audit", &self.audit.is_some())
+            .field("address_limit", &self.address_limit.is_some())
+            .field("failure_limit", &self.failure_limit.is_some())
+            .field("identity", &self.identity.is_some())
+            .field("risk", &self.risk.is_some())
+            .field("rate_limit", &self.rate_limit.is_some())
+            .field("scope", &self.scope.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NhiGuardBuilder {
+    /// One clock for every control (default: the system clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// One client-address resolver (trusted proxies) for every control.
+    pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    /// The `realm` of every control's `WWW-Authenticate` challenge (default `api`).
+    /// Sets the default renderer of each control; a control given its own renderer
+    /// afterwards keeps it.
+    pub fn realm(mut self, realm: impl Into<Arc<str>>) -> Self {
+        self.realm = Some(realm.into());
+        self
+    }
+
+    /// The audit layer (outermost).
+    pub fn audit(mut self, layer: AuditLayer) -> Self {
+        self.audit = Some(layer);
+        self
+    }
+
+    /// A rate limit that runs before authentication, typically keyed by address.
+    pub fn address_rate_limit(mut self, layer: RateLimitLayer) -> Self {
+        self.address_limit = Some(layer);
+        self
+    }
+
+    /// The failure-only limit (fail2ban style): counts failed authentications by
+    /// address and credential fingerprint; runs outside identity.
+    pub fn auth_failure_limit(mut self, layer: AuthFailureLimitLayer) -> Self {
+        self.failure_limit = Some(layer);
+        self
+    }
+
+    /// The identity layer, given as its builder so that the stack's clock and
+    /// address resolver reach it. With a scope layer in the stack, identity runs in
+    /// optional mode: a request without any credential reaches the scope policy,
+    /// which lets it through on public routes only and answers `401` elsewhere; an
+    /// invalid credential is refused by identity as always.
+    pub fn identity(mut self, builder: IdentityLayerBuilder) -> Self {
+        self.identity = Some(builder);
+        self
+    }
+
+    /// The risk layer; its edge half is placed before identity automatically.
+    pub fn risk(mut self, layer: RiskLayer) -> Self {
+        self.risk = Some(layer);
+        self
+    }
+
+    /// The rate limit after authentication (per client, per client and route, tiers).
+    pub fn rate_limit(mut self, layer: RateLimitLayer) -> Self {
+        self.rate_limit = Some(layer);
+        self
+    }
+
+    /// The scope layer (innermost).
+    pub fn scope(mut self, layer: ScopeLayer) -> Self {
+        self.scope = Some(layer);
+        self
+    }
+
+    /// Whether `build` refuses a scope policy that names a scope no client in the
+    /// inventory can ever hold (default: on). Turn off when the inventory is filled
+    /// after start-up.
+    pub fn check_policy_scopes(mut self, on: bool) -> Self {
+        self.check_policy_scopes = on;
+        self
+    }
+
+    /// Validates the configuration and returns the composed layer.
+    ///
+    /// # Errors
+    /// [`BuildError`] naming the control and the field: risk or scope without
+    /// identity, a client whose tier is not defined, a policy scope that no client
+    /// can hold, and the controls' own configuration errors.
+    pub fn build(self) -> Result<NhiGuardLayer, BuildError> {
+        let clients = self.registry.clients();
+        for c in &clients {
+            if self.registry.tier(c.tier()).is_none() {
+                return Err(BuildError::new(
+                    "registry",
+                    "tier",
+                    format!(
+                        "client `{}` names tier {:?}, which is not defined",
+                        c.id(),
+                        c.tier()
+                    ),
+                ));
+            }
+        }
+        if self.identity.is_none() {
+            if self.risk.is_some() {
+                return Err(BuildError::new(
+                    "risk",
+                    "identity",
+                    "risk scoring needs the identity layer (its signals key on verified clients)",
+                ));
+            }
+            if self.scope.is_some() {
+                return Err(BuildError::new(
+                    "scope",
+                    "identity",
+                    "scope checks need the identity layer to set a principal",
+                ));
+            }
+        }
+        if let (true, Some(scope)) = (self.check_policy_scopes, &self.scope)
+            && let Some(policy) = scope.policy()
+        {
+            let holdable = clients
+                .iter()
+                .fold(ScopeSet::empty(), |acc, c| acc.union(c.scopes()));
+            for rule in policy.rules() {
+                let Access::Scopes { all_of, any_of, .. } = rule.access() else {
+                    continue;
+                };
+                let never = all_of.difference(&holdable);
+                let unreachable = if !never.is_empty() {
+                    Some(never.to_string())
+                } else if !any_of.is_empty() && !any_of.intersects(&holdable) {
+                    Some(format!("one of {any_of}"))
+                } else {
+                    None
+                };
+                if let Some(scopes) = unreachable {
+                    return Err(BuildError::new(
+                        "scope",
+                        "policy",
+                        format!(
+                            "rule {} requires {scopes}, which no client in the inventory can hold",
+                            rule.label()
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let clock = self.clock;
+        let resolver = self.resolver;
+        let renderer = self
+            .realm
+            .as_ref()
+            .map(|r| DefaultRenderer::new().realm(r.clone()));
+        let identity = match self.identity {
+            Some(mut b) => Some({
+                if let Some(r) = &renderer {
+                    b = b.renderer(r.clone());
+                }
+                if self.scope.is_some() {
+                    // The scope policy decides which routes are public; identity
+                    // still refuses every invalid credential, and the scope layer
+                    // answers a missing one with the same 401 challenge.
+                    b = b.optional(true);
+                }
+                b.clock(clock.clone())
+                    .client_addr_resolver(resolver.clone())
+                    .build()
+                    .map_err(|e| BuildError::new("identity", e.field(), e.to_string()))?
+            }),
+            None => None,
+        };
+        let risk = self.risk.map(|mut r| {
+            if let Some(rd) = &renderer {
+                r = r.renderer(rd.clone());
+            }
+            r.shared_clock(clock.clone()).address_resolver(resolver.clone())
+        });
+        let edge = risk.as_ref().map(RiskLayer::edge);
+        let with_common = |mut l: RateLimitLayer| {
+            if let Some(r) = &renderer {
+                l = l.renderer(r.clone());
+            }
+            l.clock(clock.clone())
+                .address_resolver(resolver.clone())
+                .registry(self.registry.clone())
+        };
+        let layers = Stack::new(
+            Maybe(self.scope.map(|mut s| {
+                if let Some(r) = &renderer {
+                    s = s.renderer(r.clone());
+                }
+                s.clock(clock.clone()).client_addr_resolver(resolver.clone())
+            })),
+            Stack::new(
+                Maybe(self.rate_limit.map(with_common)),
+                Stack::new(
+                    Maybe(risk),
+                    Stack::new(
+                        Maybe(identity),
+                        Stack::new(
+                            Maybe(edge),
+                            Stack::new(
+                                Maybe(self.failure_limit.map(|mut f| {
+                                    if let Some(r) = &renderer {
+                                        f = f.renderer(r.clone());
+                                    }
+                                    f.clock(clock.clone()).address_resolver(resolver.clone())
+                                })),
+                                Stack::new(
+                                    Maybe(self.address_limit.map(with_common)),
+                                    tower::util::option_layer(self.audit.map(|a| {
+                                        a.clock(clock.clone()).client_addr_resolver(resolver.clone())
+                                    })),
+                                ),
+                            ),
+                        ),
+                    ),
+                ),
+            ),
+        );
+        Ok(NhiGuardLayer {
+            layers: Arc::new(layers),
+        })
+    }
+}
+
+type Layers = Stack<
+    Maybe<ScopeLayer>,
+    Stack<
+        Maybe<RateLimitLayer>,
+        Stack<
+            Maybe<RiskLayer>,
+            Stack<
+                Maybe<IdentityLayer>,
+                Stack<
+                    Maybe<RiskEdgeLayer>,
+                    Stack<
+                        Maybe<AuthFailureLimitLayer>,
+                        Stack<Maybe<RateLimitLayer>, Either<AuditLayer, tower::layer::util::Identity>>,
+                    >,
+                >,
+            >,
+        >,
+    >,
+>;
+
+/// The composed stack: audit → address rate limit → failure limit → risk edge →
+/// identity → risk → rate limit → scope → your service. Cheap to clone.
+#[derive(Clone)]
+pub struct NhiGuardLayer {
+    layers: Arc<Layers>,
+}
+
+impl fmt::Debug for NhiGuardLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NhiGuardLayer").finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for NhiGuardLayer {
+    type Service = <Layers as Layer<S>>::Service;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.layers.layer(inner)
+    }
+}
