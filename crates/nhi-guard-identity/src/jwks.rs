@@ -531,9 +531,11 @@ impl RemoteKeys {
     }
 
     fn interval(&self, max_age: Option<Duration>) -> Duration {
+        // max/min rather than clamp: a configuration with min > max must not panic.
         max_age
             .unwrap_or(self.config.default_refresh)
-            .clamp(self.config.min_refresh, self.config.max_refresh)
+            .min(self.config.max_refresh)
+            .max(self.config.min_refresh)
     }
 
     /// Starts the background refresh on the current tokio runtime: fetch, wait

@@ -13,6 +13,9 @@ use serde::Deserialize;
 use crate::jwks::RemoteKeys;
 use crate::keys::{CompactParts, JwsError, JwsHeader, KeyLookup, KeySet, SUPPORTED_ALGORITHMS, VerifyingKey};
 
+/// Largest clock-skew leeway an issuer may configure.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(600);
+
 /// Where an issuer's verification keys come from.
 #[derive(Debug, Clone)]
 pub enum KeySource {
@@ -125,7 +128,8 @@ impl Issuer {
         self
     }
 
-    /// Clock skew tolerated on `exp`, `nbf` and `iat` (default 60 s).
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (default 60 s, at most
+    /// [`MAX_LEEWAY`]).
     #[must_use]
     pub fn leeway(mut self, leeway: Duration) -> Self {
         self.leeway = leeway;
@@ -176,6 +180,12 @@ impl Issuer {
             return Err(format!(
                 "issuer {:?}: `client_id_claims` must not be empty",
                 self.iss
+            ));
+        }
+        if self.leeway > MAX_LEEWAY {
+            return Err(format!(
+                "issuer {:?}: `leeway` of {:?} is more than the {:?} allowed",
+                self.iss, self.leeway, MAX_LEEWAY
             ));
         }
         if self.max_lifetime.is_zero() {

@@ -87,7 +87,7 @@ mod service;
 #[cfg(feature = "demo")]
 pub use crate::demo::{DemoError, DemoIssuer};
 pub use crate::jwks::{HttpFetcher, JwksConfig, JwksFetcher, RemoteKeys};
-pub use crate::jwt::{ClientIdClaim, Issuer, KeySource};
+pub use crate::jwt::{ClientIdClaim, Issuer, KeySource, MAX_LEEWAY};
 pub use crate::keys::{KeySet, VerifyingKey};
 pub use crate::layer::{ConfigError, Credential, IdentityLayer, IdentityLayerBuilder};
 pub use crate::mtls::PeerCertificates;

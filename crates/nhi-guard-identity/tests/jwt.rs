@@ -578,6 +578,16 @@ fn invalid_configuration_fails_at_build_naming_the_field() {
         .unwrap_err();
     assert!(err.to_string().contains("HS256"), "{err}");
     let err = IdentityLayer::builder(registry())
+        .issuer(
+            Issuer::new(ISS)
+                .audience(AUD)
+                .leeway(Duration::from_secs(3600))
+                .static_keys(KeySet::empty()),
+        )
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("leeway"), "{err}");
+    let err = IdentityLayer::builder(registry())
         .api_key_header("bad header")
         .build()
         .unwrap_err();
