@@ -157,6 +157,22 @@ impl Service<Request<()>> for FullStack {
     }
 }
 
+/// Creates the security context, then calls the inner service.
+struct ContextOnly<S>(S, nhi_guard_core::ClientAddrResolver);
+
+impl<S: Service<Request<()>>> Service<Request<()>> for ContextOnly<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, mut req: Request<()>) -> S::Future {
+        SecurityContext::get_or_insert(&mut req, &self.1, &nhi_guard_core::SystemClock);
+        self.0.call(req)
+    }
+}
+
 fn req() -> Request<()> {
     let mut r = Request::get("/orders/42").body(()).unwrap();
     r.extensions_mut()
@@ -215,6 +231,19 @@ fn per_request(c: &mut Criterion) {
                 )
             })
         });
+        // The same inner service behind a minimal layer that only creates the
+        // context, as any guard stack does: the fair baseline for the full record.
+        let mut ctx_only = ContextOnly(FullStack(principal()), nhi_guard_core::ClientAddrResolver::new());
+        g.bench_function("context_only_full_stack", |b| {
+            b.iter_custom(|n| {
+                chunks(
+                    n,
+                    cpu,
+                    &mut || drop(black_box(ctx_only.call(req()).now_or_never())),
+                    &mut nothing,
+                )
+            })
+        });
         let mut full = layer.layer(FullStack(principal()));
         g.bench_function("audited_full_context", |b| {
             b.iter_custom(|n| {
@@ -226,6 +255,25 @@ fn per_request(c: &mut Criterion) {
                 )
             })
         });
+        if !cpu {
+            // The writer idle (parked) before each request, as on a lightly loaded
+            // server: the call pays for any wake-up of the writer thread.
+            let mut idle = layer.layer(tower::service_fn(bare));
+            g.bench_function("audited_idle_writer", |b| {
+                b.iter_custom(|n| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..n {
+                        rt.block_on(handle.flush()).unwrap();
+                        std::thread::sleep(Duration::from_micros(50));
+                        let r = req();
+                        let t = Instant::now();
+                        drop(black_box(idle.call(r).now_or_never().unwrap()));
+                        total += t.elapsed();
+                    }
+                    total
+                })
+            });
+        }
         g.finish();
     }
     rt.block_on(handle.shutdown()).unwrap();

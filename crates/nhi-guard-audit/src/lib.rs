@@ -85,6 +85,7 @@ pub mod chain;
 mod error;
 mod event;
 mod future;
+mod json;
 mod layer;
 pub mod ocsf;
 mod service;

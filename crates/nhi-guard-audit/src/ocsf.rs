@@ -5,15 +5,13 @@
 //! absent values, so `serde_json` writes the canonical form directly (see
 //! [`crate::chain`]); a test checks this against the independent canonicaliser.
 
-use std::fmt::Display;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::{Method, Version};
-use nhi_guard_core::ScopeSet;
 use nhi_guard_core::context::RequestId;
 use nhi_guard_core::context::{ContextState, Control, Decision};
 use nhi_guard_core::principal::CredentialInfo;
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::event::{AuditEvent, Completion};
 
@@ -30,14 +28,6 @@ pub const CLASS_API_ACTIVITY: u32 = 6003;
 pub const CLASS_APPLICATION_LIFECYCLE: u32 = 6002;
 /// Application Activity.
 pub const CATEGORY_APPLICATION: u32 = 6;
-
-struct Disp<T>(T);
-
-impl<T: Display> Serialize for Disp<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
 
 /// `activity_id` and its caption for an HTTP method.
 #[cfg(test)]
@@ -126,246 +116,6 @@ struct Metadata<'a> {
     version: &'static str,
 }
 
-#[derive(Serialize)]
-struct User<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    credential_uid: Option<&'a str>,
-    name: &'a str,
-    #[serde(rename = "type")]
-    type_: &'a str,
-    type_id: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    uid: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Idp<'a> {
-    name: &'a str,
-}
-
-#[derive(Serialize)]
-struct Actor<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    idp: Option<Idp<'a>>,
-    user: User<'a>,
-}
-
-#[derive(Serialize)]
-struct ApiRequest<'a> {
-    uid: &'a str,
-}
-
-#[derive(Serialize)]
-struct ApiResponse<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    code: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Service<'a> {
-    name: &'a str,
-}
-
-#[derive(Serialize)]
-struct Api<'a> {
-    operation: String,
-    request: ApiRequest<'a>,
-    response: ApiResponse<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<Service<'a>>,
-}
-
-#[derive(Serialize)]
-struct Header<'a> {
-    name: &'a str,
-    value: &'a str,
-}
-
-#[derive(Serialize)]
-struct Url<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    query_string: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct HttpRequest<'a> {
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    http_headers: Vec<Header<'a>>,
-    http_method: &'a str,
-    url: Url<'a>,
-    version: &'static str,
-}
-
-#[derive(Serialize)]
-struct HttpResponse {
-    code: u16,
-    latency: u64,
-}
-
-#[derive(Serialize)]
-struct Endpoint {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ip: Option<Disp<std::net::IpAddr>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    port: Option<u16>,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Credential<'a> {
-    // Untagged with an explicit `type` field last: serde writes an internal tag
-    // first, which would break the sorted (canonical) key order.
-    ApiKey {
-        prefix: &'a str,
-        #[serde(rename = "type")]
-        type_: &'static str,
-    },
-    Certificate {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        spiffe_id: Option<&'a str>,
-        thumbprint: &'a str,
-        #[serde(rename = "type")]
-        type_: &'static str,
-    },
-    Jwt {
-        alg: &'a str,
-        certificate_bound: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        jti: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        kid: Option<&'a str>,
-        #[serde(rename = "type")]
-        type_: &'static str,
-    },
-    Other {
-        #[serde(rename = "type")]
-        type_: &'static str,
-    },
-}
-
-/// Governance facts about the verified client; who it is (id, subject, kind,
-/// issuer) is in `actor`.
-#[derive(Serialize)]
-struct Client<'a> {
-    credential: Credential<'a>,
-    expiring_soon: bool,
-    owner: &'a str,
-    purpose: &'a str,
-    tier: &'a str,
-}
-
-#[derive(Serialize)]
-struct RateLimit<'a> {
-    limited: bool,
-    policy: &'a str,
-    quota: u64,
-    remaining: u64,
-    reset_secs: u64,
-    window_secs: u64,
-}
-
-#[derive(Serialize)]
-struct Signal<'a> {
-    points: u32,
-    reason: &'a str,
-    signal: &'a str,
-}
-
-#[derive(Serialize)]
-struct Risk<'a> {
-    action: &'a str,
-    score: u32,
-    signals: Vec<Signal<'a>>,
-}
-
-#[derive(Serialize)]
-struct Scopes<'a> {
-    granted: &'a ScopeSet,
-    missing: &'a ScopeSet,
-    required: &'a ScopeSet,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rule: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct Shadow {
-    control: &'static str,
-    reason: &'static str,
-    status: u16,
-}
-
-#[derive(Serialize)]
-struct Extension<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    client: Option<Client<'a>>,
-    completion: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    control: Option<&'static str>,
-    decision: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    denied_status: Option<u16>,
-    dropped_total: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    identity_failure: Option<&'static str>,
-    latency_us: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    rate_limit: Option<RateLimit<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    risk: Option<Risk<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scopes: Option<Scopes<'a>>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    shadow_denials: Vec<Shadow>,
-}
-
-/// The chain fields shared by every record; `sha256` is spliced in after hashing.
-#[derive(Serialize)]
-struct RequestUnmapped<'a> {
-    nhi_guard: Extension<'a>,
-    prev_sha256: &'a str,
-    seq: u64,
-}
-
-#[derive(Serialize)]
-struct ApiActivity<'a> {
-    action: &'static str,
-    action_id: u32,
-    activity_id: u32,
-    activity_name: &'static str,
-    actor: Actor<'a>,
-    api: Api<'a>,
-    category_name: &'static str,
-    category_uid: u32,
-    class_name: &'static str,
-    class_uid: u32,
-    disposition: &'static str,
-    disposition_id: u32,
-    duration: u64,
-    http_request: HttpRequest<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    http_response: Option<HttpResponse>,
-    metadata: Metadata<'a>,
-    severity: &'static str,
-    severity_id: u32,
-    src_endpoint: Endpoint,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status_code: Option<Disp<u16>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status_detail: Option<&'static str>,
-    status_id: u32,
-    time: u64,
-    type_name: &'static str,
-    type_uid: u32,
-    unmapped: RequestUnmapped<'a>,
-}
-
 fn severity_name(id: u32) -> &'static str {
     match id {
         1 => "Informational",
@@ -404,29 +154,33 @@ fn control_name(c: Control) -> &'static str {
 }
 
 /// Writes the API Activity record for `ev` without its `sha256` into `buf`: the
-/// canonical form that is hashed. Ends with `}}`.
+/// canonical form that is hashed. Ends with `}}`. Keys are written in sorted
+/// order by hand (see [`crate::json`]).
 pub(crate) fn write_api_activity(
     buf: &mut Vec<u8>,
+    scratch: &mut String,
     ev: &AuditEvent,
     state: &ContextState,
     prev_sha256: &str,
     seq: u64,
     dropped_total: u64,
-) -> serde_json::Result<()> {
+) {
+    use crate::json::{display, open, string};
+
     let (activity_id, activity_name) = activity(&ev.info.method);
     let (decision, control, reason, denied_status) = decision_fields(&ev.decision);
     let denied = denied_status.is_some();
     let route = ev.route(state);
     let latency_ms = u64::try_from(ev.latency.as_millis()).unwrap_or(u64::MAX);
     let latency_us = u64::try_from(ev.latency.as_micros()).unwrap_or(u64::MAX);
+    let status = ev.status.map(|s| s.as_u16());
 
-    let success =
-        ev.completion == Completion::Response && !denied && ev.status.is_some_and(|s| s.as_u16() < 400);
-    let severity_id = match ev.completion {
+    let success = ev.completion == Completion::Response && !denied && status.is_some_and(|s| s < 400);
+    let severity_id: u32 = match ev.completion {
         Completion::Panicked => 4,
         Completion::HandlerError | Completion::Cancelled => 2,
         Completion::Response if denied => 3,
-        Completion::Response if ev.status.is_some_and(|s| s.is_server_error()) => 2,
+        Completion::Response if status.is_some_and(|s| s >= 500) => 2,
         Completion::Response => 1,
     };
     let status_detail = match ev.completion {
@@ -438,194 +192,283 @@ pub(crate) fn write_api_activity(
         Decision::Denied(_) => ("Denied", 2, "Blocked", 2),
         Decision::Pending => ("Unknown", 0, "Unknown", 0),
     };
-
     let principal = state.principal.as_ref();
-    // Same text as the fingerprint's `Display`, without the formatting machinery.
-    let fingerprint = state
-        .credential_fingerprint
-        .map(|f| crate::chain::hex(f.as_bytes()));
     let kind = principal
         .map(|p| p.kind())
         .or(state.credential_kind)
-        .map(|k| k.as_str());
-    let user = match principal {
-        Some(p) => User {
-            credential_uid: fingerprint.as_deref(),
-            name: p.subject_name(),
-            type_: kind.unwrap_or("unknown"),
-            type_id: 99,
-            uid: Some(p.client_id().as_str()),
-        },
-        None => User {
-            credential_uid: fingerprint.as_deref(),
-            name: "anonymous",
-            type_: kind.unwrap_or("unknown"),
-            type_id: 0,
-            uid: None,
-        },
-    };
-    let actor = Actor {
-        idp: principal.and_then(|p| p.issuer_name()).map(|name| Idp { name }),
-        user,
-    };
-    let client = principal.map(|p| Client {
-        credential: match p.credential() {
+        .map_or("unknown", |k| k.as_str());
+    let mut id_buf = [0u8; 36];
+    let request_id = format_request_id(ev.request_id, &mut id_buf);
+
+    let mut root = open(buf);
+    root.lit(buf, "action", action);
+    root.num(buf, "action_id", action_id);
+    root.num(buf, "activity_id", u64::from(activity_id));
+    root.lit(buf, "activity_name", activity_name);
+
+    root.key(buf, "actor");
+    let mut actor = open(buf);
+    if let Some(issuer) = principal.and_then(|p| p.issuer_name()) {
+        actor.key(buf, "idp");
+        let mut idp = open(buf);
+        idp.str(buf, "name", issuer);
+        idp.close(buf);
+    }
+    actor.key(buf, "user");
+    let mut user = open(buf);
+    if let Some(fp) = state.credential_fingerprint {
+        // Same text as the fingerprint's `Display`.
+        user.lit(buf, "credential_uid", "");
+        buf.pop();
+        buf.extend_from_slice(crate::chain::hex(fp.as_bytes()).as_bytes());
+        buf.push(b'"');
+    }
+    match principal {
+        Some(p) => {
+            user.str(buf, "name", p.subject_name());
+            user.str(buf, "type", kind);
+            user.num(buf, "type_id", 99);
+            user.str(buf, "uid", p.client_id().as_str());
+        }
+        None => {
+            user.lit(buf, "name", "anonymous");
+            user.str(buf, "type", kind);
+            user.num(buf, "type_id", 0);
+        }
+    }
+    user.close(buf);
+    actor.close(buf);
+
+    root.key(buf, "api");
+    let mut api = open(buf);
+    api.key(buf, "operation");
+    scratch.clear();
+    scratch.push_str(ev.info.method.as_str());
+    if let Some(r) = route {
+        scratch.push(' ');
+        scratch.push_str(r);
+    }
+    string(buf, scratch);
+    api.key(buf, "request");
+    let mut req = open(buf);
+    req.lit(buf, "uid", "");
+    buf.pop();
+    buf.extend_from_slice(request_id.as_bytes());
+    buf.push(b'"');
+    req.close(buf);
+    api.key(buf, "response");
+    let mut resp = open(buf);
+    if let Some(code) = status {
+        resp.num(buf, "code", u64::from(code));
+    }
+    resp.opt_str(buf, "error", reason);
+    resp.close(buf);
+    if let Some(name) = ev.service_name.as_deref() {
+        api.key(buf, "service");
+        let mut svc = open(buf);
+        svc.str(buf, "name", name);
+        svc.close(buf);
+    }
+    api.close(buf);
+
+    root.lit(buf, "category_name", "Application Activity");
+    root.num(buf, "category_uid", u64::from(CATEGORY_APPLICATION));
+    root.lit(buf, "class_name", "API Activity");
+    root.num(buf, "class_uid", u64::from(CLASS_API_ACTIVITY));
+    root.lit(buf, "disposition", disposition);
+    root.num(buf, "disposition_id", disposition_id);
+    root.num(buf, "duration", latency_ms);
+
+    root.key(buf, "http_request");
+    let mut http = open(buf);
+    if !ev.info.headers.is_empty() {
+        http.key(buf, "http_headers");
+        buf.push(b'[');
+        for (i, (name, value)) in ev.info.headers.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            let mut h = open(buf);
+            h.str(buf, "name", name.as_str());
+            h.str(buf, "value", value);
+            h.close(buf);
+        }
+        buf.push(b']');
+    }
+    http.str(buf, "http_method", ev.info.method.as_str());
+    http.key(buf, "url");
+    let mut url = open(buf);
+    url.opt_str(buf, "path", route);
+    url.opt_str(buf, "query_string", ev.info.query.as_deref());
+    url.close(buf);
+    http.lit(buf, "version", http_version(ev.info.version));
+    http.close(buf);
+
+    if let Some(code) = status {
+        root.key(buf, "http_response");
+        let mut r = open(buf);
+        r.num(buf, "code", u64::from(code));
+        r.num(buf, "latency", latency_ms);
+        r.close(buf);
+    }
+
+    root.key(buf, "metadata");
+    let mut meta = open(buf);
+    meta.key(buf, "product");
+    let mut product = open(buf);
+    product.lit(buf, "name", PRODUCT_NAME);
+    product.lit(buf, "vendor_name", PRODUCT_NAME);
+    product.lit(buf, "version", PRODUCT_VERSION);
+    product.close(buf);
+    meta.key(buf, "profiles");
+    buf.extend_from_slice(b"[\"security_control\"]");
+    meta.lit(buf, "uid", "");
+    buf.pop();
+    buf.extend_from_slice(request_id.as_bytes());
+    buf.push(b'"');
+    meta.lit(buf, "version", OCSF_VERSION);
+    meta.close(buf);
+
+    root.lit(buf, "severity", severity_name(severity_id));
+    root.num(buf, "severity_id", u64::from(severity_id));
+
+    root.key(buf, "src_endpoint");
+    let mut src = open(buf);
+    if let Some(addr) = ev.client_addr {
+        src.key(buf, "ip");
+        display(buf, scratch, addr.ip());
+        if !addr.is_forwarded() {
+            src.num(buf, "port", u64::from(addr.peer().port()));
+        }
+    }
+    src.close(buf);
+
+    root.lit(buf, "status", if success { "Success" } else { "Failure" });
+    if let Some(code) = status {
+        root.key(buf, "status_code");
+        buf.push(b'"');
+        crate::json::number(buf, u64::from(code));
+        buf.push(b'"');
+    }
+    root.opt_str(buf, "status_detail", status_detail);
+    root.num(buf, "status_id", if success { 1 } else { 2 });
+    root.num(buf, "time", epoch_ms(ev.received_at));
+    root.lit(buf, "type_name", type_name(activity_id));
+    root.num(buf, "type_uid", u64::from(CLASS_API_ACTIVITY * 100 + activity_id));
+
+    root.key(buf, "unmapped");
+    let mut unmapped = open(buf);
+    unmapped.key(buf, "nhi_guard");
+    let mut ext = open(buf);
+    if let Some(p) = principal {
+        ext.key(buf, "client");
+        let mut client = open(buf);
+        client.key(buf, "credential");
+        let mut cred = open(buf);
+        match p.credential() {
             CredentialInfo::Jwt {
                 kid,
                 alg,
                 jti,
                 certificate_bound,
-            } => Credential::Jwt {
-                alg,
-                certificate_bound: *certificate_bound,
-                jti: jti.as_deref(),
-                kid: kid.as_deref(),
-                type_: "jwt",
-            },
-            CredentialInfo::ApiKey { prefix } => Credential::ApiKey {
-                prefix,
-                type_: "api_key",
-            },
+            } => {
+                cred.str(buf, "alg", alg);
+                cred.bool(buf, "certificate_bound", *certificate_bound);
+                cred.opt_str(buf, "jti", jti.as_deref());
+                cred.opt_str(buf, "kid", kid.as_deref());
+                cred.lit(buf, "type", "jwt");
+            }
+            CredentialInfo::ApiKey { prefix } => {
+                cred.str(buf, "prefix", prefix);
+                cred.lit(buf, "type", "api_key");
+            }
             CredentialInfo::Certificate {
                 thumbprint,
                 spiffe_id,
-            } => Credential::Certificate {
-                spiffe_id: spiffe_id.as_deref(),
-                thumbprint,
-                type_: "certificate",
-            },
-            _ => Credential::Other { type_: "other" },
-        },
-        expiring_soon: state.client_expiring_soon,
-        owner: p.owner(),
-        purpose: p.purpose(),
-        tier: p.tier_name(),
-    });
-
-    let mut id_buf = [0u8; 36];
-    let request_id = format_request_id(ev.request_id, &mut id_buf);
-    let operation = match route {
-        Some(r) => format!("{} {r}", ev.info.method),
-        None => ev.info.method.to_string(),
-    };
-    let record = ApiActivity {
-        action,
-        action_id,
-        activity_id,
-        activity_name,
-        actor,
-        api: Api {
-            operation,
-            request: ApiRequest { uid: request_id },
-            response: ApiResponse {
-                code: ev.status.map(|s| s.as_u16()),
-                error: reason,
-            },
-            service: ev.service_name.as_deref().map(|name| Service { name }),
-        },
-        category_name: "Application Activity",
-        category_uid: CATEGORY_APPLICATION,
-        class_name: "API Activity",
-        class_uid: CLASS_API_ACTIVITY,
-        disposition,
-        disposition_id,
-        duration: latency_ms,
-        http_request: HttpRequest {
-            http_headers: ev
-                .info
-                .headers
-                .iter()
-                .map(|(n, v)| Header {
-                    name: n.as_str(),
-                    value: v,
-                })
-                .collect(),
-            http_method: ev.info.method.as_str(),
-            url: Url {
-                path: route,
-                query_string: ev.info.query.as_deref(),
-            },
-            version: http_version(ev.info.version),
-        },
-        http_response: ev.status.map(|s| HttpResponse {
-            code: s.as_u16(),
-            latency: latency_ms,
-        }),
-        metadata: Metadata {
-            product: PRODUCT,
-            profiles: &["security_control"],
-            uid: Some(request_id),
-            version: OCSF_VERSION,
-        },
-        severity: severity_name(severity_id),
-        severity_id,
-        src_endpoint: Endpoint {
-            ip: ev.client_addr.map(|a| Disp(a.ip())),
-            port: ev
-                .client_addr
-                .filter(|a| !a.is_forwarded())
-                .map(|a| a.peer().port()),
-        },
-        status: if success { "Success" } else { "Failure" },
-        status_code: ev.status.map(|s| Disp(s.as_u16())),
-        status_detail,
-        status_id: if success { 1 } else { 2 },
-        time: epoch_ms(ev.received_at),
-        type_name: type_name(activity_id),
-        type_uid: CLASS_API_ACTIVITY * 100 + activity_id,
-        unmapped: RequestUnmapped {
-            nhi_guard: Extension {
-                client,
-                completion: ev.completion.as_str(),
-                control,
-                decision,
-                denied_status,
-                dropped_total,
-                identity_failure: state.identity_failure,
-                latency_us,
-                rate_limit: state.rate_limit.as_ref().map(|r| RateLimit {
-                    limited: r.limited,
-                    policy: &r.policy,
-                    quota: r.quota,
-                    remaining: r.remaining,
-                    reset_secs: r.reset_secs,
-                    window_secs: r.window_secs,
-                }),
-                reason,
-                risk: state.risk.as_ref().map(|r| Risk {
-                    action: &r.action,
-                    score: r.score,
-                    signals: r
-                        .signals
-                        .iter()
-                        .map(|s| Signal {
-                            points: s.points,
-                            reason: &s.reason,
-                            signal: s.signal,
-                        })
-                        .collect(),
-                }),
-                scopes: state.scopes.as_ref().map(|s| Scopes {
-                    granted: &s.granted,
-                    missing: &s.missing,
-                    required: &s.required,
-                    rule: s.rule.as_deref(),
-                }),
-                shadow_denials: state
-                    .shadow_denials
-                    .iter()
-                    .map(|d| Shadow {
-                        control: d.control.as_str(),
-                        reason: d.reason,
-                        status: d.status.as_u16(),
-                    })
-                    .collect(),
-            },
-            prev_sha256,
-            seq,
-        },
-    };
-    serde_json::to_writer(buf, &record)
+            } => {
+                cred.opt_str(buf, "spiffe_id", spiffe_id.as_deref());
+                cred.str(buf, "thumbprint", thumbprint);
+                cred.lit(buf, "type", "certificate");
+            }
+            _ => cred.lit(buf, "type", "other"),
+        }
+        cred.close(buf);
+        client.bool(buf, "expiring_soon", state.client_expiring_soon);
+        client.str(buf, "owner", p.owner());
+        client.str(buf, "purpose", p.purpose());
+        client.str(buf, "tier", p.tier_name());
+        client.close(buf);
+    }
+    ext.lit(buf, "completion", ev.completion.as_str());
+    ext.opt_str(buf, "control", control);
+    ext.lit(buf, "decision", decision);
+    if let Some(s) = denied_status {
+        ext.num(buf, "denied_status", u64::from(s));
+    }
+    ext.num(buf, "dropped_total", dropped_total);
+    ext.opt_str(buf, "identity_failure", state.identity_failure);
+    ext.num(buf, "latency_us", latency_us);
+    if let Some(r) = &state.rate_limit {
+        ext.key(buf, "rate_limit");
+        let mut rl = open(buf);
+        rl.bool(buf, "limited", r.limited);
+        rl.str(buf, "policy", &r.policy);
+        rl.num(buf, "quota", r.quota);
+        rl.num(buf, "remaining", r.remaining);
+        rl.num(buf, "reset_secs", r.reset_secs);
+        rl.num(buf, "window_secs", r.window_secs);
+        rl.close(buf);
+    }
+    ext.opt_str(buf, "reason", reason);
+    if let Some(r) = &state.risk {
+        ext.key(buf, "risk");
+        let mut risk = open(buf);
+        risk.str(buf, "action", &r.action);
+        risk.num(buf, "score", u64::from(r.score));
+        risk.key(buf, "signals");
+        buf.push(b'[');
+        for (i, s) in r.signals.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            let mut sig = open(buf);
+            sig.num(buf, "points", u64::from(s.points));
+            sig.str(buf, "reason", &s.reason);
+            sig.str(buf, "signal", s.signal);
+            sig.close(buf);
+        }
+        buf.push(b']');
+        risk.close(buf);
+    }
+    if let Some(s) = &state.scopes {
+        ext.key(buf, "scopes");
+        let mut sc = open(buf);
+        sc.strs(buf, "granted", s.granted.iter());
+        sc.strs(buf, "missing", s.missing.iter());
+        sc.strs(buf, "required", s.required.iter());
+        sc.opt_str(buf, "rule", s.rule.as_deref());
+        sc.close(buf);
+    }
+    if !state.shadow_denials.is_empty() {
+        ext.key(buf, "shadow_denials");
+        buf.push(b'[');
+        for (i, d) in state.shadow_denials.iter().enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            let mut sd = open(buf);
+            sd.str(buf, "control", d.control.as_str());
+            sd.str(buf, "reason", d.reason);
+            sd.num(buf, "status", u64::from(d.status.as_u16()));
+            sd.close(buf);
+        }
+        buf.push(b']');
+    }
+    ext.close(buf);
+    unmapped.str(buf, "prev_sha256", prev_sha256);
+    unmapped.num(buf, "seq", seq);
+    unmapped.close(buf);
+    root.close(buf);
 }
 
 /// What a chain record marks.

@@ -5,11 +5,14 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::Thread;
+use std::time::Duration;
 
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::context::ContextState;
-use tokio::sync::mpsc::error::{SendError, TrySendError};
+use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 use tokio::sync::mpsc::{self, OwnedPermit};
 use tokio::sync::oneshot;
 
@@ -92,6 +95,16 @@ impl Counters {
 struct Shared {
     counters: Counters,
     overflow: Overflow,
+    /// The writer thread, to unpark it.
+    thread: OnceLock<Thread>,
+}
+
+impl Shared {
+    fn wake_writer(&self) {
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
+    }
 }
 
 pub(crate) type ReserveFuture = Pin<Box<dyn Future<Output = Result<OwnedPermit<Msg>, SendError<()>>> + Send>>;
@@ -132,13 +145,16 @@ impl AuditWriter {
                 self.shared.counters.enqueued.fetch_add(1, Ordering::Relaxed);
                 Offer::Done
             }
-            Err(TrySendError::Full(Msg::Event(ev))) => match self.shared.overflow {
-                Overflow::Backpressure => Offer::Wait(ev),
-                Overflow::Drop => {
-                    self.count_dropped();
-                    Offer::Done
+            Err(TrySendError::Full(Msg::Event(ev))) => {
+                self.shared.wake_writer();
+                match self.shared.overflow {
+                    Overflow::Backpressure => Offer::Wait(ev),
+                    Overflow::Drop => {
+                        self.count_dropped();
+                        Offer::Done
+                    }
                 }
-            },
+            }
             Err(TrySendError::Closed(_) | TrySendError::Full(_)) => {
                 self.count_lost();
                 Offer::Done
@@ -239,7 +255,10 @@ impl AuditHandle {
         msg: impl FnOnce(oneshot::Sender<AuditStats>) -> Msg,
     ) -> Result<AuditStats, AuditError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(msg(tx)).await.map_err(|_| AuditError::WriterGone)?;
+        let sent = self.tx.send(msg(tx));
+        self.shared.wake_writer();
+        sent.await.map_err(|_| AuditError::WriterGone)?;
+        self.shared.wake_writer();
         rx.await.map_err(|_| AuditError::WriterGone)
     }
 
@@ -339,12 +358,14 @@ impl AuditWriterBuilder {
         let shared = Arc::new(Shared {
             counters: Counters::default(),
             overflow: self.overflow,
+            thread: OnceLock::new(),
         });
         let mut writer = Writer {
             sink,
             shared: shared.clone(),
             clock: self.clock,
             buf: Vec::with_capacity(4096),
+            scratch: String::with_capacity(256),
             prev: GENESIS.to_owned(),
             seq: 0,
             requests: 0,
@@ -352,9 +373,10 @@ impl AuditWriterBuilder {
             checkpoint_every: self.checkpoint_every,
             sealed: false,
         };
-        std::thread::Builder::new()
+        let join = std::thread::Builder::new()
             .name("nhi-guard-audit".into())
             .spawn(move || writer.run(rx))?;
+        let _ = shared.thread.set(join.thread().clone());
         Ok((
             AuditWriter {
                 tx: tx.clone(),
@@ -370,6 +392,7 @@ struct Writer<K> {
     shared: Arc<Shared>,
     clock: SharedClock,
     buf: Vec<u8>,
+    scratch: String,
     prev: String,
     /// `seq` of the next record.
     seq: u64,
@@ -381,59 +404,82 @@ struct Writer<K> {
 
 /// Records taken from the queue before the sink is flushed.
 const MAX_BATCH: usize = 4096;
+/// The writer's first idle wait; doubled up to [`MAX_IDLE`] while nothing comes.
+const MIN_IDLE: Duration = Duration::from_millis(1);
+/// The longest a record waits in the queue of an idle writer before it is written.
+const MAX_IDLE: Duration = Duration::from_millis(16);
 
 impl<K: AuditSink> Writer<K> {
+    /// The writer loop. It never registers a waker on the queue: when the queue
+    /// is empty it parks with a timeout (1 ms, doubling to 16 ms while idle), so a
+    /// request never pays for waking this thread. Control requests and a full
+    /// queue unpark it at once.
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
         let link = self.sink.existing_tip().map(|t| t.sha256);
         self.start_chain("startup", link);
         self.flush();
         let mut replies = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
-            let mut taken = 0;
-            let mut shutdown = false;
-            while let Some(msg) = next {
-                match msg {
-                    Msg::Event(ev) => self.write_event(&ev),
-                    Msg::Flush(reply) => replies.push(reply),
-                    Msg::Checkpoint(reply) => {
-                        self.checkpoint(false);
-                        replies.push(reply);
+        let mut idle = MIN_IDLE;
+        let mut taken = 0usize;
+        loop {
+            let msg = match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(TryRecvError::Empty) => {
+                    if taken > 0 {
+                        self.end_batch(&mut replies);
+                        taken = 0;
                     }
-                    Msg::Shutdown(reply) => {
-                        replies.push(reply);
-                        shutdown = true;
-                        rx.close();
+                    std::thread::park_timeout(idle);
+                    idle = (idle * 2).min(MAX_IDLE);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            idle = MIN_IDLE;
+            taken += 1;
+            match msg {
+                Msg::Event(ev) => self.write_event(&ev),
+                Msg::Flush(reply) => replies.push(reply),
+                Msg::Checkpoint(reply) => {
+                    self.checkpoint(false);
+                    replies.push(reply);
+                }
+                Msg::Shutdown(reply) => {
+                    replies.push(reply);
+                    rx.close();
+                    // Drain what is already queued (and sends holding a permit);
+                    // `close` ends the stream.
+                    while let Some(msg) = rx.blocking_recv() {
+                        match msg {
+                            Msg::Event(ev) => self.write_event(&ev),
+                            Msg::Flush(r) | Msg::Checkpoint(r) | Msg::Shutdown(r) => replies.push(r),
+                        }
                     }
+                    self.finish();
+                    let stats = self.shared.counters.stats();
+                    for r in replies.drain(..) {
+                        let _ = r.send(stats);
+                    }
+                    return;
                 }
-                taken += 1;
-                next = if shutdown {
-                    // Drain what is already queued; `close` ends the stream.
-                    rx.blocking_recv()
-                } else if taken < MAX_BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
             }
-            if shutdown {
-                self.finish();
-                let stats = self.shared.counters.stats();
-                for r in replies.drain(..) {
-                    let _ = r.send(stats);
-                }
-                return;
-            }
-            self.flush();
-            if !replies.is_empty() {
-                let stats = self.shared.counters.stats();
-                for r in replies.drain(..) {
-                    let _ = r.send(stats);
-                }
+            if taken >= MAX_BATCH {
+                self.end_batch(&mut replies);
+                taken = 0;
             }
         }
         // Every sender is gone: finish as on shutdown.
         self.finish();
+    }
+
+    fn end_batch(&mut self, replies: &mut Vec<oneshot::Sender<AuditStats>>) {
+        self.flush();
+        if !replies.is_empty() {
+            let stats = self.shared.counters.stats();
+            for r in replies.drain(..) {
+                let _ = r.send(stats);
+            }
+        }
     }
 
     fn sink_error(&self, what: &str, err: &std::io::Error) {
@@ -500,9 +546,13 @@ impl<K: AuditSink> Writer<K> {
         // The request is over: the context is read in place (no copy). Anyone still
         // holding it waits the few microseconds this record takes.
         let written = ev.ctx.read(|state| {
-            self.append(RecordKind::Request, Some((ev, state)), |buf, prev, seq| {
-                write_api_activity(buf, ev, state, prev, seq, dropped)
-            })
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let ok = self.append(RecordKind::Request, Some((ev, state)), |buf, prev, seq| {
+                write_api_activity(buf, &mut scratch, ev, state, prev, seq, dropped);
+                Ok(())
+            });
+            self.scratch = scratch;
+            ok
         });
         if written {
             self.requests += 1;

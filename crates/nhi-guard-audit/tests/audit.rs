@@ -155,6 +155,24 @@ async fn api_key_principal_shows_the_public_prefix_and_fingerprint() {
 }
 
 #[tokio::test]
+async fn workload_certificate_principal_shows_thumbprint_and_spiffe_id() {
+    let r = request("PATCH", "/orders/7")
+        .header("x-test-cert", "1")
+        .body(String::new())
+        .unwrap();
+    let (res, v) = record_of(r).await;
+    assert_eq!(res.unwrap().status(), StatusCode::OK);
+    assert_eq!(v["activity_id"], 3);
+    assert_eq!(v["actor"]["user"]["type"], "workload_certificate");
+    let cred = &ext(&v)["client"]["credential"];
+    assert_eq!(cred["type"], "certificate");
+    assert_eq!(cred["thumbprint"], "q3R0aHVtYnByaW50");
+    assert_eq!(cred["spiffe_id"], "spiffe://example.org/ns/prod/sa/sync");
+    // No peer recorded by the server: an empty source endpoint.
+    assert_eq!(v["src_endpoint"], serde_json::json!({}));
+}
+
+#[tokio::test]
 async fn scope_rate_limit_and_risk_denials_name_their_control() {
     let (res, v) = record_of(req("scope")).await;
     assert_eq!(res.unwrap().status(), StatusCode::FORBIDDEN);

@@ -179,6 +179,16 @@ pub fn check_line(line: &str) -> Value {
     if let Err(e) = validate_ocsf(&v) {
         panic!("invalid OCSF record: {e}: {line}");
     }
+    // Written in canonical form, hash intact.
+    assert_eq!(
+        String::from_utf8(nhi_guard_audit::chain::canonical_json(&v)).unwrap(),
+        line,
+        "record not in canonical form"
+    );
+    assert_eq!(
+        nhi_guard_audit::chain::record_hash(&v),
+        v["unmapped"]["sha256"].as_str().unwrap()
+    );
     v
 }
 
@@ -407,6 +417,13 @@ pub async fn handler<B>(req: Request<B>) -> Result<Response<String>, HandlerFail
             }
             ctx.set_principal(principal(CredentialInfo::ApiKey {
                 prefix: CredentialInfo::api_key_prefix(key, 8),
+            }));
+        }
+        (None, None) if req.headers().contains_key("x-test-cert") => {
+            ctx.update(|s| s.credential_fingerprint = Some(CredentialFingerprint::of(b"der-bytes")));
+            ctx.set_principal(principal(CredentialInfo::Certificate {
+                thumbprint: Arc::from("q3R0aHVtYnByaW50"),
+                spiffe_id: Some(Arc::from("spiffe://example.org/ns/prod/sa/sync")),
             }));
         }
         (None, None) => return Ok(reject(&ctx, Denial::missing_credential(Control::Identity))),
