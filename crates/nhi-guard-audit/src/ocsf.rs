@@ -1,9 +1,11 @@
-//! The OCSF mapping: an [`AuditEvent`] becomes an API Activity (class 6003) record;
+//! The OCSF mapping: each request becomes an API Activity (class 6003) record;
 //! chain starts and checkpoints are Application Lifecycle (class 6002) records.
+//! The mapping is documented in the crate README.
 //!
-//! Every struct here declares its fields in byte-wise sorted key order and skips
-//! absent values, so `serde_json` writes the canonical form directly (see
-//! [`crate::chain`]); a test checks this against the independent canonicaliser.
+//! Records are written directly in canonical form (keys in byte-wise sorted order,
+//! absent values omitted; see [`crate::chain`]): request records by hand, chain
+//! records through `serde` structs whose fields are declared in sorted order. The
+//! test suite re-canonicalises every record it writes to check this.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
