@@ -30,12 +30,48 @@ impl Expiry<[u8; 32], Entry> for UntilExp {
     }
 }
 
+/// Hashes a key that is already a SHA-256 digest by taking 8 of its bytes: the
+/// digest is uniformly distributed, so hashing it again (SipHash) is wasted work
+/// on the hot path.
+#[derive(Clone, Default)]
+struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(first) = bytes.first_chunk::<8>() {
+            self.0 ^= u64::from_le_bytes(*first);
+        } else {
+            for &b in bytes {
+                self.0 = self.0.rotate_left(8) ^ u64::from(b);
+            }
+        }
+    }
+
+    fn write_usize(&mut self, _len: usize) {
+        // The length prefix of the fixed-size key carries no information.
+    }
+}
+
+#[derive(Clone, Default)]
+struct DigestState;
+
+impl std::hash::BuildHasher for DigestState {
+    type Hasher = DigestHasher;
+    fn build_hasher(&self) -> DigestHasher {
+        DigestHasher::default()
+    }
+}
+
 /// A bounded cache of verified tokens. Entries never outlive the token's `exp`
 /// (checked against the layer's clock on every hit), and an entry whose key has
 /// left the issuer's key set is dropped on its next hit.
 #[derive(Clone)]
 pub(crate) struct TokenCache {
-    inner: Cache<[u8; 32], Entry>,
+    inner: Cache<[u8; 32], Entry, DigestState>,
 }
 
 impl fmt::Debug for TokenCache {
@@ -52,7 +88,7 @@ impl TokenCache {
             inner: Cache::builder()
                 .max_capacity(capacity)
                 .expire_after(UntilExp)
-                .build(),
+                .build_with_hasher(DigestState),
         }
     }
 
