@@ -620,3 +620,32 @@ async fn channel_and_tracing_sinks_deliver_every_record() {
         assert_no_secret(v);
     }
 }
+
+#[tokio::test]
+async fn record_times_come_from_the_configured_clocks() {
+    use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use nhi_guard_core::clock::ManualClock;
+
+    let at = UNIX_EPOCH + Duration::from_millis(1_790_000_000_123);
+    let clock = ManualClock::at(at);
+    let (w, h, lines) = memory(AuditWriter::builder().clock(Arc::new(clock.clone())));
+    let layer = AuditLayer::new(w).clock(Arc::new(clock.clone()));
+    one(layer.clone(), req("")).await.unwrap();
+    clock.advance(Duration::from_secs(90));
+    one(layer, req("")).await.unwrap();
+    h.shutdown().await.unwrap();
+    let all = lines.all();
+    let times: Vec<u64> = all.iter().map(|v| v["time"].as_u64().unwrap()).collect();
+    // chain start, request, request (90 s later), final checkpoint
+    assert_eq!(
+        times,
+        vec![
+            1_790_000_000_123,
+            1_790_000_000_123,
+            1_790_000_090_123,
+            1_790_000_090_123
+        ]
+    );
+}
