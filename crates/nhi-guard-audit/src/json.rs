@@ -36,6 +36,17 @@ impl Obj {
 
     /// `"key":"value"` for a constant known to need no escape.
     pub(crate) fn lit(&mut self, buf: &mut Vec<u8>, key: &'static str, value: &'static str) {
+        debug_assert!(value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
+        self.key(buf, key);
+        buf.push(b'"');
+        buf.extend_from_slice(value.as_bytes());
+        buf.push(b'"');
+    }
+
+    /// `"key":"value"` for a value made of hex digits and dashes (ids, hashes):
+    /// nothing to escape.
+    pub(crate) fn hex(&mut self, buf: &mut Vec<u8>, key: &'static str, value: &str) {
+        debug_assert!(value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
         self.key(buf, key);
         buf.push(b'"');
         buf.extend_from_slice(value.as_bytes());

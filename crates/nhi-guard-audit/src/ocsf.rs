@@ -220,10 +220,7 @@ pub(crate) fn write_api_activity(
     let mut user = open(buf);
     if let Some(fp) = state.credential_fingerprint {
         // Same text as the fingerprint's `Display`.
-        user.lit(buf, "credential_uid", "");
-        buf.pop();
-        buf.extend_from_slice(crate::chain::hex(fp.as_bytes()).as_bytes());
-        buf.push(b'"');
+        user.hex(buf, "credential_uid", &crate::chain::hex(fp.as_bytes()));
     }
     match principal {
         Some(p) => {
@@ -253,10 +250,7 @@ pub(crate) fn write_api_activity(
     string(buf, scratch);
     api.key(buf, "request");
     let mut req = open(buf);
-    req.lit(buf, "uid", "");
-    buf.pop();
-    buf.extend_from_slice(request_id.as_bytes());
-    buf.push(b'"');
+    req.hex(buf, "uid", request_id);
     req.close(buf);
     api.key(buf, "response");
     let mut resp = open(buf);
@@ -324,10 +318,7 @@ pub(crate) fn write_api_activity(
     product.close(buf);
     meta.key(buf, "profiles");
     buf.extend_from_slice(b"[\"security_control\"]");
-    meta.lit(buf, "uid", "");
-    buf.pop();
-    buf.extend_from_slice(request_id.as_bytes());
-    buf.push(b'"');
+    meta.hex(buf, "uid", request_id);
     meta.lit(buf, "version", OCSF_VERSION);
     meta.close(buf);
 

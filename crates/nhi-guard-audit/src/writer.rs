@@ -27,7 +27,9 @@ use crate::sink::{AuditRecord, AuditSink, RecordKind};
 #[non_exhaustive]
 pub enum Overflow {
     /// The response waits for room in the queue (the default): nothing is lost,
-    /// and a sink that cannot keep up slows the service down.
+    /// and a sink that cannot keep up slows the service down. A response future
+    /// dropped while the queue is full hands its record to a tokio task that waits
+    /// for room (outside a tokio runtime it is counted as dropped).
     #[default]
     Backpressure,
     /// The record is dropped and counted; the count is reported in every later

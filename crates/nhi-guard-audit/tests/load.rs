@@ -1,5 +1,6 @@
 //! Bounded loopback load test: N concurrent requests through a real axum server
 //! with the audit layer produce exactly N records, with the chain intact.
+#![cfg(feature = "axum")] // the route template comes from axum's `MatchedPath`
 #![allow(clippy::unwrap_used)]
 
 mod support;
