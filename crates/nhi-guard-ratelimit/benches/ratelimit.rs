@@ -71,124 +71,86 @@ fn bare() -> impl Service<Request<Body>, Response = Response<Body>, Error = Infa
     service_fn(|_req: Request<Body>| std::future::ready(Ok::<_, Infallible>(Response::new(Body::empty()))))
 }
 
-fn layers(c: &mut Criterion) {
-    for (group_name, keys) in [("layer/1 key", 1u32), ("layer/1M keys", KEYS)] {
-        let mut group = c.benchmark_group(group_name);
-
-        let mut svc = bare();
-        let mut i = 0u32;
-        group.bench_function("bare service", |b| {
-            b.iter_batched(
-                || {
-                    i = (i + 1) % keys;
-                    request(ip(i))
-                },
-                |req| black_box(call(&mut svc, req)),
-                BatchSize::SmallInput,
-            )
-        });
-
-        // The floor of any guard layer used alone: creating the security context.
-        let mut i = 0u32;
-        let resolver = nhi_guard_core::ClientAddrResolver::new();
-        group.bench_function("SecurityContext::get_or_insert only", |b| {
-            b.iter_batched(
-                || {
-                    i = (i + 1) % keys;
-                    request(ip(i))
-                },
-                |mut req| {
-                    black_box(nhi_guard_core::SecurityContext::get_or_insert(
-                        &mut req,
-                        &resolver,
-                        &nhi_guard_core::SystemClock,
-                    ));
-                    black_box(call(&mut svc, req))
-                },
-                BatchSize::SmallInput,
-            )
-        });
-
-        for headers in [false, true] {
-            let mut svc = RateLimitLayer::new()
-                .in_memory_store(Arc::new(InMemoryStore::with_max_keys(2 * KEYS as usize)))
-                .headers_on_allowed(headers)
-                .limit(Limit::per_address("per-ip", nhi_quota()))
-                .expect("limit")
-                .layer(bare());
+/// Benches `make()` (built and warmed with `keys` keys on first use, so that a
+/// filtered run builds only what it measures) on requests from `keys` addresses
+/// in turn. Requests are built outside the timing; with `context`, the security
+/// context is created outside the timing too, as the outer audit layer does in
+/// the full stack.
+fn bench<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    keys: u32,
+    context: bool,
+    make: impl FnOnce() -> S,
+) where
+    S: Service<Request<Body>>,
+    S::Error: std::fmt::Debug,
+{
+    let mut make = Some(make);
+    let mut svc: Option<S> = None;
+    let resolver = nhi_guard_core::ClientAddrResolver::new();
+    let mut i = 0u32;
+    group.bench_function(name, |b| {
+        let svc = svc.get_or_insert_with(|| {
+            let mut svc = (make.take().expect("built once"))();
             for k in 0..keys {
                 let _ = call(&mut svc, request(ip(k)));
             }
-            let name = if headers {
-                "nhi-guard RateLimit (+headers)"
-            } else {
-                "nhi-guard RateLimit"
-            };
-            let mut i = 0u32;
-            group.bench_function(name, |b| {
-                b.iter_batched(
-                    || {
-                        i = (i + 1) % keys;
-                        request(ip(i))
-                    },
-                    |req| {
-                        let res = call(&mut svc, req);
-                        assert_eq!(res.status(), 200);
-                        black_box(res)
-                    },
-                    BatchSize::SmallInput,
-                )
-            });
-            // As in the full stack: an outer layer (audit) created the context.
-            if !headers {
-                let resolver = nhi_guard_core::ClientAddrResolver::new();
-                let mut i = 0u32;
-                group.bench_function("nhi-guard RateLimit (context present)", |b| {
-                    b.iter_batched(
-                        || {
-                            i = (i + 1) % keys;
-                            let mut req = request(ip(i));
-                            let ctx = nhi_guard_core::SecurityContext::get_or_insert(
-                                &mut req,
-                                &resolver,
-                                &nhi_guard_core::SystemClock,
-                            );
-                            (req, ctx)
-                        },
-                        |(req, ctx)| {
-                            let res = call(&mut svc, req);
-                            assert_eq!(res.status(), 200);
-                            black_box((res, ctx))
-                        },
-                        BatchSize::SmallInput,
+            svc
+        });
+        b.iter_batched(
+            || {
+                i = (i + 1) % keys;
+                let mut req = request(ip(i));
+                let ctx = context.then(|| {
+                    nhi_guard_core::SecurityContext::get_or_insert(
+                        &mut req,
+                        &resolver,
+                        &nhi_guard_core::SystemClock,
                     )
                 });
-            }
-        }
+                (req, ctx)
+            },
+            |(req, ctx)| black_box((call(svc, req), ctx)),
+            BatchSize::SmallInput,
+        )
+    });
+}
 
-        let config = GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000_000)
-            .finish()
-            .expect("governor config");
-        let mut svc = GovernorLayer::new(config).layer(bare());
-        for k in 0..keys {
-            let _ = call(&mut svc, request(ip(k)));
-        }
-        let mut i = 0u32;
-        group.bench_function("tower_governor", |b| {
-            b.iter_batched(
-                || {
-                    i = (i + 1) % keys;
-                    request(ip(i))
-                },
-                |req| {
-                    let res = call(&mut svc, req);
-                    assert_eq!(res.status(), 200);
-                    black_box(res)
-                },
-                BatchSize::SmallInput,
-            )
+fn nhi(headers: bool) -> impl Service<Request<Body>, Error = Infallible> {
+    RateLimitLayer::new()
+        .in_memory_store(Arc::new(InMemoryStore::with_max_keys(2 * KEYS as usize)))
+        .headers_on_allowed(headers)
+        .limit(Limit::per_address("per-ip", nhi_quota()))
+        .expect("limit")
+        .layer(bare())
+}
+
+fn governor_layer() -> impl Service<Request<Body>, Error = Infallible> {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .finish()
+        .expect("governor config");
+    GovernorLayer::new(config).layer(bare())
+}
+
+fn layers(c: &mut Criterion) {
+    for (group_name, keys) in [("layer/1 key", 1u32), ("layer/1M keys", KEYS)] {
+        let mut group = c.benchmark_group(group_name);
+        bench(&mut group, "bare service", keys, false, bare);
+        bench(&mut group, "bare service (context present)", keys, true, bare);
+        bench(&mut group, "tower_governor", keys, false, governor_layer);
+        bench(&mut group, "nhi-guard RateLimit", keys, false, || nhi(false));
+        bench(
+            &mut group,
+            "nhi-guard RateLimit (context present)",
+            keys,
+            true,
+            || nhi(false),
+        );
+        bench(&mut group, "nhi-guard RateLimit (+headers)", keys, false, || {
+            nhi(true)
         });
         group.finish();
     }
@@ -197,16 +159,14 @@ fn layers(c: &mut Criterion) {
 /// The bare checks: our store against governor's keyed limiter, 1M live keys.
 fn stores(c: &mut Criterion) {
     let mut group = c.benchmark_group("keyed check/1M keys");
-    let store = InMemoryStore::with_max_keys(2 * KEYS as usize);
     let quota = nhi_quota();
     let now = || nhi_guard_core::clock::Clock::unix_nanos(&nhi_guard_core::SystemClock);
-    let mut out = [RateLimitDecision::default(); 1];
     let key = |i: u32| match ip(i) {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(_) => [0; 4],
     };
-    for k in 0..KEYS {
-        let kb = key(k);
+    let check_one = |store: &InMemoryStore, i: u32| {
+        let kb = key(i);
         let check = [LocalCheck {
             policy: "per-ip",
             key: &kb,
@@ -214,33 +174,38 @@ fn stores(c: &mut Criterion) {
             quota,
             cost: 1,
         }];
-        store.check_at(now(), &check, CheckMode::Consume, &mut out);
-    }
+        let mut out = [RateLimitDecision::default(); 1];
+        store.check_at(now(), &check, CheckMode::Consume, &mut out)
+    };
+    let mut store: Option<InMemoryStore> = None;
     let mut i = 0u32;
     group.bench_function("nhi-guard InMemoryStore", |b| {
+        let store = store.get_or_insert_with(|| {
+            let store = InMemoryStore::with_max_keys(2 * KEYS as usize);
+            for k in 0..KEYS {
+                check_one(&store, k);
+            }
+            store
+        });
         b.iter(|| {
             i = (i + 1) % KEYS;
-            let kb = key(i);
-            let check = [LocalCheck {
-                policy: "per-ip",
-                key: &kb,
-                qualifier: b"",
-                quota,
-                cost: 1,
-            }];
-            black_box(store.check_at(now(), &check, CheckMode::Consume, &mut out))
+            black_box(check_one(store, i))
         })
     });
 
-    let limiter = governor::RateLimiter::keyed(
-        governor::Quota::per_second(NonZeroU32::new(1_000_000_000).expect("nonzero"))
-            .allow_burst(NonZeroU32::new(1_000_000_000).expect("nonzero")),
-    );
-    for k in 0..KEYS {
-        let _ = limiter.check_key(&ip(k));
-    }
+    let mut limiter = None;
     let mut i = 0u32;
     group.bench_function("governor keyed", |b| {
+        let limiter = limiter.get_or_insert_with(|| {
+            let limiter = governor::RateLimiter::keyed(
+                governor::Quota::per_second(NonZeroU32::new(1_000_000_000).expect("nonzero"))
+                    .allow_burst(NonZeroU32::new(1_000_000_000).expect("nonzero")),
+            );
+            for k in 0..KEYS {
+                let _ = limiter.check_key(&ip(k));
+            }
+            limiter
+        });
         b.iter(|| {
             i = (i + 1) % KEYS;
             black_box(limiter.check_key(&ip(i)).is_ok())

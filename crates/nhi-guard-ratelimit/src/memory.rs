@@ -328,8 +328,16 @@ impl InMemoryStore {
     fn check_one(&self, now: u64, c: &LocalCheck<'_>, mode: CheckMode, out: &mut RateLimitDecision) -> bool {
         let hash = self.hash(c);
         let mut map = lock(&self.shards[self.shard_of(hash)].map);
-        let diff = map.get(&hash).map_or(0, |&tat| tat.saturating_sub(now));
-        let step = c.quota.step(diff, c.cost.max(1));
+        // One look-up for a known key.
+        if let Some(tat) = map.get_mut(&hash) {
+            let step = c.quota.step(tat.saturating_sub(now), c.cost.max(1));
+            *out = step.decision;
+            if step.allowed && mode == CheckMode::Consume {
+                *tat = now + step.diff_after;
+            }
+            return step.allowed;
+        }
+        let step = c.quota.step(0, c.cost.max(1));
         *out = step.decision;
         if step.allowed && mode == CheckMode::Consume {
             self.insert(&mut map, now, hash, now + step.diff_after);

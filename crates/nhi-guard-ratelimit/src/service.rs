@@ -282,7 +282,25 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        // Arrays sized for the layer's limits: a one-limit layer touches one slot.
+        match self.config.limits.len() {
+            0 | 1 => self.call_n::<1, ReqB, ResB>(req),
+            2 => self.call_n::<2, ReqB, ResB>(req),
+            3 | 4 => self.call_n::<4, ReqB, ResB>(req),
+            _ => self.call_n::<MAX_LIMITS, ReqB, ResB>(req),
+        }
+    }
+}
+
+impl<S> RateLimit<S> {
+    fn call_n<const N: usize, ReqB, ResB>(
+        &mut self,
+        mut req: Request<ReqB>,
+    ) -> ResponseFuture<S, ReqB, S::Future, ResB>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    {
         let cfg = &*self.config;
         // A context this layer creates was stamped with this layer's clock just now:
         // its arrival time saves a second clock read.
@@ -297,12 +315,14 @@ where
             None
         };
         let group = cfg.needs_group.then(|| route_group(cfg, req.uri().path(), &ctx));
-        let mut custom: [Option<String>; MAX_LIMITS] = Default::default();
+        let mut custom: [Option<String>; N] = std::array::from_fn(|_| None);
         if cfg.needs_parts {
             let (parts, body) = req.into_parts();
             for (i, l) in cfg.limits.iter().enumerate() {
-                if let KeyKind::Custom(f) = &l.key {
-                    custom[i] = f(&parts, &ctx);
+                if let KeyKind::Custom(f) = &l.key
+                    && let Some(slot) = custom.get_mut(i)
+                {
+                    *slot = f(&parts, &ctx);
                 }
             }
             req = Request::from_parts(parts, body);
@@ -317,10 +337,10 @@ where
             qualifier: b"",
             quota: placeholder,
             cost: 1,
-        }; MAX_LIMITS];
-        let mut meta: Meta = [(0, placeholder); MAX_LIMITS];
+        }; N];
+        let mut meta = [(0, placeholder); N];
         let mut n = 0;
-        for (i, limit) in cfg.limits.iter().enumerate() {
+        for (i, limit) in cfg.limits.iter().enumerate().take(N) {
             let (key, qualifier): (&[u8], &[u8]) = match &limit.key {
                 KeyKind::Address => match addr_len {
                     Some(len) => (&addr[..len], b""),
@@ -337,7 +357,7 @@ where
                     ),
                     None => continue,
                 },
-                KeyKind::Custom(_) => match &custom[i] {
+                KeyKind::Custom(_) => match custom.get(i).and_then(Option::as_ref) {
                     Some(k) => (k.as_bytes(), b""),
                     None => continue,
                 },
@@ -356,7 +376,7 @@ where
 
         match &cfg.backend {
             Backend::Local(store) => {
-                let mut out = [RateLimitDecision::default(); MAX_LIMITS];
+                let mut out = [RateLimitDecision::default(); N];
                 if n > 0 {
                     store.check_at(
                         if created {
@@ -403,7 +423,11 @@ where
                         req,
                         config: self.config.clone(),
                         ctx,
-                        meta,
+                        meta: {
+                            let mut all: Meta = [(0, placeholder); MAX_LIMITS];
+                            all[..n].copy_from_slice(&meta[..n]);
+                            all
+                        },
                         n,
                         protocol,
                     },
