@@ -54,6 +54,10 @@ pub(crate) struct Config {
 /// [`Fallback`]. The context records the route template, the [`ScopeOutcome`]
 /// (rule, required, granted, missing) and the decision.
 ///
+/// Policies match `req.uri().path()` as the layer sees it: put a policy layer
+/// around the whole axum app (axum strips the prefix of nested routers from the
+/// URI), or write the patterns of a layer inside `Router::nest` relative to it.
+///
 /// [`ScopeOutcome`]: nhi_guard_core::context::ScopeOutcome
 #[derive(Clone)]
 #[must_use]
