@@ -139,10 +139,11 @@ impl ClientAddrResolver {
             return Some(info.0);
         }
         #[cfg(feature = "tonic")]
-        if let Some(info) = extensions.get::<tonic::transport::server::TcpConnectInfo>() {
-            if let Some(addr) = info.remote_addr() {
-                return Some(addr);
-            }
+        if let Some(addr) = extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+        {
+            return Some(addr);
         }
         extensions.get::<SocketAddr>().copied()
     }
