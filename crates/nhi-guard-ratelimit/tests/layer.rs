@@ -724,3 +724,34 @@ async fn nested_layers_merge_their_fields() {
     assert_eq!(names, ["per-client", "per-ip"]);
     assert_eq!((state[0].param("r"), state[1].param("r")), (19, 99));
 }
+
+#[tokio::test(start_paused = true)]
+async fn follows_paused_tokio_time() {
+    let mut svc = RateLimitLayer::new()
+        .clock(Arc::new(nhi_guard_core::clock::TokioClock::new()))
+        .limit(Limit::per_address("per-ip", quota(4, 2)))
+        .expect("limit")
+        .layer(ok_service());
+    let statuses = |svc: &mut _| {
+        let svc: &mut nhi_guard_ratelimit::RateLimit<_> = svc;
+        let (req, _) = Req::to("/").from("192.0.2.5:1").build();
+        let mut svc = svc.clone();
+        async move {
+            svc.ready()
+                .await
+                .expect("ready")
+                .call(req)
+                .await
+                .expect("ok")
+                .status()
+        }
+    };
+    assert_eq!(statuses(&mut svc).await, 200);
+    assert_eq!(statuses(&mut svc).await, 200);
+    assert_eq!(statuses(&mut svc).await, 429);
+    tokio::time::advance(Duration::from_millis(249)).await;
+    assert_eq!(statuses(&mut svc).await, 429);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(statuses(&mut svc).await, 200);
+    assert_eq!(statuses(&mut svc).await, 429);
+}
