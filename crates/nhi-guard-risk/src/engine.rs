@@ -244,17 +244,19 @@ impl Engine {
     }
 
     /// Checks sticky decisions, scores, picks the action and records the assessment.
-    /// `allow` marks the context allowed when the request passes (one lock for both).
+    /// `allow` marks the context allowed when the request passes (one lock for both);
+    /// `edge_checked` says the edge half already checked the address and network.
     pub(crate) fn assess(
         &self,
         ctx: &SecurityContext,
         f: &RequestFacts,
         phase: Phase,
         allow: bool,
+        edge_checked: bool,
     ) -> Verdict {
         let mut throttled = false;
         let mut held_back: Option<(StickyDecision, Duration)> = None;
-        match self.sticky.check(f, nanos(self.throttle_interval)) {
+        match self.sticky.check(f, nanos(self.throttle_interval), edge_checked) {
             None => {}
             Some(StickyHit::ThrottlePassed) => throttled = true,
             Some(StickyHit::Block(d)) => return self.sticky_denial(ctx, f, &d, self.block_denial(&d, f)),

@@ -103,7 +103,8 @@ where
         }
 
         let facts = engine.facts(&ctx, route);
-        let verdict = engine.assess(&ctx, &facts, self.phase, self.phase == Phase::Identified);
+        let identified = self.phase == Phase::Identified;
+        let verdict = engine.assess(&ctx, &facts, self.phase, identified, identified && !observe);
         if let Some(denial) = verdict.denial {
             if engine.mode == Mode::Enforce {
                 ctx.deny(&denial);
@@ -211,7 +212,8 @@ impl Call {
                 })
             });
         } else {
-            let verdict = engine.assess(&ctx, &f, phase, false);
+            let identified = phase == Phase::Identified;
+            let verdict = engine.assess(&ctx, &f, phase, false, identified && !observe);
             if let Some(d) = verdict.new_sticky
                 && d.action >= StickyAction::StepUp
                 && let Err(e) = shared.store.put(d.clone(), f.now()).await

@@ -149,9 +149,12 @@ impl Hasher for PreHashed {
     }
 }
 
+// `touched` first, so that the key, the timestamp and the start of the value share
+// a cache line: most look-ups touch nothing else.
+#[repr(C)]
 struct Slot<V> {
-    value: V,
     touched: u64,
+    value: V,
 }
 
 type Shard<V> = HashMap<u64, Slot<V>, BuildHasherDefault<PreHashed>>;
@@ -504,12 +507,13 @@ impl Sketch for Hll64 {
 /// fixed window, counted as their union (so the count covers between one and two
 /// windows, and a member seen in both counts once).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct WindowedDistinct<S> {
     index: u32,
     /// The union count as of the last change (0 = not computed).
     cached: u32,
-    prev: S,
     curr: S,
+    prev: S,
 }
 
 impl<S: Sketch + Copy> WindowedDistinct<S> {

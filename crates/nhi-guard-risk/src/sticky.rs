@@ -130,17 +130,19 @@ impl MemoryRiskStore {
 
     /// The strongest active decision on the request's keys; a throttle's allowance
     /// is consumed when the request passes it.
-    pub(crate) fn check(&self, facts: &RequestFacts, interval: u64) -> Option<StickyHit> {
+    /// `edge_checked`: the edge half of the layer already checked (and spent the
+    /// throttle allowance of) the address and network keys of this request.
+    pub(crate) fn check(&self, facts: &RequestFacts, interval: u64, edge_checked: bool) -> Option<StickyHit> {
         if self.entries.is_empty() {
             return None;
         }
         let now = facts.now_nanos;
-        let keys = [
-            facts.addr_hash(),
-            facts.network_hash(),
-            facts.credential_hash(),
-            facts.client_hash(),
-        ];
+        let (addr, net) = if edge_checked {
+            (None, None)
+        } else {
+            (facts.addr_hash(), facts.network_hash())
+        };
+        let keys = [addr, net, facts.credential_hash(), facts.client_hash()];
         let mut best: Option<(StickyAction, u64)> = None;
         for h in keys.into_iter().flatten() {
             if let Some(action) = self

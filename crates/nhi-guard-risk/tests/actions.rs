@@ -641,3 +641,26 @@ async fn memory_store_implements_the_shared_store_contract() {
     assert!(store.lift(key.clone()).await.expect("lift"));
     assert_eq!(store.find(Arc::from(vec![key]), now).await.expect("find"), None);
 }
+
+#[tokio::test]
+async fn edge_and_inner_halves_spend_a_throttle_allowance_once() {
+    let h = Harness::new(Mode::Enforce);
+    let stack = |layer: &RiskLayer| {
+        tower::Layer::layer(
+            &layer.edge(),
+            tower::Layer::layer(layer, service_fn(ok_handler as Handler)),
+        )
+    };
+    h.dial.set(45);
+    let (req, _) = h.request("127.0.0.40", Cred::ApiKey, false);
+    let res = stack(&h.layer).oneshot(req).await.expect("infallible");
+    assert_eq!(res.status(), 429, "throttle starts");
+    h.dial.set(0);
+    h.clock.advance(Duration::from_secs(10));
+    let (req, ctx) = h.request("127.0.0.40", Cred::ApiKey, false);
+    let res = stack(&h.layer).oneshot(req).await.expect("infallible");
+    assert_eq!(res.status(), 200, "{:?}", ctx.read(|s| s.risk.clone()));
+    let (req, _) = h.request("127.0.0.40", Cred::ApiKey, false);
+    let res = stack(&h.layer).oneshot(req).await.expect("infallible");
+    assert_eq!(res.status(), 429, "the edge refuses the next one");
+}

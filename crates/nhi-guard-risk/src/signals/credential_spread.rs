@@ -20,8 +20,8 @@ pub struct CredentialSpreadConfig {
     /// Default 15 minutes: long enough for a deployment to show its egress networks,
     /// short enough that a copy used later never becomes home.
     pub home_learning: Duration,
-    /// Points for a request from outside the home networks, by distinct networks the
-    /// credential was used from in the window (home included). Default: 3 → 40, +10
+    /// Points for a request from outside the home networks, by the distinct networks
+    /// of the credential: its home networks plus the foreign ones of the window. Default: 3 → 40, +10
     /// per extra network.
     ///
     /// A credential lives in one deployment, which egresses through one or two
@@ -52,10 +52,12 @@ impl Default for CredentialSpreadConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
+// The home path reads only the first two fields.
+#[repr(C)]
 struct Spread {
     first_seen: u64,
     home: CappedSet<4>,
-    networks: WindowedDistinct<CappedSet<8>>,
+    foreign_networks: WindowedDistinct<CappedSet<8>>,
     foreign_addrs: WindowedDistinct<CappedSet<16>>,
 }
 
@@ -102,16 +104,15 @@ impl Signal for CredentialSpread {
         };
         let (nets, addrs) = self.by_credential.update(key, now, init, |s| {
             if s.home.contains(nh) {
-                s.networks.insert(nh, now, self.window);
                 return (0, 0);
             }
             if (s.home.len() as usize) < home && now.saturating_sub(s.first_seen) < self.learning {
                 s.home.insert(nh);
-                s.networks.insert(nh, now, self.window);
                 return (0, 0);
             }
+            // Distinct networks: the home ones plus the foreign ones of the window.
             (
-                s.networks.insert(nh, now, self.window),
+                s.home.len() + s.foreign_networks.insert(nh, now, self.window),
                 s.foreign_addrs.insert(ah, now, self.window),
             )
         });

@@ -41,12 +41,13 @@ impl Default for EnumerationConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
 struct Walk {
-    distinct: WindowedDistinct<Hll64>,
     last_id: u64,
     last_at: u64,
     run: u32,
     direction: i8,
+    distinct: WindowedDistinct<Hll64>,
 }
 
 /// Signal 6: enumeration: distinct resource identifiers per client on a route group

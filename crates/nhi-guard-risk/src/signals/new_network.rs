@@ -40,6 +40,7 @@ impl Default for NewNetworkConfig {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
 struct Networks {
     first_seen: u64,
     known: CappedSet<16>,
