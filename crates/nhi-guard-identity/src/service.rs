@@ -199,8 +199,7 @@ impl Config {
         Ok(None)
     }
 
-    fn decide<B>(&self, req: &Request<B>, ctx: &SecurityContext) -> Step {
-        let now = self.now();
+    fn decide<B>(&self, req: &Request<B>, ctx: &SecurityContext, now: SystemTime) -> Step {
         let presented = match self.presented(req.headers(), req.extensions()) {
             Ok(p) => p,
             Err(f) => return Step::Fail(f),
@@ -581,9 +580,17 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
+        // A context this layer creates was stamped with this layer's clock just
+        // now: reuse that reading instead of asking the clock again.
+        let created_here = SecurityContext::from_extensions(req.extensions()).is_none();
         let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
+        let now = if created_here {
+            ctx.received_at()
+        } else {
+            config.now()
+        };
         let protocol = Protocol::of(req.headers());
-        let (result, extra) = match config.decide(&req, &ctx) {
+        let (result, extra) = match config.decide(&req, &ctx, now) {
             Step::Pass(p, extra) => (Ok(p), extra),
             Step::Fail(f) => (Err(f), None),
             Step::Refetch(pending) => {
