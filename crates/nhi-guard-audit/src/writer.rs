@@ -300,6 +300,7 @@ pub struct AuditWriterBuilder {
     capacity: usize,
     overflow: Overflow,
     checkpoint_every: u64,
+    checkpoint_interval: Duration,
     clock: SharedClock,
 }
 
@@ -309,6 +310,7 @@ impl Default for AuditWriterBuilder {
             capacity: 8192,
             overflow: Overflow::Backpressure,
             checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
         }
     }
@@ -345,6 +347,23 @@ impl AuditWriterBuilder {
         Ok(self)
     }
 
+    /// Also writes a checkpoint when `interval` has passed (by the writer's
+    /// clock) since the last one and records came in between (default 60 s), so a
+    /// quiet log is sealed regularly too.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for `checkpoint_interval` when zero.
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Result<Self, ConfigError> {
+        if interval.is_zero() {
+            return Err(ConfigError::new(
+                "checkpoint_interval",
+                "must be greater than zero",
+            ));
+        }
+        self.checkpoint_interval = interval;
+        Ok(self)
+    }
+
     /// The clock that stamps chain start and checkpoint records.
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -362,6 +381,7 @@ impl AuditWriterBuilder {
             overflow: self.overflow,
             thread: OnceLock::new(),
         });
+        let started = self.clock.now();
         let mut writer = Writer {
             sink,
             shared: shared.clone(),
@@ -373,6 +393,10 @@ impl AuditWriterBuilder {
             requests: 0,
             since_checkpoint: 0,
             checkpoint_every: self.checkpoint_every,
+            checkpoint_interval: self.checkpoint_interval,
+            // The startup chain start is stamped when `spawn` is called, not when
+            // the thread gets to run.
+            last_checkpoint: started,
             sealed: false,
         };
         let join = std::thread::Builder::new()
@@ -401,6 +425,8 @@ struct Writer<K> {
     requests: u64,
     since_checkpoint: u64,
     checkpoint_every: u64,
+    checkpoint_interval: Duration,
+    last_checkpoint: std::time::SystemTime,
     sealed: bool,
 }
 
@@ -418,7 +444,8 @@ impl<K: AuditSink> Writer<K> {
     /// queue unpark it at once.
     fn run(&mut self, mut rx: mpsc::Receiver<Msg>) {
         let link = self.sink.existing_tip().map(|t| t.sha256);
-        self.start_chain("startup", link);
+        let started = self.last_checkpoint;
+        self.start_chain("startup", link, started);
         self.flush();
         let mut replies = Vec::new();
         let mut idle = MIN_IDLE;
@@ -430,6 +457,9 @@ impl<K: AuditSink> Writer<K> {
                     if taken > 0 {
                         self.end_batch(&mut replies);
                         taken = 0;
+                    } else if self.checkpoint_due() {
+                        self.checkpoint(false);
+                        self.flush();
                     }
                     std::thread::park_timeout(idle);
                     idle = (idle * 2).min(MAX_IDLE);
@@ -475,6 +505,9 @@ impl<K: AuditSink> Writer<K> {
     }
 
     fn end_batch(&mut self, replies: &mut Vec<oneshot::Sender<AuditStats>>) {
+        if self.checkpoint_due() {
+            self.checkpoint(false);
+        }
         self.flush();
         if !replies.is_empty() {
             let stats = self.shared.counters.stats();
@@ -482,6 +515,16 @@ impl<K: AuditSink> Writer<K> {
                 let _ = r.send(stats);
             }
         }
+    }
+
+    /// Records came in since the last checkpoint and its interval has passed.
+    fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint > 0
+            && self
+                .clock
+                .now()
+                .duration_since(self.last_checkpoint)
+                .is_ok_and(|d| d >= self.checkpoint_interval)
     }
 
     fn sink_error(&self, what: &str, err: &std::io::Error) {
@@ -529,12 +572,12 @@ impl<K: AuditSink> Writer<K> {
         }
     }
 
-    fn start_chain(&mut self, reason: &'static str, link: Option<String>) {
+    fn start_chain(&mut self, reason: &'static str, link: Option<String>, now: std::time::SystemTime) {
         self.prev = link.unwrap_or_else(|| GENESIS.to_owned());
         self.seq = 0;
         self.requests = 0;
         self.since_checkpoint = 0;
-        let now = self.clock.now();
+        self.last_checkpoint = now;
         self.append(RecordKind::ChainStart, None, |buf, prev, seq| {
             write_chain_record(buf, ChainMark::Start { reason }, now, prev, seq)
         });
@@ -593,6 +636,7 @@ impl<K: AuditSink> Writer<K> {
             );
         }
         self.since_checkpoint = 0;
+        self.last_checkpoint = now;
     }
 
     fn rotate(&mut self) {
@@ -601,7 +645,8 @@ impl<K: AuditSink> Writer<K> {
         match self.sink.rotate() {
             Ok(()) => {
                 let link = self.prev.clone();
-                self.start_chain("rotation", Some(link));
+                let now = self.clock.now();
+                self.start_chain("rotation", Some(link), now);
             }
             Err(e) => self.sink_error("rotate", &e),
         }

@@ -649,3 +649,50 @@ async fn record_times_come_from_the_configured_clocks() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_quiet_log_gets_a_checkpoint_when_the_interval_passes() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nhi_guard_core::clock::ManualClock;
+
+    let clock = ManualClock::now();
+    let (w, h, lines) = memory(
+        AuditWriter::builder()
+            .clock(Arc::new(clock.clone()))
+            .checkpoint_interval(Duration::from_secs(60))
+            .unwrap(),
+    );
+    let checkpoints = |lines: &Lines| {
+        lines
+            .all()
+            .iter()
+            .filter(|v| v["unmapped"]["chain"]["kind"] == "checkpoint")
+            .count()
+    };
+    let layer = AuditLayer::new(w);
+    one(layer.clone(), req("")).await.unwrap();
+    h.flush().await.unwrap();
+    clock.advance(Duration::from_secs(59));
+    h.flush().await.unwrap();
+    assert_eq!(checkpoints(&lines), 0);
+    clock.advance(Duration::from_secs(1));
+    h.flush().await.unwrap();
+    assert_eq!(checkpoints(&lines), 1);
+    // Nothing new since: no further checkpoint however long it stays quiet.
+    clock.advance(Duration::from_secs(600));
+    h.flush().await.unwrap();
+    assert_eq!(checkpoints(&lines), 1);
+    let last = lines.all().pop().unwrap();
+    assert_eq!(last["unmapped"]["chain"]["requests"], 1);
+    assert_eq!(last["unmapped"]["chain"]["final"], false);
+    h.shutdown().await.unwrap();
+    assert_eq!(
+        AuditWriter::builder()
+            .checkpoint_interval(Duration::ZERO)
+            .unwrap_err()
+            .field(),
+        "checkpoint_interval"
+    );
+}
