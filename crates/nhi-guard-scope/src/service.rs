@@ -45,35 +45,54 @@ impl<S> Scope<S> {
     }
 }
 
-/// What the policy says about one request: the rule that decided (none when the
-/// fallback did), and the denial when the request is (or, in shadow mode, would
-/// be) refused.
-fn evaluate<'a>(
-    rule: Option<&'a Rule>,
-    fallback: Fallback,
-    principal: Option<&Principal>,
-) -> (Option<&'a Rule>, Option<Denial>) {
-    let Some(rule) = rule else {
-        let denial = match (fallback, principal) {
-            (Fallback::Allow, _) | (Fallback::Authenticated, Some(_)) => None,
-            (Fallback::Deny, Some(_)) => Some(Denial::forbidden(
+/// Why a request is (or, in shadow mode, would be) refused. Small on purpose: the
+/// full [`Denial`] is only built when a request is refused.
+enum Refusal {
+    NoPrincipal,
+    NotInPolicy,
+    Missing(ScopeSet),
+}
+
+impl Refusal {
+    fn missing(&self) -> Option<&ScopeSet> {
+        match self {
+            Self::Missing(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    fn into_denial(self, rule: Option<&Rule>) -> Denial {
+        match self {
+            Self::NoPrincipal => Denial::missing_credential(Control::Scope),
+            Self::NotInPolicy => Denial::forbidden(
                 Control::Scope,
                 ROUTE_NOT_IN_POLICY,
                 "No access policy covers this route",
-            )),
-            (_, None) => Some(Denial::missing_credential(Control::Scope)),
+            ),
+            Self::Missing(missing) => Denial::insufficient_scope(
+                Control::Scope,
+                rule.map(|r| r.access().required().clone()).unwrap_or_default(),
+                missing,
+            ),
+        }
+    }
+}
+
+/// What the policy says about one request, given the rule that matched (none when
+/// the fallback applies).
+fn evaluate(rule: Option<&Rule>, fallback: Fallback, principal: Option<&Principal>) -> Result<(), Refusal> {
+    let Some(rule) = rule else {
+        return match (fallback, principal) {
+            (Fallback::Allow, _) | (Fallback::Authenticated, Some(_)) => Ok(()),
+            (Fallback::Deny, Some(_)) => Err(Refusal::NotInPolicy),
+            (_, None) => Err(Refusal::NoPrincipal),
         };
-        return (None, denial);
     };
-    let denial = match (rule.access(), principal) {
-        (Access::Public, _) => None,
-        (_, None) => Some(Denial::missing_credential(Control::Scope)),
-        (access, Some(p)) => access
-            .check(p.scopes())
-            .err()
-            .map(|missing| Denial::insufficient_scope(Control::Scope, access.required().clone(), missing)),
-    };
-    (Some(rule), denial)
+    match (rule.access(), principal) {
+        (Access::Public, _) => Ok(()),
+        (_, None) => Err(Refusal::NoPrincipal),
+        (access, Some(p)) => access.check(p.scopes()).map_err(Refusal::Missing),
+    }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Scope<S>
@@ -91,15 +110,13 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        if SecurityContext::from_extensions(req.extensions()).is_none() {
-            SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
-        }
-        // Borrowed from the request, not cloned: the check finishes before the
-        // request moves on.
-        let rejection = match SecurityContext::from_extensions(req.extensions()) {
-            Some(ctx) => check(config, &req, ctx),
-            // Not reachable (the context was just inserted); decide on a detached one.
-            None => check(config, &req, &SecurityContext::new(None, &*config.clock)),
+        // Borrowed from the request when an outer layer created it: the check
+        // finishes before the request moves on.
+        let rejection = if let Some(ctx) = SecurityContext::from_extensions(req.extensions()) {
+            check(config, &req, ctx)
+        } else {
+            let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
+            check(config, &req, &ctx)
         };
         match rejection {
             None => ResponseFuture::inner(self.inner.call(req)),
@@ -125,8 +142,9 @@ fn check<ReqBody, ResBody>(
         }
     };
 
-    let (rule, denial) = evaluate(rule, fallback, principal);
-    let passes = denial.is_none() || config.shadow;
+    let verdict = evaluate(rule, fallback, principal);
+    let missing = verdict.as_ref().err().and_then(Refusal::missing);
+    let passes = verdict.is_ok() || config.shadow;
 
     // One lock: route template, scope outcome and (when passing) the decision.
     ctx.update(|s| {
@@ -135,16 +153,11 @@ fn check<ReqBody, ResBody>(
         }
         if let Some(rule) = rule {
             let granted = principal.map_or_else(ScopeSet::empty, |p| p.scopes().clone());
-            let missing = denial
-                .as_ref()
-                .and_then(Denial::missing_scopes)
-                .cloned()
-                .unwrap_or_default();
             s.scopes = Some(ScopeOutcome {
                 rule: Some(rule.label_arc().clone()),
                 required: rule.access().required().clone(),
                 granted,
-                missing,
+                missing: missing.cloned().unwrap_or_default(),
             });
         }
         if passes && s.decision == Decision::Pending {
@@ -156,7 +169,7 @@ fn check<ReqBody, ResBody>(
     if let (Some(store), Some(p), Some(rule)) = (&config.store, principal, rule) {
         let at = ctx.received_at();
         if passes {
-            let all_held = denial.is_none()
+            let all_held = verdict.is_ok()
                 && matches!(rule.access(), Access::Scopes { any_of, .. } if any_of.is_empty());
             for scope in rule.access().required() {
                 // An allowed all_of rule needs no membership test: every scope is held.
@@ -165,7 +178,7 @@ fn check<ReqBody, ResBody>(
                 }
             }
         }
-        if let Some(missing) = denial.as_ref().and_then(Denial::missing_scopes) {
+        if let Some(missing) = missing {
             for scope in missing {
                 store.record_denied(p.client_id(), scope, at);
             }
@@ -174,8 +187,8 @@ fn check<ReqBody, ResBody>(
 
     let client = principal.map(|p| p.client_id().as_str()).unwrap_or("");
     let rule_label = rule.map_or("", |r| r.label());
-    match denial {
-        None => {
+    match verdict {
+        Ok(()) => {
             tracing::debug!(
                 target: "nhi_guard::scope",
                 request_id = %ctx.request_id(),
@@ -185,7 +198,8 @@ fn check<ReqBody, ResBody>(
             );
             None
         }
-        Some(denial) => {
+        Err(refusal) => {
+            let denial = refusal.into_denial(rule);
             let missing = denial
                 .missing_scopes()
                 .map(ToString::to_string)
