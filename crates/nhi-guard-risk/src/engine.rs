@@ -263,6 +263,8 @@ impl Engine {
             // Over the cut allowance: still scored, so that persisting escalates to
             // a block instead of waiting the throttle out.
             Some(StickyHit::ThrottleRefused(d, wait)) => held_back = Some((d, wait)),
+            // Before identity the credential is unknown: the inner half decides.
+            Some(StickyHit::StepUp(_)) if phase == Phase::Edge => {}
             Some(StickyHit::StepUp(d)) if !satisfies_step_up(f.credential_class) => {
                 return self.sticky_denial(ctx, f, &d, self.step_up_denial());
             }

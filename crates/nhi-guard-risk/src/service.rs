@@ -167,11 +167,13 @@ impl Call {
         match shared_check(&shared, &f).await {
             Ok(Some(d)) => match d.action {
                 StickyAction::Block => denial = Some(engine.block_denial(&d, &f)),
+                // Before identity the credential is unknown: the inner half decides.
                 StickyAction::StepUp
-                    if !matches!(
-                        f.credential_class(),
-                        CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained
-                    ) =>
+                    if phase == Phase::Identified
+                        && !matches!(
+                            f.credential_class(),
+                            CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained
+                        ) =>
                 {
                     denial = Some(engine.step_up_denial());
                 }

@@ -137,29 +137,32 @@ impl MemoryRiskStore {
             return None;
         }
         let now = facts.now_nanos;
-        let (addr, net) = if edge_checked {
-            (None, None)
-        } else {
-            (facts.addr_hash(), facts.network_hash())
-        };
-        let keys = [addr, net, facts.credential_hash(), facts.client_hash()];
-        let mut best: Option<(StickyAction, u64)> = None;
-        for h in keys.into_iter().flatten() {
+        let keys = [
+            (facts.addr_hash(), true),
+            (facts.network_hash(), true),
+            (facts.credential_hash(), false),
+            (facts.client_hash(), false),
+        ];
+        let mut best: Option<(StickyAction, u64, bool)> = None;
+        for (h, by_address) in keys {
+            let Some(h) = h else { continue };
             if let Some(action) = self
                 .entries
                 .read(h, now, |e| (e.until_nanos > now).then_some(e.decision.action))
                 .flatten()
                 && best.is_none_or(|b| action > b.0)
             {
-                best = Some((action, h));
+                best = Some((action, h, by_address));
             }
         }
-        let (action, h) = best?;
+        let (action, h, by_address) = best?;
         self.entries
             .read(h, now, |e| e.decision.clone())
             .map(|d| match action {
                 StickyAction::Block => StickyHit::Block(d),
                 StickyAction::StepUp => StickyHit::StepUp(d),
+                // The edge half already spent this request's allowance.
+                _ if by_address && edge_checked => StickyHit::ThrottlePassed,
                 _ => self.take_allowance(h, now, interval, d),
             })
     }

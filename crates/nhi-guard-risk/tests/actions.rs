@@ -664,3 +664,42 @@ async fn edge_and_inner_halves_spend_a_throttle_allowance_once() {
     let res = stack(&h.layer).oneshot(req).await.expect("infallible");
     assert_eq!(res.status(), 429, "the edge refuses the next one");
 }
+
+#[tokio::test]
+async fn a_step_up_on_a_network_is_decided_after_identity_not_at_the_edge() {
+    let h = Harness::new(Mode::Enforce);
+    let stack = |layer: &RiskLayer| {
+        tower::Layer::layer(
+            &layer.edge(),
+            tower::Layer::layer(layer, service_fn(ok_handler as Handler)),
+        )
+    };
+    h.dial.set(65);
+    let (req, _) = h.request(
+        "127.0.0.41",
+        Cred::Jwt {
+            issued_secs_ago: 3600,
+        },
+        false,
+    );
+    let res = stack(&h.layer).oneshot(req).await.expect("infallible");
+    assert_eq!(res.status(), 401);
+    h.dial.set(0);
+    // A fresh token from the same address passes both halves; a stale one does not.
+    let (req, _) = h.request("127.0.0.41", Cred::Jwt { issued_secs_ago: 30 }, false);
+    assert_eq!(
+        stack(&h.layer).oneshot(req).await.expect("infallible").status(),
+        200
+    );
+    let (req, _) = h.request(
+        "127.0.0.41",
+        Cred::Jwt {
+            issued_secs_ago: 3600,
+        },
+        false,
+    );
+    assert_eq!(
+        stack(&h.layer).oneshot(req).await.expect("infallible").status(),
+        401
+    );
+}
