@@ -12,6 +12,7 @@ use nhi_guard_core::registry::{ClientRegistry, SharedRegistry};
 
 use crate::cache::TokenCache;
 use crate::jwt::Issuer;
+use crate::mtls::CertificateDetails;
 use crate::service::Identity;
 
 /// A kind of credential, for [`IdentityLayerBuilder::order`].
@@ -61,7 +62,11 @@ pub(crate) struct Config {
     pub(crate) clock: SharedClock,
     pub(crate) cache: Option<TokenCache>,
     pub(crate) max_token_bytes: usize,
+    pub(crate) cert_mapper: Option<CertificateMapper>,
 }
+
+/// Maps a client certificate without SPIFFE id to a client id of the inventory.
+pub(crate) type CertificateMapper = Arc<dyn Fn(&CertificateDetails) -> Option<String> + Send + Sync>;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -75,6 +80,7 @@ impl fmt::Debug for Config {
             .field("optional", &self.optional)
             .field("token_cache", &self.cache.is_some())
             .field("max_token_bytes", &self.max_token_bytes)
+            .field("certificate_mapper", &self.cert_mapper.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +125,7 @@ impl IdentityLayer {
             clock: Arc::new(SystemClock),
             cache_capacity: Some(10_000),
             max_token_bytes: 8 * 1024,
+            cert_mapper: None,
         }
     }
 }
@@ -149,6 +156,7 @@ pub struct IdentityLayerBuilder {
     clock: SharedClock,
     cache_capacity: Option<u64>,
     max_token_bytes: usize,
+    cert_mapper: Option<CertificateMapper>,
 }
 
 impl fmt::Debug for IdentityLayerBuilder {
@@ -235,6 +243,29 @@ impl IdentityLayerBuilder {
         self
     }
 
+    /// Maps client certificates that carry no SPIFFE id (no URI SAN) to a client
+    /// id of the inventory, for example from the subject's common name. Without a
+    /// mapper such certificates are refused. Certificates with a URI SAN always
+    /// follow the X.509-SVID rules and match `spiffe_ids`.
+    ///
+    /// ```
+    /// # use nhi_guard_core::{InMemoryRegistry, Inventory};
+    /// use nhi_guard_identity::IdentityLayer;
+    /// # let registry = InMemoryRegistry::new(Inventory::builder().build().unwrap());
+    /// let layer = IdentityLayer::builder(registry)
+    ///     .certificate_mapper(|cert| cert.common_name.clone())
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn certificate_mapper(
+        mut self,
+        mapper: impl Fn(&CertificateDetails) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.cert_mapper = Some(Arc::new(mapper));
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// # Errors
@@ -301,6 +332,7 @@ impl IdentityLayerBuilder {
                 clock: self.clock,
                 cache: self.cache_capacity.map(TokenCache::new),
                 max_token_bytes: self.max_token_bytes,
+                cert_mapper: self.cert_mapper,
             }),
         })
     }

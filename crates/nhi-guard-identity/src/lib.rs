@@ -90,7 +90,7 @@ pub use crate::jwks::{HttpFetcher, JwksConfig, JwksFetcher, RemoteKeys};
 pub use crate::jwt::{ClientIdClaim, Issuer, KeySource, MAX_LEEWAY};
 pub use crate::keys::{KeySet, VerifyingKey};
 pub use crate::layer::{ConfigError, Credential, IdentityLayer, IdentityLayerBuilder};
-pub use crate::mtls::PeerCertificates;
+pub use crate::mtls::{CertificateDetails, PeerCertificates};
 pub use crate::service::{Identity, ResponseFuture};
 pub use jsonwebtoken::Algorithm;
 

@@ -95,9 +95,35 @@ impl CertError {
     }
 }
 
-/// The SPIFFE id of an X.509-SVID leaf: exactly one URI SAN, a valid
-/// `spiffe://` id, and the certificate is not a CA (no `cA`, no `keyCertSign`).
-pub(crate) fn spiffe_id(leaf_der: &[u8]) -> Result<String, CertError> {
+/// What the layer read from a client certificate that carries no SPIFFE id, for a
+/// [certificate mapper](crate::IdentityLayerBuilder::certificate_mapper).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CertificateDetails {
+    /// The subject distinguished name (RFC 4514 form, e.g. `CN=billing,O=Example`).
+    pub subject: String,
+    /// The subject's first common name, if any.
+    pub common_name: Option<String>,
+    /// DNS names of the subject alternative name extension.
+    pub dns_names: Vec<String>,
+    /// RFC 8705 `x5t#S256` thumbprint of the certificate.
+    pub thumbprint: String,
+}
+
+/// How a client certificate identifies its workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum CertIdentity {
+    /// An X.509-SVID: its SPIFFE id, matched against `spiffe_ids`.
+    Spiffe(String),
+    /// No URI SAN: the details, for the configured mapper.
+    Other(CertificateDetails),
+}
+
+/// Reads the identity of a leaf certificate. X.509-SVID rules: the certificate is
+/// not a CA (no `cA`, no `keyCertSign` / `cRLSign`); with URI SANs there must be
+/// exactly one, a valid `spiffe://` id. A certificate without URI SAN yields its
+/// details for a subject mapping.
+pub(crate) fn identify(leaf_der: &[u8]) -> Result<CertIdentity, CertError> {
     let (_, cert) = X509Certificate::from_der(leaf_der).map_err(|_| CertError::Unparsable)?;
     if let Ok(Some(bc)) = cert.basic_constraints()
         && bc.value.ca
@@ -112,19 +138,37 @@ pub(crate) fn spiffe_id(leaf_der: &[u8]) -> Result<String, CertError> {
     let san = cert
         .subject_alternative_name()
         .map_err(|_| CertError::Unparsable)?;
-    let uris: Vec<&str> = san
-        .iter()
-        .flat_map(|s| s.value.general_names.iter())
+    let names = san.iter().flat_map(|s| s.value.general_names.iter());
+    let uris: Vec<&str> = names
+        .clone()
         .filter_map(|n| match n {
             GeneralName::URI(u) => Some(*u),
             _ => None,
         })
         .collect();
-    let [uri] = uris.as_slice() else {
-        return Err(CertError::SpiffeIdCount);
-    };
-    nhi_guard_core::registry::validate_spiffe_id(uri).map_err(|_| CertError::InvalidSpiffeId)?;
-    Ok((*uri).to_owned())
+    match uris.as_slice() {
+        [] => Ok(CertIdentity::Other(CertificateDetails {
+            subject: cert.subject().to_string(),
+            common_name: cert
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .map(str::to_owned),
+            dns_names: names
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    _ => None,
+                })
+                .collect(),
+            thumbprint: thumbprint(leaf_der),
+        })),
+        [uri] => {
+            nhi_guard_core::registry::validate_spiffe_id(uri).map_err(|_| CertError::InvalidSpiffeId)?;
+            Ok(CertIdentity::Spiffe((*uri).to_owned()))
+        }
+        _ => Err(CertError::SpiffeIdCount),
+    }
 }
 
 #[cfg(feature = "rustls")]

@@ -21,7 +21,7 @@ use tracing::Instrument as _;
 use crate::jwks::RemoteKeys;
 use crate::jwt::{self, KeyStep, TokenError, VerifiedToken};
 use crate::layer::{Config, Credential};
-use crate::mtls::{self, PeerCertificates};
+use crate::mtls::{self, CertError, CertIdentity, PeerCertificates};
 
 const TARGET: &str = "nhi_guard::identity";
 
@@ -368,24 +368,40 @@ impl Config {
         };
         let fp = CredentialFingerprint::of(leaf);
         let fail = |denial: Denial| Step::Fail(Failure::with(denial, IdentityKind::WorkloadCertificate, fp));
-        let spiffe = match mtls::spiffe_id(leaf) {
-            Ok(id) => id,
-            Err(e) => return fail(Denial::invalid_token(Control::Identity, e.reason(), e.detail())),
-        };
-        let Some(record) = self.registry.client_by_spiffe_id(&spiffe) else {
-            return fail(Denial::invalid_token(
+        let unknown = || {
+            Denial::invalid_token(
                 Control::Identity,
                 "certificate_unknown",
                 "The client certificate's identity is not registered with this API",
-            ));
+            )
+        };
+        let (record, spiffe, subject) = match mtls::identify(leaf) {
+            Ok(CertIdentity::Spiffe(id)) => match self.registry.client_by_spiffe_id(&id) {
+                Some(record) => (record, Some(id.clone()), id),
+                None => return fail(unknown()),
+            },
+            Ok(CertIdentity::Other(details)) => {
+                let Some(mapper) = &self.cert_mapper else {
+                    return fail(Denial::invalid_token(
+                        Control::Identity,
+                        CertError::SpiffeIdCount.reason(),
+                        CertError::SpiffeIdCount.detail(),
+                    ));
+                };
+                match mapper(&details).and_then(|id| self.registry.client(&id)) {
+                    Some(record) => (record, None, details.subject),
+                    None => return fail(unknown()),
+                }
+            }
+            Err(e) => return fail(Denial::invalid_token(Control::Identity, e.reason(), e.detail())),
         };
         let credential = CredentialInfo::Certificate {
             thumbprint: Arc::from(mtls::thumbprint(leaf)),
-            spiffe_id: Some(Arc::from(spiffe.as_str())),
+            spiffe_id: spiffe.as_deref().map(Arc::from),
         };
         let tier = self.tier(&record);
         let principal =
-            Principal::new(record.clone(), credential, record.scopes().clone(), tier).subject(spiffe);
+            Principal::new(record.clone(), credential, record.scopes().clone(), tier).subject(subject);
         self.govern(
             &record,
             principal,

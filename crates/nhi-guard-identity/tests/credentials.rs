@@ -39,7 +39,14 @@ impl Ca {
 
     /// A leaf with these URI SANs; `ca` makes it (wrongly) a CA certificate.
     fn leaf(&self, uris: &[&str], ca: bool) -> Vec<u8> {
+        self.leaf_named(uris, ca, None)
+    }
+
+    fn leaf_named(&self, uris: &[&str], ca: bool, cn: Option<&str>) -> Vec<u8> {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        }
         params.subject_alt_names = uris
             .iter()
             .map(|u| SanType::URI((*u).try_into().unwrap()))
@@ -321,4 +328,39 @@ async fn configured_order_decides_between_credentials() {
     let out = send(&certs_only, r).await;
     assert_eq!(out.status, StatusCode::BAD_REQUEST);
     assert_eq!(out.state.identity_failure, Some("credential_not_accepted"));
+}
+
+#[tokio::test]
+async fn certificate_without_spiffe_id_maps_through_the_configured_mapper() {
+    let ca = Ca::new();
+    let l = base()
+        .certificate_mapper(|cert| cert.common_name.clone())
+        .build()
+        .unwrap();
+    let leaf = ca.leaf_named(&[], false, Some("svc-a"));
+    let out = send(&l, with_cert(get(), leaf.clone())).await;
+    assert_eq!(out.status, StatusCode::OK, "{}", out.body);
+    assert_eq!(out.body, "svc-a orders:read orders:write");
+    let p = out.state.principal.unwrap();
+    assert_eq!(p.subject_name(), "CN=svc-a");
+    match p.credential() {
+        CredentialInfo::Certificate {
+            thumbprint: t,
+            spiffe_id,
+        } => {
+            assert_eq!(&**t, thumbprint(&leaf));
+            assert_eq!(spiffe_id, &None);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let stranger = ca.leaf_named(&[], false, Some("svc-nobody"));
+    let out = send(&l, with_cert(get(), stranger)).await;
+    assert_eq!(out.state.identity_failure, Some("certificate_unknown"));
+
+    // SPIFFE certificates keep following the X.509-SVID rules.
+    let out = send(&l, with_cert(get(), ca.leaf(&[SPIFFE], false))).await;
+    assert_eq!(out.body, "svc-spiffe orders:read orders:write");
+    let out = send(&l, with_cert(get(), ca.leaf_named(&[], true, Some("svc-a")))).await;
+    assert_eq!(out.state.identity_failure, Some("certificate_is_ca"));
 }
