@@ -7,6 +7,13 @@
 //! `alone` also creates the context (the layer used without any other guard).
 //! Building the request is setup, outside the measurement; dropping it (and its
 //! context) is measured, for the bare service as for the layer.
+//!
+//! Measured 2026-11-28 on a shared, loaded 2-core machine (fastest sample of each
+//! run; the means were 2-3x higher from contention): bare 89 ns; layer 212 / 224
+//! / 223 ns with 10 / 100 / 1,000 rules (+123..135 ns); without a usage store
+//! 182 ns (+93 ns); `policy_find` 27-31 ns whatever the rule count. callgrind
+//! (deterministic): +1,146 instructions per request without a usage store,
+//! +1,504 with one, flat from 10 to 1,000 rules.
 
 #![allow(missing_docs)]
 

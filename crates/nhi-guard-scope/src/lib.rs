@@ -20,7 +20,7 @@
 //! - every decision records the route template and the
 //!   [`ScopeOutcome`](nhi_guard_core::context::ScopeOutcome) in the
 //!   [`SecurityContext`](nhi_guard_core::SecurityContext), and scope use / refused
-//!   scopes in a [`ScopeUsageStore`](nhi_guard_core::usage::ScopeUsageStore), from
+//!   scopes in a [`ScopeUsageStore`], from
 //!   which [`report`] builds the least-privilege report (granted scopes never
 //!   used, refused attempts).
 //!
