@@ -236,12 +236,11 @@ impl InMemoryStore {
         fold(h, k2)
     }
 
+    /// The shard: bits 32 and up of the hash. Not the top bits, which the table
+    /// uses as its control tags (all keys of a shard would share a tag and every
+    /// probe would compare every key), and not the low bits, which index buckets.
     fn shard_of(&self, hash: u64) -> usize {
-        if self.shard_bits == 0 {
-            0
-        } else {
-            (hash >> (64 - self.shard_bits)) as usize
-        }
+        ((hash >> 32) as usize) & ((1usize << self.shard_bits) - 1)
     }
 
     /// Checks `checks` at `now_nanos` (Unix nanoseconds), writing one decision per
