@@ -149,10 +149,10 @@ async fn record(State(up): State<Upstream>, req: Request) -> axum::response::Res
         let Ok(chunk) = chunk else {
             return (StatusCode::BAD_REQUEST, "body error").into_response();
         };
-        if len == 0 {
-            if let Some(tx) = &notify {
-                let _ = tx.send(chunk.len());
-            }
+        if len == 0
+            && let Some(tx) = &notify
+        {
+            let _ = tx.send(chunk.len());
         }
         len += chunk.len();
         sum.update(&chunk);
@@ -177,10 +177,10 @@ async fn record(State(up): State<Upstream>, req: Request) -> axum::response::Res
         if sent >= size {
             return None;
         }
-        if sent > 0 {
-            if let Some(gate) = &gate {
-                gate.notified().await;
-            }
+        if sent > 0
+            && let Some(gate) = &gate
+        {
+            gate.notified().await;
         }
         let n = CHUNK.min(size - sent);
         Some((Ok::<_, Infallible>(content(sent, n)), (sent + n, None)))
@@ -648,4 +648,39 @@ fn header_values_are_visible_ascii() {
         proxy::encode("a\r\nx-nhi-client-id: b"),
         "a%0D%0Ax-nhi-client-id: b"
     );
+}
+
+/// An HTTP/1.0 upstream that ends its body by closing the connection: the client
+/// still gets an HTTP/1.1 response (the version belongs to each hop) and the body.
+#[tokio::test]
+async fn an_http_1_0_upstream_is_answered_as_http_1_1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        if let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = vec![0; 16 * 1024];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nold but fine")
+                .await;
+        }
+    });
+    let edge = edge(&format!("http://{addr}")).await;
+    let req = edge
+        .request("GET", "/orders", &[("x-api-key", key("inventory-sync"))])
+        .body(Body::empty())
+        .expect("request");
+    let res = edge.client.request(req).await.expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_11);
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"old but fine");
+    edge.finish().await;
 }

@@ -177,6 +177,7 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> Response {
         }
     };
     prepare_request_headers(&mut parts.headers, ctx.as_ref());
+    let client_version = parts.version;
     parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
     parts.extensions = axum::http::Extensions::new();
@@ -186,6 +187,8 @@ async fn forward(State(proxy): State<Proxy>, req: Request) -> Response {
         Ok(res) => {
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The upstream's HTTP version belongs to the other hop.
+            parts.version = client_version;
             Response::from_parts(parts, Body::new(body))
         }
         Err(e) => {
