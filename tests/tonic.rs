@@ -71,6 +71,8 @@ struct Harness {
     audit: AuditHandle,
     risk: RiskOperator,
     tokens: Vec<String>,
+    /// The hash of the last record received: each record must chain to it.
+    last_sha256: String,
 }
 
 /// The full stack around the health service, served on loopback. The test
@@ -148,6 +150,7 @@ async fn start() -> Harness {
         audit,
         risk: operator,
         tokens: Vec::new(),
+        last_sha256: start.sha256,
     }
 }
 
@@ -189,8 +192,15 @@ impl Harness {
     async fn record(&mut self) -> Value {
         loop {
             let entry = self.records.recv().await.expect("audit record");
+            let v: Value = serde_json::from_str(&entry.json).expect("json record");
+            assert_eq!(
+                v["unmapped"]["prev_sha256"].as_str(),
+                Some(self.last_sha256.as_str()),
+                "the audit hash chain is broken at seq {}",
+                entry.seq
+            );
+            self.last_sha256 = entry.sha256.clone();
             if entry.kind == RecordKind::Request {
-                let v: Value = serde_json::from_str(&entry.json).expect("json record");
                 for token in &self.tokens {
                     assert!(
                         !entry.json.contains(token.as_str()),
