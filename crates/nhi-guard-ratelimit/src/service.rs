@@ -216,7 +216,6 @@ pub(crate) struct Fields {
 
 impl Fields {
     fn render(cfg: &Config, meta: &[(usize, Quota)], decisions: &[RateLimitDecision]) -> Option<Self> {
-        use std::fmt::Write;
         let mut policy = String::with_capacity(40 * decisions.len());
         let mut state = String::with_capacity(40 * decisions.len());
         for (i, (d, (limit, quota))) in decisions.iter().zip(meta).enumerate() {
@@ -226,9 +225,15 @@ impl Fields {
             }
             let name = &cfg.limits[*limit].quoted;
             policy.push_str(name);
+            policy.push_str(";q=");
+            push_u64(&mut policy, u64::from(quota.burst()));
+            policy.push_str(";w=");
+            push_u64(&mut policy, quota.window_secs());
             state.push_str(name);
-            write!(policy, ";q={};w={}", quota.burst(), quota.window_secs()).ok()?;
-            write!(state, ";r={};t={}", d.remaining, ceil_secs(d.reset)).ok()?;
+            state.push_str(";r=");
+            push_u64(&mut state, d.remaining);
+            state.push_str(";t=");
+            push_u64(&mut state, ceil_secs(d.reset));
         }
         Some(Self {
             policy: HeaderValue::try_from(policy).ok()?,
@@ -255,6 +260,21 @@ impl Fields {
             headers.insert(name.clone(), value);
         }
     }
+}
+
+/// Appends the decimal digits of `n` (without the formatting machinery).
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(buf[i..].iter().map(|&d| char::from(d)));
 }
 
 fn addr_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> usize {
