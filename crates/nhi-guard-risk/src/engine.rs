@@ -323,7 +323,9 @@ impl Engine {
                 // A fresh or sender-constrained credential answers the step-up.
                 CredentialClass::Bearer { fresh: true } | CredentialClass::SenderConstrained => None,
                 CredentialClass::Bearer { fresh: false } => Some(StickyAction::StepUp),
-                // An API key cannot be refreshed: the step-up escalates to a block.
+                // An API key (or a request without a verified credential, such as
+                // one before identity) cannot answer a step-up: it escalates to a
+                // block.
                 _ => Some(StickyAction::Block),
             }
         } else if score >= t.throttle {
