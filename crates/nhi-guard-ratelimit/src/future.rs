@@ -119,7 +119,7 @@ where
                     } = *p;
                     let v = match result {
                         Ok(decisions) if decisions.len() == n => {
-                            verdict(&config, &ctx, &meta[..n], &decisions, protocol)
+                            verdict(&config, &ctx, &meta[..n], &decisions, req.headers())
                         }
                         Ok(_) => unavailable(
                             &config,

@@ -110,7 +110,7 @@ pub(crate) fn verdict<B>(
     ctx: &SecurityContext,
     meta: &[(usize, Quota)],
     decisions: &[RateLimitDecision],
-    protocol: Protocol,
+    headers: &HeaderMap,
 ) -> Verdict<B> {
     let outcome = |i: usize| decisions[i].outcome(cfg.limits[meta[i].0].name.clone(), &meta[i].1);
     let limited = decisions.iter().any(|d| !d.allowed);
@@ -172,7 +172,7 @@ pub(crate) fn verdict<B>(
         return Verdict::Pass(fields());
     }
     ctx.deny(&denial);
-    Verdict::Reject(respond(&*cfg.renderer, denial, protocol))
+    Verdict::Reject(respond(&*cfg.renderer, denial, Protocol::of(headers)))
 }
 
 /// The answer when a shared store fails closed.
@@ -324,9 +324,13 @@ impl<S> RateLimit<S> {
         let cfg = &*self.config;
         // A context this layer creates was stamped with this layer's clock just now:
         // its arrival time saves a second clock read.
-        let created = req.extensions().get::<SecurityContext>().is_none();
-        let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
-        let protocol = Protocol::of(req.headers());
+        let (ctx, created) = match req.extensions().get::<SecurityContext>() {
+            Some(ctx) => (ctx.clone(), false),
+            None => (
+                SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock),
+                true,
+            ),
+        };
         let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
         let who = if cfg.needs_principal {
             ctx.read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
@@ -411,7 +415,7 @@ impl<S> RateLimit<S> {
                         &mut out[..n],
                     );
                 }
-                match verdict(cfg, &ctx, &meta[..n], &out[..n], protocol) {
+                match verdict(cfg, &ctx, &meta[..n], &out[..n], req.headers()) {
                     Verdict::Pass(outcomes) => ResponseFuture::inner(self.inner.call(req), outcomes),
                     Verdict::Reject(res) => ResponseFuture::ready(res),
                 }
@@ -433,6 +437,7 @@ impl<S> RateLimit<S> {
                     })
                     .collect();
                 let check = store.check(owned, CheckMode::Consume);
+                let protocol = Protocol::of(req.headers());
                 // Take the service that was driven to readiness; leave a clone.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
