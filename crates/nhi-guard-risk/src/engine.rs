@@ -256,7 +256,12 @@ impl Engine {
     ) -> Verdict {
         let mut throttled = false;
         let mut held_back: Option<(StickyDecision, Duration)> = None;
-        match self.sticky.check(f, nanos(self.throttle_interval), edge_checked) {
+        match self.sticky.check(
+            f,
+            nanos(self.throttle_interval),
+            phase == Phase::Edge,
+            edge_checked,
+        ) {
             None => {}
             Some(StickyHit::ThrottlePassed) => throttled = true,
             Some(StickyHit::Block(d)) => return self.sticky_denial(ctx, f, &d, self.block_denial(&d, f)),
@@ -375,8 +380,12 @@ impl Engine {
                 }
                 _ => {
                     action_name = "throttle";
-                    self.sticky
-                        .put_throttle(decision.clone(), now, nanos(self.throttle_interval));
+                    self.sticky.put_throttle(
+                        decision.clone(),
+                        now,
+                        nanos(self.throttle_interval),
+                        phase == Phase::Edge,
+                    );
                     if !throttled {
                         denial = Some(throttle_denial(
                             held_back.as_ref().map_or(self.throttle_interval, |h| h.1),

@@ -31,6 +31,9 @@ pub(crate) struct Entry {
     until_nanos: u64,
     /// Throttle: the GCRA theoretical arrival time of the cut allowance.
     tat: u64,
+    /// Throttle: earned by the edge half's signals (so the edge enforces it);
+    /// otherwise the inner half does, after scoring the request.
+    by_edge: bool,
 }
 
 /// What a sticky look-up found.
@@ -82,6 +85,7 @@ impl MemoryRiskStore {
         let fresh = Entry {
             until_nanos,
             tat: now_n,
+            by_edge: false,
             decision: decision.clone(),
         };
         self.entries.update(
@@ -104,7 +108,13 @@ impl MemoryRiskStore {
     /// Starts a throttle whose allowance is spent until `now + interval`, or extends
     /// the cool-down of an active one (keeping its allowance schedule, so refused
     /// requests do not push the next allowed one further away).
-    pub(crate) fn put_throttle(&self, decision: StickyDecision, now: SystemTime, interval: u64) {
+    pub(crate) fn put_throttle(
+        &self,
+        decision: StickyDecision,
+        now: SystemTime,
+        interval: u64,
+        by_edge: bool,
+    ) {
         let h = key_hash(&self.hasher, &decision.key);
         let now_n = unix_nanos(now);
         let was_active = self
@@ -122,6 +132,7 @@ impl MemoryRiskStore {
                 |e| {
                     if e.decision.action == StickyAction::Throttle {
                         e.tat = now_n + interval;
+                        e.by_edge = by_edge;
                     }
                 },
             );
@@ -129,40 +140,49 @@ impl MemoryRiskStore {
     }
 
     /// The strongest active decision on the request's keys; a throttle's allowance
-    /// is consumed when the request passes it.
-    /// `edge_checked`: the edge half of the layer already checked (and spent the
-    /// throttle allowance of) the address and network keys of this request.
-    pub(crate) fn check(&self, facts: &RequestFacts, interval: u64, edge_checked: bool) -> Option<StickyHit> {
+    /// is consumed when the request passes it. At the edge (`phase` Edge) only
+    /// throttles the edge earned count: the others are the inner half's, which
+    /// scores the request first. `edge_checked`: the edge half already spent the
+    /// allowance of the edge-earned throttles of this request.
+    pub(crate) fn check(
+        &self,
+        facts: &RequestFacts,
+        interval: u64,
+        at_edge: bool,
+        edge_checked: bool,
+    ) -> Option<StickyHit> {
         if self.entries.is_empty() {
             return None;
         }
         let now = facts.now_nanos;
         let keys = [
-            (facts.addr_hash(), true),
-            (facts.network_hash(), true),
-            (facts.credential_hash(), false),
-            (facts.client_hash(), false),
+            facts.addr_hash(),
+            facts.network_hash(),
+            facts.credential_hash(),
+            facts.client_hash(),
         ];
         let mut best: Option<(StickyAction, u64, bool)> = None;
-        for (h, by_address) in keys {
-            let Some(h) = h else { continue };
-            if let Some(action) = self
+        for h in keys.into_iter().flatten() {
+            if let Some((action, by_edge)) = self
                 .entries
-                .read(h, now, |e| (e.until_nanos > now).then_some(e.decision.action))
+                .read(h, now, |e| {
+                    (e.until_nanos > now).then_some((e.decision.action, e.by_edge))
+                })
                 .flatten()
+                && !(at_edge && action == StickyAction::Throttle && !by_edge)
                 && best.is_none_or(|b| action > b.0)
             {
-                best = Some((action, h, by_address));
+                best = Some((action, h, by_edge));
             }
         }
-        let (action, h, by_address) = best?;
+        let (action, h, by_edge) = best?;
         self.entries
             .read(h, now, |e| e.decision.clone())
             .map(|d| match action {
                 StickyAction::Block => StickyHit::Block(d),
                 StickyAction::StepUp => StickyHit::StepUp(d),
                 // The edge half already spent this request's allowance.
-                _ if by_address && edge_checked => StickyHit::ThrottlePassed,
+                _ if by_edge && edge_checked => StickyHit::ThrottlePassed,
                 _ => self.take_allowance(h, now, interval, d),
             })
     }
@@ -282,6 +302,7 @@ fn unreachable_entry(now: u64) -> Entry {
         },
         until_nanos: now,
         tat: now,
+        by_edge: false,
     }
 }
 

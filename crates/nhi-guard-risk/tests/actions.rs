@@ -662,7 +662,7 @@ async fn edge_and_inner_halves_spend_a_throttle_allowance_once() {
     assert_eq!(res.status(), 200, "{:?}", ctx.read(|s| s.risk.clone()));
     let (req, _) = h.request("127.0.0.40", Cred::ApiKey, false);
     let res = stack(&h.layer).oneshot(req).await.expect("infallible");
-    assert_eq!(res.status(), 429, "the edge refuses the next one");
+    assert_eq!(res.status(), 429, "the next one is over the allowance");
 }
 
 #[tokio::test]
