@@ -372,7 +372,7 @@ async fn background_refresh_follows_max_age_and_stops_when_dropped() {
     let task = remote.spawn_refresh();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(*fetcher.calls.lock().unwrap(), 1);
-    tokio::time::sleep(Duration::from_secs(599)).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
     tokio::task::yield_now().await;
     assert_eq!(*fetcher.calls.lock().unwrap(), 2);
     tokio::time::sleep(Duration::from_secs(600)).await;
