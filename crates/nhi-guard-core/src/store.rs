@@ -185,10 +185,14 @@ impl Quota {
     /// One GCRA step for a key whose TAT is `diff_before` nanoseconds ahead of now
     /// (0 for an idle or unknown key), for a request of `cost`.
     ///
-    /// Every store runs exactly this: pass if `diff_before + cost·T ≤ τ`.
+    /// Every store runs exactly this: pass if `diff_before + cost·T ≤ τ`. The cost
+    /// counts as at least 1 and at most the burst (a request costing more than the
+    /// whole burst is charged the whole burst), so every refusal's `retry_after` is
+    /// a wait after which the request does pass.
     pub fn step(&self, diff_before: u64, cost: u32) -> GcraStep {
         let tau = self.tolerance_nanos();
         let t = self.emission_nanos;
+        let cost = self.effective_cost(cost);
         let diff_before = diff_before.min(tau);
         let new_diff = diff_before.saturating_add(u64::from(cost).saturating_mul(t));
         if new_diff <= tau {
@@ -215,6 +219,11 @@ impl Quota {
                 },
             }
         }
+    }
+
+    /// The cost a store charges for a request of `cost`: clamped to `1..=burst`.
+    pub fn effective_cost(&self, cost: u32) -> u32 {
+        cost.clamp(1, self.burst)
     }
 
     /// The state of a key `diff` nanoseconds ahead of now, without a request.
@@ -447,6 +456,22 @@ mod tests {
         assert!(ok.allowed);
         assert_eq!(ok.decision.remaining, 0);
         assert_eq!(ok.decision.reset, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn costs_are_clamped_to_the_burst_so_retry_after_is_truthful() {
+        let q = Quota::per_second(10)
+            .and_then(|q| q.with_burst(5))
+            .expect("quota");
+        let s = q.step(0, 50);
+        assert!(s.allowed);
+        assert_eq!(s.decision.remaining, 0);
+        let r = q.step(s.diff_after, 50);
+        assert!(!r.allowed);
+        // After the advertised wait the key is idle again and the request passes.
+        let waited = s.diff_after - u64::try_from(r.decision.retry_after.as_nanos()).expect("fits");
+        assert!(q.step(waited, 50).allowed);
+        assert_eq!(q.step(0, 0).diff_after, 100_000_000);
     }
 
     #[test]

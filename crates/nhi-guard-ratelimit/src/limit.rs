@@ -148,6 +148,7 @@ impl Limit {
 
 /// The cost of this request for every limit of the layers it passes, set in the
 /// request's extensions by the application or an outer layer (e.g. a bulk
-/// endpoint costs 10). Values below 1 count as 1.
+/// endpoint costs 10). Values below 1 count as 1; a cost above a limit's burst is
+/// charged the whole burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestCost(pub u32);

@@ -529,9 +529,16 @@ mod tests {
         assert!(!s.check_at(NOW, &[check("p", b"k", q, 4)], CheckMode::Consume, &mut out));
         assert_eq!(out[0].retry_after, Duration::from_millis(100));
         assert!(s.check_at(NOW, &[check("p", b"k", q, 3)], CheckMode::Consume, &mut out));
-        // A cost above the burst can never pass.
-        assert!(!s.check_at(
-            NOW + 10_000_000_000,
+        // A cost above the burst is charged the whole burst: it passes once the key
+        // is idle, and then nothing else passes until the burst is earned back.
+        let later = NOW + 10_000_000_000;
+        assert!(s.check_at(later, &[check("p", b"k", q, 11)], CheckMode::Consume, &mut out));
+        assert_eq!(out[0].remaining, 0);
+        assert!(!s.check_at(later, &[check("p", b"k", q, 1)], CheckMode::Consume, &mut out));
+        assert!(!s.check_at(later, &[check("p", b"k", q, 11)], CheckMode::Consume, &mut out));
+        assert_eq!(out[0].retry_after, Duration::from_secs(1));
+        assert!(s.check_at(
+            later + 1_000_000_000,
             &[check("p", b"k", q, 11)],
             CheckMode::Consume,
             &mut out

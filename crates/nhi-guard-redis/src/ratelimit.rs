@@ -374,7 +374,7 @@ impl Inner {
             inv.key(key_of(&self.prefix, c));
             inv.arg(c.quota.emission_nanos())
                 .arg(c.quota.tolerance_nanos())
-                .arg(c.cost.max(1));
+                .arg(c.quota.effective_cost(c.cost));
         }
         let mut conn = self.conn.clone();
         let reply: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
