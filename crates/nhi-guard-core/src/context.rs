@@ -360,6 +360,7 @@ impl SecurityContext {
     pub fn set_principal(&self, principal: Principal) {
         let mut s = self.lock();
         s.credential_kind = Some(principal.kind());
+        s.credential_issued_at = principal.credential_issued();
         s.principal = Some(principal);
     }
 

@@ -192,6 +192,7 @@ pub struct Principal {
     scopes: ScopeSet,
     credential: CredentialInfo,
     credential_expires: Option<SystemTime>,
+    credential_issued_at: Option<SystemTime>,
     tier: Tier,
 }
 
@@ -208,6 +209,7 @@ impl Principal {
             scopes,
             credential,
             credential_expires: None,
+            credential_issued_at: None,
             tier,
         }
     }
@@ -244,6 +246,19 @@ impl Principal {
     pub fn credential_expires(mut self, at: SystemTime) -> Self {
         self.credential_expires = Some(at);
         self
+    }
+
+    /// Sets when the presented credential was issued (a token's `iat`). The risk
+    /// layer's RFC 9470 step-up accepts a credential issued within its `max_age`.
+    #[must_use]
+    pub fn credential_issued_at(mut self, at: SystemTime) -> Self {
+        self.credential_issued_at = Some(at);
+        self
+    }
+
+    /// When the presented credential was issued, if it says.
+    pub fn credential_issued(&self) -> Option<SystemTime> {
+        self.credential_issued_at
     }
 
     /// The client id.

@@ -135,6 +135,7 @@ mod tests {
             subject: Arc::from("svc"),
             scopes: ScopeSet::empty(),
             exp,
+            iat: None,
             kid: None,
             alg: Arc::from("ES256"),
             jti: None,

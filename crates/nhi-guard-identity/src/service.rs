@@ -329,10 +329,13 @@ impl Config {
         } else {
             vt.scopes.intersection(record.scopes())
         };
-        let principal = Principal::new(record.clone(), credential, scopes, tier)
+        let mut principal = Principal::new(record.clone(), credential, scopes, tier)
             .issuer(self.issuers[vt.issuer].iss.clone())
             .subject(vt.subject.clone())
             .credential_expires(vt.exp);
+        if let Some(iat) = vt.iat {
+            principal = principal.credential_issued_at(iat);
+        }
         self.govern(&record, principal, ctx, IdentityKind::ServiceAccount, fp, now)
     }
 
@@ -465,6 +468,7 @@ impl Config {
                     // One lock for everything this layer records.
                     ctx.update(|s| {
                         s.credential_kind = Some(p.kind());
+                        s.credential_issued_at = p.credential_issued();
                         s.principal = Some(p.clone());
                         if let Some((_, fp, expiring_soon)) = extra {
                             s.credential_fingerprint = Some(fp);

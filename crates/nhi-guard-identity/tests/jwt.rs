@@ -150,6 +150,24 @@ async fn valid_tokens_of_each_algorithm_set_the_principal() {
 }
 
 #[tokio::test]
+async fn the_token_issue_time_is_recorded_for_step_up() {
+    let k = keys();
+    let mut c = claims("svc-a", "orders:read");
+    let iat = now_secs() - 30;
+    c["iat"] = json!(iat);
+    let l = layer(&k);
+    let token = k.ec.sign(&c);
+    let out = send(&l, bearer(&token)).await;
+    assert_eq!(out.status, StatusCode::OK);
+    let expected = std::time::UNIX_EPOCH + Duration::from_secs(iat);
+    assert_eq!(out.state.credential_issued_at, Some(expected));
+    assert_eq!(out.state.principal.unwrap().credential_issued(), Some(expected));
+    // Served from the verified-token cache on the second use, and still recorded.
+    let out = send(&l, bearer(&token)).await;
+    assert_eq!(out.state.credential_issued_at, Some(expected));
+}
+
+#[tokio::test]
 async fn effective_scopes_are_token_scopes_within_the_ceiling() {
     let k = keys();
     let token = k.ec.sign(&claims("svc-a", "orders:read admin:all"));
