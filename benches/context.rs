@@ -3,6 +3,8 @@
 //!
 //! `cargo bench --bench context`
 
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
