@@ -7,9 +7,9 @@ use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, JsonLinesFile, Trac
 use nhi_guard::core::ClientAddrResolver;
 use nhi_guard::core::clock::SharedClock;
 use nhi_guard::core::registry::InMemoryRegistry;
-use nhi_guard::core::store::{Quota, RateLimitStore};
+use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard::identity::{DemoIssuer, IdentityLayer, Issuer, JwksConfig, RemoteKeys};
-use nhi_guard::ratelimit::{AuthFailureLimitLayer, Limit, RateLimitLayer};
+use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryStore, Limit, RateLimitLayer};
 use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, Route};
 use nhi_guard::scope::report::ReportService;
 use nhi_guard::scope::{InMemoryUsageStore, Policy, Require, ScopeLayer, SharedUsageStore};
@@ -101,8 +101,11 @@ pub(crate) async fn build(
     // per client at its inventory tier after.
     let shared: Option<Arc<dyn RateLimitStore>> = match &config.redis_url {
         Some(url) => Some(Arc::new(
+            // Keep limiting on this replica's own counters while Redis is unreachable.
             nhi_guard_redis::RedisStore::builder(url.as_str())
                 .key_prefix("nhi-guard:rl:")
+                .failure_policy(FailurePolicy::FallbackLocal)
+                .fallback_store(Arc::new(InMemoryStore::new()))
                 .build_lazy()
                 .map_err(|e| format!("NHI_GUARD_REDIS_URL: {e}"))?,
         )),
