@@ -165,10 +165,25 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
 
+    let without_audit = NhiGuard::builder(registry.clone())
+        .address_rate_limit(
+            RateLimitLayer::new()
+                .limit(Limit::per_address("per-address", quota()))
+                .unwrap(),
+        )
+        .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
+        .identity(identity(&registry, &keys))
+        .risk(risk())
+        .rate_limit(RateLimitLayer::new().limit(Limit::per_client("per-client")).unwrap())
+        .scope(ScopeLayer::new(policy()))
+        .build()
+        .unwrap();
+
     let (alone_audit, alone_handle) = audit("alone.jsonl");
     let services: Vec<(&str, axum::Router)> = vec![
         ("bare handler", app()),
         ("full stack", app().layer(full)),
+        ("full stack without audit", app().layer(without_audit)),
         (
             "identity alone (RS256, cached)",
             app().layer(identity(&registry, &keys).build().unwrap()),
