@@ -174,7 +174,11 @@ fn bench(c: &mut Criterion) {
         .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
         .identity(identity(&registry, &keys))
         .risk(risk())
-        .rate_limit(RateLimitLayer::new().limit(Limit::per_client("per-client")).unwrap())
+        .rate_limit(
+            RateLimitLayer::new()
+                .limit(Limit::per_client("per-client"))
+                .unwrap(),
+        )
         .scope(ScopeLayer::new(policy()))
         .build()
         .unwrap();
