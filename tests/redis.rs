@@ -7,9 +7,7 @@
 //! Skipped with a message when /usr/bin/redis-server is missing, unless `CI=true`,
 //! where it fails.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -30,71 +28,11 @@ use nhi_guard::scope::{Policy, Require, ScopeLayer};
 use nhi_guard::{NhiGuard, ScopeSet};
 use nhi_guard_redis::RedisStore;
 use nhi_guard_redis::risk::RedisRiskStore;
+use nhi_guard_redis::testing::RedisServer;
 use tower::ServiceExt;
 
-const REDIS: &str = "/usr/bin/redis-server";
 const BILLING_KEY: &str = "nhik_test_billing_7c1d9e2a4b";
 const REPORTS_KEY: &str = "nhik_test_reports_3f8a6b0c5d";
-
-/// A `redis-server` child process, killed on drop.
-struct RedisServer {
-    child: Child,
-    port: u16,
-}
-
-impl RedisServer {
-    /// Starts one, or returns `None` (after saying why) when the binary is missing
-    /// outside CI.
-    fn start() -> Option<Self> {
-        if !std::path::Path::new(REDIS).exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{REDIS} is required in CI"
-            );
-            eprintln!("SKIPPED: {REDIS} not found; install redis-server to run the Redis tests");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(REDIS)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let server = Self { child, port };
-        // The only wait: until the server accepts connections.
-        for _ in 0..200 {
-            if TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A directory removed on drop.
 struct TempDir(PathBuf);

@@ -206,3 +206,23 @@ pub(crate) async fn build(
         risk: operator,
     })
 }
+
+/// Re-reads `NHI_GUARD_CLIENTS` on SIGHUP; a bad file leaves the current inventory.
+pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std::path::PathBuf>) {
+    #[cfg(unix)]
+    if let Some(path) = path {
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match registry.reload_from_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "inventory reloaded"),
+                    Err(e) => tracing::error!(error = %e, "inventory reload failed; keeping the current one"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (registry, path);
+}

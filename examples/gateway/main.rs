@@ -66,7 +66,7 @@ async fn run() -> Result<(), String> {
         jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
     };
     let router = app::routes(state).layer(guard.layer.clone());
-    reload_on_sighup(registry.clone(), config.clients.clone());
+    guard::reload_on_sighup(registry.clone(), config.clients.clone());
 
     println!("listening on {base}");
     if !config.trusted_proxies.is_empty() {
@@ -96,26 +96,6 @@ async fn run() -> Result<(), String> {
         }
     }
     served
-}
-
-/// Re-reads `NHI_GUARD_CLIENTS` on SIGHUP; a bad file leaves the current inventory.
-fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std::path::PathBuf>) {
-    #[cfg(unix)]
-    if let Some(path) = path {
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                match registry.reload_from_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "inventory reloaded"),
-                    Err(e) => tracing::error!(error = %e, "inventory reload failed; keeping the current one"),
-                }
-            }
-        });
-    }
-    #[cfg(not(unix))]
-    let _ = (registry, path);
 }
 
 fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {

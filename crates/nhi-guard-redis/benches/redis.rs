@@ -5,59 +5,13 @@
 //! `cargo bench -p nhi-guard-redis --bench redis -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitStore};
 use nhi_guard_redis::RedisStore;
-
-const REDIS: &str = "/usr/bin/redis-server";
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start() -> Option<(Server, u16)> {
-    if !std::path::Path::new(REDIS).exists() {
-        eprintln!("SKIPPED: {REDIS} not found");
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .ok()?
-        .port();
-    let child = Command::new(REDIS)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let server = Server(child);
-    for _ in 0..200 {
-        if TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
-            return Some((server, port));
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    None
-}
+use nhi_guard_redis::testing::RedisServer;
 
 fn checks(client: u32) -> Arc<[RateLimitCheck]> {
     // Never limited: one request per nanosecond, bursts of 10^9.
@@ -82,7 +36,9 @@ fn checks(client: u32) -> Arc<[RateLimitCheck]> {
 }
 
 fn redis_checks(c: &mut Criterion) {
-    let Some((_server, port)) = start() else { return };
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -90,7 +46,7 @@ fn redis_checks(c: &mut Criterion) {
         .expect("runtime");
     let store = rt
         .block_on(
-            RedisStore::builder(format!("redis://127.0.0.1:{port}"))
+            RedisStore::builder(server.url())
                 .timeout(Duration::from_secs(2))
                 .connect(),
         )

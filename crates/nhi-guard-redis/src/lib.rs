@@ -23,5 +23,6 @@
 
 mod ratelimit;
 pub mod risk;
+pub mod testing;
 
 pub use crate::ratelimit::{ConfigError, RedisStore, RedisStoreBuilder};

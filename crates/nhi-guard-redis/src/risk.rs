@@ -285,62 +285,14 @@ mod tests {
     //! missing, unless `CI=true`.
 
     use super::*;
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::process::{Child, Command, Stdio};
-
-    const REDIS: &str = "/usr/bin/redis-server";
-
-    struct Server(Child, u16);
-
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-
-    fn start() -> Option<Server> {
-        if !std::path::Path::new(REDIS).exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{REDIS} is required in CI"
-            );
-            eprintln!("SKIPPED: {REDIS} not found; install redis-server to run the Redis tests");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(REDIS)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let server = Server(child, port);
-        for _ in 0..200 {
-            if TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
+    use crate::testing::RedisServer;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_replicas_share_counters_distinct_counts_and_decisions() {
-        let Some(server) = start() else { return };
-        let url = format!("redis://127.0.0.1:{}", server.1);
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let url = server.url();
         let a = RedisRiskStore::connect(&url, "t", Duration::from_secs(2))
             .await
             .expect("a");
@@ -422,7 +374,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreachable_server_is_an_error_not_a_hang() {
-        let port = TcpListener::bind("127.0.0.1:0")
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();

@@ -2,8 +2,7 @@
 //! Skipped (with a message) when the binary is missing, unless `CI=true`.
 
 use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -14,77 +13,8 @@ use nhi_guard_core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard_core::{CredentialInfo, Principal, ScopeSet, Tier};
 use nhi_guard_ratelimit::{InMemoryStore, Limit, RateLimitLayer};
 use nhi_guard_redis::RedisStore;
+use nhi_guard_redis::testing::RedisServer as Server;
 use tower::{Layer, Service, ServiceExt, service_fn};
-
-const REDIS: &str = "/usr/bin/redis-server";
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    /// Starts a server, or returns `None` (after saying why) when the binary is
-    /// missing outside CI.
-    fn start() -> Option<Self> {
-        if !std::path::Path::new(REDIS).exists() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{REDIS} is required in CI"
-            );
-            eprintln!("SKIPPED: {REDIS} not found; install redis-server to run the Redis tests");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        Some(Self::on(port))
-    }
-
-    fn on(port: u16) -> Self {
-        let mut child = Command::new(REDIS)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        for _ in 0..200 {
-            if TcpStream::connect(addr).is_ok() {
-                return Self { child, port };
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server did not start on port {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn ok_service()
 -> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Clone + Send {
@@ -298,7 +228,7 @@ async fn failure_policies_when_redis_dies_and_recovery_when_it_returns() {
 
     // Back on the same port (empty: no persistence): every policy recovers
     // without a restart of the service.
-    let _server = Server::on(server.port);
+    server.restart();
     let r = principal("after");
     assert!(
         until_status(&closed, &r, StatusCode::OK).await,
@@ -320,11 +250,7 @@ async fn failure_policies_when_redis_dies_and_recovery_when_it_returns() {
 
 #[tokio::test]
 async fn unreachable_at_start_builds_lazily_and_fails_by_policy() {
-    if !std::path::Path::new(REDIS).exists() && std::env::var("CI").as_deref() != Ok("true") {
-        eprintln!("SKIPPED: {REDIS} not found");
-        return;
-    }
-    // A port nothing listens on.
+    // A port nothing listens on: no redis-server needed.
     let port = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")

@@ -5,8 +5,7 @@
 //! (skipped with a message when the binary is missing, unless `CI=true`).
 
 use std::convert::Infallible;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -20,6 +19,7 @@ use nhi_guard_core::{
     ClientAddrResolver, Control, CredentialFingerprint, CredentialInfo, Denial, GuardBody, Principal,
     ScopeSet, SecurityContext, Tier,
 };
+use nhi_guard_redis::testing::RedisServer;
 use nhi_guard_risk::{MemoryRiskStore, RiskLayer, RiskOperator, SharedLimits};
 use tower::{Layer, ServiceExt, service_fn};
 
@@ -167,59 +167,12 @@ async fn replicas_share_an_in_process_store() {
     .await;
 }
 
-const REDIS: &str = "/usr/bin/redis-server";
-
-struct Server(Child, u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Option<Server> {
-    if !std::path::Path::new(REDIS).exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{REDIS} is required in CI"
-        );
-        eprintln!("SKIPPED: {REDIS} not found; install redis-server to run the Redis tests");
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let child = Command::new(REDIS)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let server = Server(child, port);
-    for _ in 0..200 {
-        if TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
-            return Some(server);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("redis-server did not start on port {port}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_a_redis_store() {
-    let Some(server) = start_redis() else { return };
-    let url = format!("redis://127.0.0.1:{}", server.1);
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
     let store = nhi_guard_redis::risk::RedisRiskStore::connect(&url, "risk-test", Duration::from_secs(2))
         .await
         .expect("connect");
