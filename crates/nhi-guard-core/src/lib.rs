@@ -39,6 +39,7 @@ pub mod clock;
 pub mod context;
 pub mod denial;
 pub mod future;
+pub mod hash;
 mod inventory_toml;
 pub mod principal;
 pub mod registry;

@@ -207,38 +207,7 @@ fn snapshot(stats: &[Stat]) -> BTreeMap<String, ScopeStat> {
         .collect()
 }
 
-/// The FxHash function. The keys are ids of authenticated clients (bounded by the inventory),
-/// not attacker-chosen strings, so a keyed hash buys nothing on this hot path.
-#[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
-
-impl std::hash::Hasher for FxHasher {
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        // Word at a time (the FxHash step): client ids and path segments are short.
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let mut h = self.0;
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            h = (h.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
-        }
-        self.0 = h;
-    }
-}
-
-type ClientMap = HashMap<ClientId, ClientCell, std::hash::BuildHasherDefault<FxHasher>>;
+type ClientMap = HashMap<ClientId, ClientCell, crate::hash::FxBuildHasher>;
 
 #[derive(Debug, Default)]
 struct ClientCell {

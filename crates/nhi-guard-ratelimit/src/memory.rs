@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -34,25 +34,7 @@ pub struct LocalCheck<'a> {
     pub cost: u32,
 }
 
-/// Hashes are already uniformly distributed: the maps use them as they are.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type Map = HashMap<u64, u64, BuildHasherDefault<IdentityHasher>>;
+type Map = HashMap<u64, u64, nhi_guard_core::hash::PreHashedBuildHasher>;
 
 /// A shard on its own cache line, so that two cores working on two shards do not
 /// fight over one line.

@@ -8,7 +8,7 @@
 //! not know the per-process key cannot aim collisions at one entry.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -131,24 +131,6 @@ impl Hasher for Fold {
     }
 }
 
-/// A hasher for keys that are already uniformly distributed 64-bit hashes.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 // `touched` first, so that the key, the timestamp and the start of the value share
 // a cache line: most look-ups touch nothing else.
 #[repr(C)]
@@ -157,7 +139,7 @@ struct Slot<V> {
     value: V,
 }
 
-type Shard<V> = HashMap<u64, Slot<V>, BuildHasherDefault<PreHashed>>;
+type Shard<V> = HashMap<u64, Slot<V>, nhi_guard_core::hash::PreHashedBuildHasher>;
 
 const SHARDS: usize = 16;
 
