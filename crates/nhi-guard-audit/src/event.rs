@@ -50,6 +50,8 @@ pub(crate) struct RequestInfo {
     pub(crate) query: Option<Box<str>>,
     /// Allow-listed request headers only.
     pub(crate) headers: Vec<(HeaderName, Box<str>)>,
+    /// When the audit layer received the request: the start of the recorded latency.
+    pub(crate) started: std::time::Instant,
 }
 
 impl RequestInfo {
@@ -83,6 +85,7 @@ impl RequestInfo {
             raw_path,
             query,
             headers,
+            started: std::time::Instant::now(),
         }
     }
 }
@@ -153,7 +156,7 @@ impl AuditEvent {
         Self {
             request_id: ctx.request_id(),
             received_at: ctx.received_at(),
-            latency: ctx.elapsed(),
+            latency: info.started.elapsed(),
             client_addr: ctx.client_addr(),
             info,
             status,

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use http::StatusCode;
 use serde::Serialize;
@@ -233,7 +233,6 @@ pub struct ContextState {
 struct Inner {
     request_id: RequestId,
     received_at: SystemTime,
-    started: Instant,
     client_addr: Option<ClientAddr>,
     state: Mutex<ContextState>,
 }
@@ -281,7 +280,6 @@ impl SecurityContext {
             inner: Arc::new(Inner {
                 request_id: RequestId::next(),
                 received_at: clock.now(),
-                started: Instant::now(),
                 client_addr,
                 state: Mutex::new(ContextState::default()),
             }),
@@ -317,11 +315,6 @@ impl SecurityContext {
     /// When the request arrived (by the guard's clock).
     pub fn received_at(&self) -> SystemTime {
         self.inner.received_at
-    }
-
-    /// Wall time since the context was created.
-    pub fn elapsed(&self) -> Duration {
-        self.inner.started.elapsed()
     }
 
     /// The resolved client address, when the server recorded a peer.
