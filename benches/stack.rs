@@ -145,43 +145,31 @@ fn bench(c: &mut Criterion) {
             .unwrap()
     };
 
+    // Every control; the audit layer only when given.
+    let stack = |audit: Option<AuditLayer>| {
+        let mut b = NhiGuard::builder(registry.clone())
+            .address_rate_limit(
+                RateLimitLayer::new()
+                    .limit(Limit::per_address("per-address", quota()))
+                    .unwrap(),
+            )
+            .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
+            .identity(identity(&registry, &keys))
+            .risk(risk())
+            .rate_limit(
+                RateLimitLayer::new()
+                    .limit(Limit::per_client("per-client"))
+                    .unwrap(),
+            )
+            .scope(ScopeLayer::new(policy()));
+        if let Some(a) = audit {
+            b = b.audit(a);
+        }
+        b.build().unwrap()
+    };
     let (full_audit, full_handle) = audit("full.jsonl");
-    let full = NhiGuard::builder(registry.clone())
-        .audit(full_audit)
-        .address_rate_limit(
-            RateLimitLayer::new()
-                .limit(Limit::per_address("per-address", quota()))
-                .unwrap(),
-        )
-        .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
-        .identity(identity(&registry, &keys))
-        .risk(risk())
-        .rate_limit(
-            RateLimitLayer::new()
-                .limit(Limit::per_client("per-client"))
-                .unwrap(),
-        )
-        .scope(ScopeLayer::new(policy()))
-        .build()
-        .unwrap();
-
-    let without_audit = NhiGuard::builder(registry.clone())
-        .address_rate_limit(
-            RateLimitLayer::new()
-                .limit(Limit::per_address("per-address", quota()))
-                .unwrap(),
-        )
-        .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
-        .identity(identity(&registry, &keys))
-        .risk(risk())
-        .rate_limit(
-            RateLimitLayer::new()
-                .limit(Limit::per_client("per-client"))
-                .unwrap(),
-        )
-        .scope(ScopeLayer::new(policy()))
-        .build()
-        .unwrap();
+    let full = stack(Some(full_audit));
+    let without_audit = stack(None);
 
     let (alone_audit, alone_handle) = audit("alone.jsonl");
     let services: Vec<(&str, axum::Router)> = vec![

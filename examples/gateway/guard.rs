@@ -226,3 +226,24 @@ pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std
     #[cfg(not(unix))]
     let _ = (registry, path);
 }
+
+/// Logs to stderr at `RUST_LOG` (default `info`); stdout stays for the
+/// `listening on` line and the demo commands.
+pub(crate) fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The inventory from `NHI_GUARD_CLIENTS`, or the built-in demo inventory.
+pub(crate) fn load_registry(config: &Config) -> Result<Arc<InMemoryRegistry>, String> {
+    Ok(Arc::new(match &config.clients {
+        Some(path) => InMemoryRegistry::from_toml_file(path)
+            .map_err(|e| format!("NHI_GUARD_CLIENTS={}: {e}", path.display()))?,
+        None => InMemoryRegistry::new(crate::app::demo_inventory(std::time::SystemTime::now())),
+    }))
+}

@@ -24,20 +24,13 @@ mod guard;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nhi_guard::core::clock::SystemClock;
-use nhi_guard::core::registry::InMemoryRegistry;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    guard::init_tracing();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
@@ -49,11 +42,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), String> {
     let config = config::from_lookup(|k| std::env::var(k).ok())?;
-    let registry = Arc::new(match &config.clients {
-        Some(path) => InMemoryRegistry::from_toml_file(path)
-            .map_err(|e| format!("NHI_GUARD_CLIENTS={}: {e}", path.display()))?,
-        None => InMemoryRegistry::new(app::demo_inventory(SystemTime::now())),
-    });
+    let registry = guard::load_registry(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("NHI_GUARD_LISTEN={}: cannot listen: {e}", config.listen))?;
