@@ -20,7 +20,8 @@ enum State {
     Running { ctx: SecurityContext, info: RequestInfo },
     /// The inner service is done; the record waits for room in the queue.
     Waiting {
-        event: AuditEvent,
+        // Boxed: the rare path, and the state is moved with the future.
+        event: Box<AuditEvent>,
         reserve: ReserveFuture,
     },
     /// The record is in the queue (or deliberately not written).
@@ -76,7 +77,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let event = match std::mem::replace(&mut self.state, State::Done) {
             State::Done => return,
-            State::Waiting { event, .. } => event,
+            State::Waiting { event, .. } => *event,
             running @ State::Running { .. } => {
                 self.state = running;
                 let completion = if self.polling || std::thread::panicking() {
@@ -101,7 +102,8 @@ pin_project! {
         #[pin]
         inner: F,
         guard: Guard,
-        output: Option<Result<Response<B>, E>>,
+        // Boxed: held only while waiting for room in a full queue.
+        output: Option<Box<Result<Response<B>, E>>>,
     }
 }
 
@@ -160,10 +162,10 @@ where
                 Offer::Done => return Poll::Ready(out),
                 Offer::Wait(event) => {
                     guard.state = State::Waiting {
-                        event,
+                        event: Box::new(event),
                         reserve: guard.cfg.writer.reserve(),
                     };
-                    *this.output = Some(out);
+                    *this.output = Some(Box::new(out));
                 }
             }
         }
@@ -173,11 +175,11 @@ where
                 Poll::Ready(p) => p,
             };
             if let State::Waiting { event, .. } = std::mem::replace(&mut guard.state, State::Done) {
-                guard.cfg.writer.finish_wait(permit, event);
+                guard.cfg.writer.finish_wait(permit, *event);
             }
         }
         match this.output.take() {
-            Some(out) => Poll::Ready(out),
+            Some(out) => Poll::Ready(*out),
             // Polled again after completion: the record is written; there is no
             // response left to give.
             None => Poll::Pending,

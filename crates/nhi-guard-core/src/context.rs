@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::SystemTime;
 
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::address::{ClientAddr, ClientAddrResolver};
 use crate::clock::Clock;
@@ -233,8 +234,41 @@ pub struct ContextState {
 struct Inner {
     request_id: RequestId,
     received_at: SystemTime,
+    /// `received_at` in nanoseconds since the Unix epoch.
+    received_nanos: u64,
+    /// Which clock stamped `received_at` (see [`clock_id`]).
+    clock: usize,
     client_addr: Option<ClientAddr>,
     state: Mutex<ContextState>,
+    credential_digest: OnceLock<CredentialDigest>,
+}
+
+/// Identifies a clock object by its address: the guard's layers share one
+/// `Arc<dyn Clock>`. A zero-sized clock not behind an `Arc` sits at a dangling
+/// address that clocks of other types share, so it gets no id (0).
+fn clock_id(clock: &dyn Clock) -> usize {
+    let addr = std::ptr::from_ref(clock).cast::<()>() as usize;
+    if std::mem::size_of_val(clock) == 0 && addr == std::mem::align_of_val(clock) {
+        0
+    } else {
+        addr
+    }
+}
+
+/// The SHA-256 of the credential a request presents, remembered with the header
+/// value it was read from (a reference-counted handle, not a copy) so that the
+/// second control to ask compares bytes instead of hashing the token again.
+struct CredentialDigest {
+    header: HeaderValue,
+    range: std::ops::Range<usize>,
+    sha256: [u8; 32],
+}
+
+impl fmt::Debug for CredentialDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the credential.
+        f.write_str("CredentialDigest(..)")
+    }
 }
 
 /// The per-request security context: a cheap-to-clone handle shared by every
@@ -276,12 +310,18 @@ impl fmt::Debug for SecurityContext {
 impl SecurityContext {
     /// A fresh context for a request received now from `client_addr`.
     pub fn new(client_addr: Option<ClientAddr>, clock: &dyn Clock) -> Self {
+        let received_at = clock.now();
         Self {
             inner: Arc::new(Inner {
                 request_id: RequestId::next(),
-                received_at: clock.now(),
+                received_at,
+                received_nanos: received_at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, crate::clock::duration_nanos),
+                clock: clock_id(clock),
                 client_addr,
                 state: Mutex::new(ContextState::default()),
+                credential_digest: OnceLock::new(),
             }),
         }
     }
@@ -317,9 +357,60 @@ impl SecurityContext {
         self.inner.received_at
     }
 
+    /// The time for a control that reads `clock`: the arrival time when the context
+    /// was stamped by that same clock (the whole stack shares one, so a request
+    /// reads the clock once), otherwise `clock.now()`.
+    pub fn now_by(&self, clock: &dyn Clock) -> SystemTime {
+        if self.stamped_by(clock) {
+            self.inner.received_at
+        } else {
+            clock.now()
+        }
+    }
+
+    /// [`SecurityContext::now_by`] in nanoseconds since the Unix epoch.
+    pub fn unix_nanos_by(&self, clock: &dyn Clock) -> u64 {
+        if self.stamped_by(clock) {
+            self.inner.received_nanos
+        } else {
+            clock.unix_nanos()
+        }
+    }
+
+    fn stamped_by(&self, clock: &dyn Clock) -> bool {
+        self.inner.clock != 0 && self.inner.clock == clock_id(clock)
+    }
+
     /// The resolved client address, when the server recorded a peer.
     pub fn client_addr(&self) -> Option<ClientAddr> {
         self.inner.client_addr
+    }
+
+    /// The SHA-256 of `credential`, a part of the request header value `header`
+    /// (the token after `Bearer `, an API key), hashed at most once per request:
+    /// the failure limit and identity both need it. The digest is reused only when
+    /// the bytes are equal to those first hashed, so a header rewritten between two
+    /// layers is hashed afresh.
+    pub fn credential_sha256(&self, header: &HeaderValue, credential: &[u8]) -> [u8; 32] {
+        if let Some(d) = self.inner.credential_digest.get() {
+            if d.header.as_bytes().get(d.range.clone()) == Some(credential) {
+                return d.sha256;
+            }
+            return Sha256::digest(credential).into();
+        }
+        let sha256: [u8; 32] = Sha256::digest(credential).into();
+        // Remember it only when `credential` lies inside `header` (it always does
+        // for the guard's own layers).
+        let base = header.as_bytes().as_ptr() as usize;
+        let start = (credential.as_ptr() as usize).wrapping_sub(base);
+        if start <= header.len() && credential.len() <= header.len() - start {
+            let _ = self.inner.credential_digest.set(CredentialDigest {
+                header: header.clone(),
+                range: start..start + credential.len(),
+                sha256,
+            });
+        }
+        sha256
     }
 
     fn lock(&self) -> MutexGuard<'_, ContextState> {
@@ -398,6 +489,47 @@ mod tests {
         let s = a.to_string();
         assert_eq!(s.len(), 36);
         assert_eq!(s.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn credential_digest_is_reused_only_for_the_same_bytes() {
+        let sha = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
+        let ctx = SecurityContext::new(None, &ManualClock::now());
+        let first = HeaderValue::from_static("Bearer token-one");
+        let token = &first.as_bytes()[7..];
+        assert_eq!(ctx.credential_sha256(&first, token), sha(b"token-one"));
+        // Equal bytes in another header value (a second layer reading them again).
+        let again = HeaderValue::from_static("Bearer token-one");
+        assert_eq!(
+            ctx.credential_sha256(&again, &again.as_bytes()[7..]),
+            sha(b"token-one")
+        );
+        // A header rewritten between layers (same length, other bytes) is hashed afresh.
+        let rewritten = HeaderValue::from_static("Bearer token-two");
+        assert_eq!(
+            ctx.credential_sha256(&rewritten, &rewritten.as_bytes()[7..]),
+            sha(b"token-two")
+        );
+        // A credential outside the header value is hashed and not remembered.
+        let other = SecurityContext::new(None, &ManualClock::now());
+        assert_eq!(other.credential_sha256(&first, b"elsewhere"), sha(b"elsewhere"));
+        assert!(other.inner.credential_digest.get().is_none());
+        assert!(!format!("{:?}", ctx.inner).contains("token-one"));
+    }
+
+    #[test]
+    fn the_stamping_clock_is_read_once_other_clocks_are_asked() {
+        let shared: crate::clock::SharedClock = Arc::new(ManualClock::now());
+        let other = ManualClock::now();
+        let ctx = SecurityContext::new(None, &*shared);
+        other.advance(std::time::Duration::from_secs(5));
+        assert_eq!(ctx.now_by(&*shared), ctx.received_at());
+        assert_eq!(ctx.now_by(&other), other.now());
+        assert_eq!(ctx.unix_nanos_by(&other), other.unix_nanos());
+        assert_eq!(ctx.unix_nanos_by(&*shared), shared.unix_nanos());
+        // Zero-sized clocks outside an Arc have no identity: always asked.
+        let sys = SecurityContext::new(None, &crate::clock::SystemClock);
+        assert_eq!(sys.inner.clock, 0);
     }
 
     #[test]

@@ -29,8 +29,10 @@ pin_project! {
             #[pin]
             future: F,
         },
+        // Boxed: a denial is the rare path, and an inline `Response` would make
+        // every layer's future (moved on each call) a hundred bytes bigger.
         Rejected {
-            response: Option<Response<GuardBody<B>>>,
+            response: Option<Box<Response<GuardBody<B>>>>,
         },
     }
 }
@@ -47,7 +49,7 @@ impl<F, B> ResponseFuture<F, B> {
     pub fn rejected(response: Response<GuardBody<B>>) -> Self {
         Self {
             kind: Kind::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -66,7 +68,7 @@ where
                 Poll::Ready(Ok(res.map(GuardBody::inner)))
             }
             KindProj::Rejected { response } => match response.take() {
-                Some(res) => Poll::Ready(Ok(res)),
+                Some(res) => Poll::Ready(Ok(*res)),
                 // Polled after completion: keep returning a well-formed empty 500
                 // rather than panicking.
                 None => {

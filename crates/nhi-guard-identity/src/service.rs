@@ -208,7 +208,11 @@ impl Config {
             None if self.optional => Step::Pass(None, None),
             None => Step::Fail(Failure::bare(Denial::missing_credential(Control::Identity))),
             Some(Presented::Bearer(token)) => {
-                let digest = crate::sha256(token.as_bytes());
+                let digest = match req.headers().get(AUTHORIZATION) {
+                    // Shared with the failure limit, which may have hashed it already.
+                    Some(h) => ctx.credential_sha256(h, token.as_bytes()),
+                    None => crate::sha256(token.as_bytes()),
+                };
                 let fp = CredentialFingerprint::from_sha256(&digest);
                 let certs = req.extensions().get::<PeerCertificates>();
                 match self.verify_token(token, &digest, true, now) {
@@ -224,7 +228,17 @@ impl Config {
                     }
                 }
             }
-            Some(Presented::ApiKey(key)) => self.admit_api_key(key, ctx, now),
+            Some(Presented::ApiKey(key)) => {
+                let headers = req.headers();
+                let digest = match headers
+                    .get(&self.api_key_header)
+                    .or_else(|| headers.get(AUTHORIZATION))
+                {
+                    Some(h) => ctx.credential_sha256(h, key.as_bytes()),
+                    None => crate::sha256(key.as_bytes()),
+                };
+                self.admit_api_key(key, ApiKeyHash::from_digest(digest), ctx, now)
+            }
             Some(Presented::Certificate(certs)) => self.admit_certificate(certs, ctx, now),
         }
     }
@@ -339,8 +353,7 @@ impl Config {
         self.govern(&record, principal, ctx, IdentityKind::ServiceAccount, fp, now)
     }
 
-    fn admit_api_key(&self, key: &str, ctx: &SecurityContext, now: SystemTime) -> Step {
-        let hash = ApiKeyHash::of_key(key.as_bytes());
+    fn admit_api_key(&self, key: &str, hash: ApiKeyHash, ctx: &SecurityContext, now: SystemTime) -> Step {
         let fp = CredentialFingerprint::from_sha256(hash.as_bytes());
         let fail = |denial: Denial| Step::Fail(Failure::with(denial, IdentityKind::ApiKey, fp));
         if key.len() > MAX_API_KEY_BYTES {
@@ -600,15 +613,9 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let config = &*self.config;
-        // A context this layer creates was stamped with this layer's clock just
-        // now: reuse that reading instead of asking the clock again.
-        let created_here = SecurityContext::from_extensions(req.extensions()).is_none();
         let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
-        let now = if created_here {
-            ctx.received_at()
-        } else {
-            config.now()
-        };
+        // One clock reading per request when the stack shares a clock.
+        let now = ctx.now_by(&*config.clock);
         let protocol = Protocol::of(req.headers());
         let (result, extra) = match config.decide(&req, &ctx, now) {
             Step::Pass(p, extra) => (Ok(p), extra),

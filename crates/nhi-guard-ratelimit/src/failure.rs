@@ -168,8 +168,12 @@ pub struct AuthFailureLimit<S> {
 }
 
 /// The fingerprint of the credential a request presents, as the identity layer
-/// computes it: the bearer token or the `x-api-key` value.
-fn presented_fingerprint(headers: &HeaderMap) -> Option<CredentialFingerprint> {
+/// computes it: the bearer token or the `x-api-key` value. The digest is kept in
+/// the context, so identity does not hash the token a second time.
+fn presented_fingerprint(ctx: &SecurityContext, headers: &HeaderMap) -> Option<CredentialFingerprint> {
+    let fingerprint = |v: &http::HeaderValue, credential: &[u8]| {
+        CredentialFingerprint::from_sha256(&ctx.credential_sha256(v, credential))
+    };
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let b = v.as_bytes();
         let token = match b.iter().position(|&c| c == b' ') {
@@ -178,14 +182,12 @@ fn presented_fingerprint(headers: &HeaderMap) -> Option<CredentialFingerprint> {
         };
         let token = token.trim_ascii();
         if !token.is_empty() {
-            return Some(CredentialFingerprint::of(token));
+            return Some(fingerprint(v, token));
         }
     }
-    headers
-        .get("x-api-key")
-        .map(|v| v.as_bytes().trim_ascii())
-        .filter(|v| !v.is_empty())
-        .map(CredentialFingerprint::of)
+    let v = headers.get("x-api-key")?;
+    let key = v.as_bytes().trim_ascii();
+    (!key.is_empty()).then(|| fingerprint(v, key))
 }
 
 fn ip_key(ip: IpAddr) -> ([u8; 16], usize) {
@@ -267,9 +269,9 @@ where
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
         let keys = Keys {
             addr: ctx.client_addr().map(|a| ip_key(a.ip())),
-            credential: presented_fingerprint(req.headers()),
+            credential: presented_fingerprint(&ctx, req.headers()),
         };
-        let now = cfg.clock.unix_nanos();
+        let now = ctx.unix_nanos_by(&*cfg.clock);
         // Would one more failure be admitted? If not, the key is blocked.
         let blocked = cfg.with_checks(&keys, |checks, names| {
             let mut out = [RateLimitDecision::default(); 2];

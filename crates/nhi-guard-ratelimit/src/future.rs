@@ -49,8 +49,9 @@ pin_project! {
             future: F,
             fields: Option<Fields>,
         },
+        // Boxed: refusals are the rare path, and the future is moved on every call.
         Ready {
-            response: Option<Response<GuardBody<ResB>>>,
+            response: Option<Box<Response<GuardBody<ResB>>>>,
         },
     }
 }
@@ -79,7 +80,7 @@ impl<S, ReqB, F, ResB> ResponseFuture<S, ReqB, F, ResB> {
     pub(crate) fn ready(response: Response<GuardBody<ResB>>) -> Self {
         Self {
             state: State::Ready {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -134,7 +135,9 @@ where
                             future: inner.call(req),
                             fields,
                         },
-                        Verdict::Reject(res) => State::Ready { response: Some(res) },
+                        Verdict::Reject(res) => State::Ready {
+                            response: Some(Box::new(res)),
+                        },
                     };
                     self.as_mut().project().state.set(next);
                 }
@@ -146,7 +149,7 @@ where
                     return Poll::Ready(Ok(res.map(GuardBody::inner)));
                 }
                 StateProj::Ready { response } => {
-                    return Poll::Ready(Ok(response.take().unwrap_or_else(internal_error)));
+                    return Poll::Ready(Ok(response.take().map_or_else(internal_error, |r| *r)));
                 }
             }
         }

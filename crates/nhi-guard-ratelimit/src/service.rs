@@ -322,15 +322,7 @@ impl<S> RateLimit<S> {
         S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
     {
         let cfg = &*self.config;
-        // A context this layer creates was stamped with this layer's clock just now:
-        // its arrival time saves a second clock read.
-        let (ctx, created) = match req.extensions().get::<SecurityContext>() {
-            Some(ctx) => (ctx.clone(), false),
-            None => (
-                SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock),
-                true,
-            ),
-        };
+        let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
         let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
         let who = if cfg.needs_principal {
             ctx.read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
@@ -403,13 +395,8 @@ impl<S> RateLimit<S> {
                 let mut out = [RateLimitDecision::default(); N];
                 if n > 0 {
                     store.check_at(
-                        if created {
-                            ctx.received_at()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, nhi_guard_core::clock::duration_nanos)
-                        } else {
-                            cfg.clock.unix_nanos()
-                        },
+                        // One clock reading per request when the stack shares a clock.
+                        ctx.unix_nanos_by(&*cfg.clock),
                         &checks[..n],
                         CheckMode::Consume,
                         &mut out[..n],

@@ -39,8 +39,9 @@ pin_project! {
             future: F,
             observe: Option<Observation>,
         },
+        // Boxed: refusals are the rare path, and the future is moved on every call.
         Rejected {
-            response: Option<Response<GuardBody<B>>>,
+            response: Option<Box<Response<GuardBody<B>>>>,
         },
         Shared {
             future: Boxed<B, E>,
@@ -69,7 +70,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn rejected(response: Response<GuardBody<B>>) -> Self {
         Self {
             kind: Kind::Rejected {
-                response: Some(response),
+                response: Some(Box::new(response)),
             },
         }
     }
@@ -97,7 +98,7 @@ where
                 Poll::Ready(Ok(res.map(GuardBody::inner)))
             }
             KindProj::Rejected { response } => match response.take() {
-                Some(res) => Poll::Ready(Ok(res)),
+                Some(res) => Poll::Ready(Ok(*res)),
                 None => {
                     let mut res = Response::new(GuardBody::full(bytes::Bytes::new()));
                     *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
