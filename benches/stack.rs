@@ -1,86 +1,52 @@
 //! The whole stack on `GET /orders` with a valid RS256 access token, against the
-//! bare axum handler in the same run, each control alone, and the floor of a
-//! `tower-http` bearer check and `tower_governor` on the same request.
+//! bare axum handler in the same run, each control alone, and the peers on the same
+//! request and token: `jwt-authorizer` for JWT, `tower_governor` for the limiter,
+//! and a `tower-http` bearer check as the floor.
+//!
+//! Both tables (this one and loopback throughput with wrk, see `benches/throughput.rs`)
+//! with one command:
 //!
 //! ```text
-//! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 5
+//! cargo bench --bench stack --bench throughput
+//! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3   # quicker, this one only
 //! ```
+//!
+//! Criterion prints its usual report per entry, then this bench prints a summary:
+//! for each entry the per-request time criterion printed (`time`: its slope estimate)
+//! and the median (point estimates read back from
+//! `target/criterion/stack/<entry>/new/estimates.json`), the median's ratio to the
+//! bare handler and the nanoseconds it adds to it. Every entry is asserted to
+//! answer 200, so every figure is the allow path. An entry left out by a filter
+//! (`cargo bench --bench stack -- identity`) shows as "not run".
 //!
 //! The full stack is: audit (JSON Lines file with the hash chain) → rate limit by
 //! address → failure-only limit → risk edge → identity (RS256, verified-token cache)
 //! → risk (all default signals) → rate limit by client (inventory tier) → scope.
+//! The quotas are never exhausted (one address, one client, 10^9/s).
 
 // `ValidateRequestHeaderLayer::bearer` is deprecated upstream as too basic; it is here as the floor.
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout, deprecated)]
 
+mod common;
+
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-use axum::Router;
 use axum::body::Body;
-use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, StatusCode};
-use jsonwebtoken::jwk::Jwk;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use nhi_guard::audit::{AuditLayer, AuditWriter, JsonLinesFile};
 use nhi_guard::core::address::PeerAddr;
-use nhi_guard::core::store::Quota;
-use nhi_guard::identity::{IdentityLayer, Issuer, KeySet};
 use nhi_guard::prelude::*;
-use nhi_guard::ratelimit::AuthFailureLimitLayer;
-use nhi_guard::risk::Route;
 use tower::{Service, ServiceExt};
 
-const ISS: &str = "https://issuer.test";
-const AUD: &str = "orders-api";
-const PEM: &[u8] = include_bytes!("../crates/nhi-guard-identity/testdata/rsa2048.pem");
+use common::{AUD, ISS, app, identity, policy, quota, risk};
 
-fn registry() -> Arc<InMemoryRegistry> {
-    let expires = SystemTime::now() + Duration::from_secs(86_400 * 30);
-    let client = ClientRecord::builder("inventory-sync", "team@example.com", "bench", expires)
-        .scopes(ScopeSet::parse("orders:read orders:write").unwrap())
-        .tier("bench")
-        .build()
-        .unwrap();
-    // A quota the benchmark never exhausts: we measure the allow path.
-    let inv = Inventory::builder()
-        .tier(
-            "bench",
-            Tier {
-                per_second: 1_000_000_000,
-                burst: 1_000_000_000,
-            },
-        )
-        .client(client)
-        .build()
-        .unwrap();
-    Arc::new(InMemoryRegistry::new(inv))
-}
-
-fn token_and_keys() -> (HeaderValue, KeySet) {
-    let key = EncodingKey::from_rsa_pem(PEM).unwrap();
-    let mut jwk = serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
-    jwk["kid"] = "bench".into();
-    let (keys, _) = KeySet::from_jwks(serde_json::json!({ "keys": [jwk] }).to_string().as_bytes()).unwrap();
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let mut header = Header::new(Algorithm::RS256);
-    header.typ = Some("at+jwt".into());
-    header.kid = Some("bench".into());
-    let claims = serde_json::json!({
-        "iss": ISS, "aud": AUD, "sub": "inventory-sync", "client_id": "inventory-sync",
-        "scope": "orders:read", "iat": now, "exp": now + 3600, "jti": "bench-1",
-    });
-    let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
-    (HeaderValue::from_str(&format!("Bearer {token}")).unwrap(), keys)
-}
-
-fn app() -> Router {
-    Router::new().route("/orders", get(|| async { "[]" }))
-}
+const GROUP: &str = "stack";
+const BARE: &str = "bare handler";
 
 fn request(auth: &HeaderValue) -> Request<Body> {
     let mut req = Request::get("/orders")
@@ -90,23 +56,6 @@ fn request(auth: &HeaderValue) -> Request<Body> {
     req.extensions_mut()
         .insert(PeerAddr("127.0.0.1:40000".parse::<SocketAddr>().unwrap()));
     req
-}
-
-fn identity(registry: &Arc<InMemoryRegistry>, keys: &KeySet) -> nhi_guard::identity::IdentityLayerBuilder {
-    IdentityLayer::builder(registry.clone()).issuer(Issuer::new(ISS).audience(AUD).static_keys(keys.clone()))
-}
-
-fn policy() -> Policy {
-    Policy::builder()
-        .get("/orders", Require::all_of("orders:read"))
-        .build()
-        .unwrap()
-}
-
-fn risk() -> RiskLayer {
-    RiskLayer::new()
-        .route(Route::new("GET", "/orders").unwrap())
-        .unwrap()
 }
 
 fn run<S>(rt: &tokio::runtime::Runtime, svc: &S, auth: &HeaderValue)
@@ -128,52 +77,28 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
-    let registry = registry();
-    let (auth, keys) = token_and_keys();
+    let registry = common::registry();
+    let (auth, keys, jwks) = common::token_and_keys();
     let dir = std::env::temp_dir().join(format!("nhi-guard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let audit = |name: &str| {
-        let file = JsonLinesFile::open(dir.join(name)).unwrap();
-        let (writer, handle) = AuditWriter::builder().spawn(file).unwrap();
-        (AuditLayer::new(writer), handle)
-    };
-    let quota = || {
-        Quota::per_second(1_000_000_000)
-            .unwrap()
-            .with_burst(1_000_000_000)
-            .unwrap()
-    };
+    let (full_audit, full_handle) = common::audit(&dir, "full.jsonl");
+    let full = common::full_stack(&registry, &keys, Some(full_audit));
+    let without_audit = common::full_stack(&registry, &keys, None);
+    let (alone_audit, alone_handle) = common::audit(&dir, "alone.jsonl");
+    // The same public key (the JWKS text our `KeySet` was built from), issuer and
+    // audience. jwt-authorizer verifies the signature on every request: it has no
+    // verified-token cache.
+    let jwt_peer = rt
+        .block_on(
+            jwt_authorizer::JwtAuthorizer::<jwt_authorizer::RegisteredClaims>::from_jwks_text(&jwks)
+                .validation(jwt_authorizer::Validation::new().iss(&[ISS]).aud(&[AUD]))
+                .layer(),
+        )
+        .unwrap();
 
-    // Every control; the audit layer only when given.
-    let stack = |audit: Option<AuditLayer>| {
-        let mut b = NhiGuard::builder(registry.clone())
-            .address_rate_limit(
-                RateLimitLayer::new()
-                    .limit(Limit::per_address("per-address", quota()))
-                    .unwrap(),
-            )
-            .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
-            .identity(identity(&registry, &keys))
-            .risk(risk())
-            .rate_limit(
-                RateLimitLayer::new()
-                    .limit(Limit::per_client("per-client"))
-                    .unwrap(),
-            )
-            .scope(ScopeLayer::new(policy()));
-        if let Some(a) = audit {
-            b = b.audit(a);
-        }
-        b.build().unwrap()
-    };
-    let (full_audit, full_handle) = audit("full.jsonl");
-    let full = stack(Some(full_audit));
-    let without_audit = stack(None);
-
-    let (alone_audit, alone_handle) = audit("alone.jsonl");
     let services: Vec<(&str, axum::Router)> = vec![
-        ("bare handler", app()),
+        (BARE, app()),
         ("full stack", app().layer(full)),
         ("full stack without audit", app().layer(without_audit)),
         (
@@ -203,6 +128,14 @@ fn bench(c: &mut Criterion) {
             )),
         ),
         (
+            "peer: jwt-authorizer (RS256)",
+            app().layer(
+                tower::ServiceBuilder::new()
+                    .layer(jwt_peer)
+                    .map_response(JwtPeerResponse),
+            ),
+        ),
+        (
             "peer: tower_governor (per IP)",
             app().layer(tower_governor::GovernorLayer::new(
                 tower_governor::governor::GovernorConfigBuilder::default()
@@ -215,18 +148,159 @@ fn bench(c: &mut Criterion) {
         ),
     ];
 
-    let mut group = c.benchmark_group("stack");
+    let started = SystemTime::now();
+    let mut group = c.benchmark_group(GROUP);
     for (name, svc) in &services {
         run(&rt, svc, &auth);
         group.bench_function(*name, |b| b.iter(|| run(&rt, svc, &auth)));
     }
     group.finish();
+    let names: Vec<&str> = services.iter().map(|(name, _)| *name).collect();
     drop(services);
     rt.block_on(async {
         full_handle.shutdown().await.unwrap();
         alone_handle.shutdown().await.unwrap();
     });
     let _ = std::fs::remove_dir_all(&dir);
+    summary(&names, started);
+}
+
+/// Point estimates (ns) criterion wrote for one entry.
+#[derive(Debug, Clone, Copy)]
+struct Estimate {
+    /// The figure criterion prints as `time:`: the slope of the linear regression
+    /// (linear sampling, the default), else the mean.
+    typical: f64,
+    median: f64,
+}
+
+/// Prints one row per entry from the estimates criterion wrote during this run.
+fn summary(names: &[&str], started: SystemTime) {
+    let group_dir = criterion_home().join(GROUP);
+    let estimates = read_estimates(&group_dir, started);
+    if estimates.is_empty() {
+        // `cargo test --benches`, `--list`, `--profile-time`: nothing measured.
+        println!(
+            "stack summary: no estimates written by this run under {}",
+            group_dir.display()
+        );
+        return;
+    }
+    let bare = estimates.get(BARE).copied();
+    println!();
+    println!("stack: GET /orders, valid RS256 token, per request (criterion point estimates)");
+    println!(
+        "{:<34} {:>11} {:>11} {:>9} {:>12}",
+        "entry", "time", "median", "x bare", "over bare"
+    );
+    for name in names {
+        let Some(e) = estimates.get(*name) else {
+            println!("{name:<34} {:>11}", "not run");
+            continue;
+        };
+        let (ratio, over) = match bare {
+            Some(b) => (
+                format!("{:.2}", e.median / b.median),
+                format!("{:+.0} ns", e.median - b.median),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "{name:<34} {:>11} {:>11} {ratio:>9} {over:>12}",
+            human(e.typical),
+            human(e.median)
+        );
+    }
+    println!("(time: criterion's estimate as printed above; ratio and overhead from the medians)");
+}
+
+/// `ns` as "850 ns" or "1.23 µs".
+fn human(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.0} ns")
+    } else {
+        format!("{:.2} µs", ns / 1_000.0)
+    }
+}
+
+/// Where criterion writes, found the way criterion finds it: `$CRITERION_HOME`, else
+/// `$CARGO_TARGET_DIR/criterion`, else the target directory `cargo metadata` names.
+fn criterion_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return home.into();
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(target).join("criterion");
+    }
+    let from_metadata = std::env::var_os("CARGO")
+        .and_then(|cargo| {
+            std::process::Command::new(cargo)
+                .args(["metadata", "--format-version", "1", "--no-deps"])
+                .output()
+                .ok()
+        })
+        .and_then(|out| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .and_then(|meta| meta["target_directory"].as_str().map(PathBuf::from));
+    from_metadata.unwrap_or_else(|| "target".into()).join("criterion")
+}
+
+/// Entry name → estimates, for the entries whose `new/estimates.json` this run wrote.
+/// The entry name is read from `new/benchmark.json` rather than derived from the
+/// directory name, which criterion sanitises (`:` → `_`) and truncates to 64 bytes.
+fn read_estimates(group_dir: &Path, started: SystemTime) -> HashMap<String, Estimate> {
+    let mut out = HashMap::new();
+    let Ok(dirs) = std::fs::read_dir(group_dir) else {
+        return out;
+    };
+    for dir in dirs.flatten() {
+        let new = dir.path().join("new");
+        let estimates = new.join("estimates.json");
+        let fresh = std::fs::metadata(&estimates)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= started);
+        if !fresh {
+            continue;
+        }
+        let read = |p: PathBuf| {
+            std::fs::read(p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        };
+        let (Some(id), Some(est)) = (read(new.join("benchmark.json")), read(estimates)) else {
+            continue;
+        };
+        let typical = est["slope"]["point_estimate"]
+            .as_f64()
+            .or_else(|| est["mean"]["point_estimate"].as_f64());
+        let (Some(name), Some(typical), Some(median)) = (
+            id["function_id"].as_str(),
+            typical,
+            est["median"]["point_estimate"].as_f64(),
+        ) else {
+            continue;
+        };
+        out.insert(name.to_owned(), Estimate { typical, median });
+    }
+    out
+}
+
+/// jwt-authorizer 0.15 is built on axum 0.7 and renders its rejections as axum 0.7
+/// responses, so it requires the inner response type to convert from its `AuthError`.
+/// This axum 0.8 response newtype does (re-boxing the body of a rejection only); on
+/// the allow path it is a move.
+struct JwtPeerResponse(axum::response::Response);
+
+impl From<jwt_authorizer::AuthError> for JwtPeerResponse {
+    fn from(e: jwt_authorizer::AuthError) -> Self {
+        let (parts, body) = http::Response::from(e).into_parts();
+        Self(axum::response::Response::from_parts(parts, Body::new(body)))
+    }
+}
+
+impl axum::response::IntoResponse for JwtPeerResponse {
+    fn into_response(self) -> axum::response::Response {
+        self.0
+    }
 }
 
 /// governor keyed by the same `PeerAddr` extension our layers read.
