@@ -149,6 +149,10 @@ impl AuditWriter {
             }
             Err(TrySendError::Full(Msg::Event(ev))) => {
                 self.shared.wake_writer();
+                // The writer reports the depth per batch; a full queue is reported
+                // at once, while the writer may be stuck in a slow sink.
+                metrics::gauge!(nhi_guard_core::metrics::AUDIT_QUEUE_DEPTH)
+                    .set(self.tx.max_capacity() as f64);
                 match self.shared.overflow {
                     Overflow::Backpressure => Offer::Wait(ev),
                     Overflow::Drop => {
