@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 5
+//! NHI_GUARD_BENCH_METRICS=1 cargo bench --bench stack   # with a Prometheus recorder
 //! ```
 //!
 //! The full stack is: audit (JSON Lines file with the hash chain) → rate limit by
@@ -128,6 +129,22 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
+    // NHI_GUARD_BENCH_METRICS=1: with a Prometheus recorder installed before the
+    // stacks are built (the layers' counters and the risk histogram then record
+    // for real), its upkeep run every second as a scraping gateway would.
+    let _metrics = std::env::var_os("NHI_GUARD_BENCH_METRICS").map(|_| {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap();
+        let upkeep = handle.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                upkeep.run_upkeep();
+            }
+        });
+        handle
+    });
     let registry = registry();
     let (auth, keys) = token_and_keys();
     let dir = std::env::temp_dir().join(format!("nhi-guard-bench-{}", std::process::id()));
