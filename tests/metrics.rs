@@ -70,7 +70,7 @@ fn registry() -> Arc<InMemoryRegistry> {
                 .expect("scopes"),
             )
             .tier(if *id == "tiny" { "tiny" } else { "default" })
-            .api_key(*key)
+            .api_key(key)
             .build()
             .expect("client");
         inv = inv.client(record);
