@@ -9,6 +9,7 @@
 //! ```text
 //! cargo bench --bench stack --bench throughput
 //! cargo bench --bench stack -- --warm-up-time 1 --measurement-time 3   # quicker, this one only
+//! NHI_GUARD_BENCH_METRICS=1 cargo bench --bench stack   # with a Prometheus recorder
 //! ```
 //!
 //! Criterion prints its usual report per entry, then this bench prints a summary:
@@ -77,6 +78,22 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
+    // NHI_GUARD_BENCH_METRICS=1: with a Prometheus recorder installed before the
+    // stacks are built (the layers' counters and the risk histogram then record
+    // for real), its upkeep run every second as a scraping gateway would.
+    let _metrics = std::env::var_os("NHI_GUARD_BENCH_METRICS").map(|_| {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .unwrap();
+        let upkeep = handle.clone();
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                upkeep.run_upkeep();
+            }
+        });
+        handle
+    });
     let registry = common::registry();
     let (auth, keys, jwks) = common::token_and_keys();
     let dir = std::env::temp_dir().join(format!("nhi-guard-bench-{}", std::process::id()));

@@ -12,6 +12,10 @@
 //! The same layer works for axum routers, tonic servers
 //! (`Server::builder().layer(guard)`) and any hyper / tower service.
 //!
+//! Every control records metrics through the `metrics` facade under the stable names
+//! of [`core::metrics`]; install the application's recorder (for Prometheus,
+//! `metrics-exporter-prometheus`) before the first request.
+//!
 //! Cargo features: `identity`, `scope`, `ratelimit`, `risk`, `audit` (default: all
 //! five; the [`NhiGuard`] builder needs all of them) and `redis` (shared state across
 //! replicas).

@@ -131,6 +131,16 @@ fn nanos() -> u128 {
         .as_nanos()
 }
 
+/// The process-wide Prometheus recorder, installed by the first gateway of this
+/// test binary (as `main` does before building the stack).
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| guard::install_metrics().expect("the only recorder of this binary"))
+        .clone()
+}
+
 async fn gateway(name: &str, vars: &[(&str, &str)]) -> Gateway {
     let dir = TempDir::new(name);
     let audit_log = dir.0.join("audit.jsonl");
@@ -151,6 +161,7 @@ async fn gateway(name: &str, vars: &[(&str, &str)]) -> Gateway {
     let state = app::AppState {
         reports: guard.reports.clone(),
         jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
+        metrics: Some(metrics_handle()),
     };
     let router = app::routes(state).layer(guard.layer.clone());
     Gateway {
@@ -166,6 +177,7 @@ struct Reply {
     status: StatusCode,
     headers: http::HeaderMap,
     body: serde_json::Value,
+    text: String,
 }
 
 impl Gateway {
@@ -186,6 +198,7 @@ impl Gateway {
             status,
             headers,
             body,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
 
@@ -412,4 +425,60 @@ async fn risk_off_and_shadow_refuse_nothing() {
         }
         let _ = gw.finish().await;
     }
+}
+
+#[tokio::test]
+async fn metrics_are_served_to_the_admin_scope_only() {
+    let gw = gateway("metrics", &[]).await;
+    let peer = "127.0.0.12:40000";
+    // One scope denial and one allowed request of this gateway's own stack.
+    let bot = gw.token("reporting-bot", "orders:read");
+    let r = gw
+        .send("POST", "/orders", Some(("authorization", &bot)), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = gw
+        .send("GET", "/orders", Some(("authorization", &bot)), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // No credential: 401; a client without the admin scope: 403, and no metrics.
+    let r = gw.send("GET", "/metrics", None, peer).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = gw
+        .send("GET", "/metrics", Some(key("inventory-sync")), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["missing_scopes"], serde_json::json!(["admin"]));
+    assert!(!r.text.contains("nhi_guard_requests_total"), "{}", r.text);
+
+    let ops = gw.token("ops-console", "admin");
+    let r = gw
+        .send("GET", "/metrics", Some(("authorization", &ops)), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["content-type"], "text/plain; version=0.0.4");
+    // Other tests of this binary share the recorder: at least this test's requests.
+    let value = |series: &str| -> f64 {
+        r.text
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{}", r.text))
+    };
+    assert!(value(r#"nhi_guard_requests_total{control="scope",decision="deny"} "#) >= 1.0);
+    assert!(value(r#"nhi_guard_requests_total{control="scope",decision="allow"} "#) >= 1.0);
+    assert!(value(r#"nhi_guard_denials_total{control="scope",reason="insufficient_scope"} "#) >= 1.0);
+    // The /metrics requests themselves: identity lets an anonymous request on to the
+    // policy (public routes exist), and scope refuses it.
+    assert!(value(r#"nhi_guard_denials_total{control="scope",reason="credential_missing"} "#) >= 1.0);
+    assert!(
+        r.text.contains("# TYPE nhi_guard_risk_score histogram"),
+        "{}",
+        r.text
+    );
+    assert!(
+        !r.text.contains("nhik_demo"),
+        "a demo key leaked into the metrics"
+    );
+    gw.finish().await;
 }

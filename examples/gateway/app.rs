@@ -8,6 +8,7 @@ use axum::extract::Path;
 use axum::http::{StatusCode, header};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
 use nhi_guard::core::ScopeSet;
 use nhi_guard::core::registry::{ClientRecord, Inventory, Tier};
 use nhi_guard::scope::report::ReportService;
@@ -129,6 +130,9 @@ pub(crate) struct AppState {
     pub(crate) reports: ReportService,
     /// The demo issuer's JWKS, served at `/.well-known/jwks.json`.
     pub(crate) jwks: Option<Arc<str>>,
+    /// The Prometheus rendering of the guard's metrics, served at `GET /metrics`
+    /// (scope `admin`).
+    pub(crate) metrics: Option<PrometheusHandle>,
 }
 
 /// The demo routes.
@@ -139,6 +143,15 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/inventory/{sku}", get(get_inventory))
         .route("/inventory/{sku}/reserve", post(reserve))
         .route("/admin/clients", state.reports.get_handler());
+    if let Some(handle) = state.metrics {
+        router = router.route(
+            "/metrics",
+            get(move || {
+                let text = handle.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        );
+    }
     if let Some(jwks) = state.jwks {
         router = router.route(
             "/.well-known/jwks.json",

@@ -3,9 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, JsonLinesFile, TracingSink};
 use nhi_guard::core::ClientAddrResolver;
 use nhi_guard::core::clock::SharedClock;
+use nhi_guard::core::metrics as guard_metrics;
 use nhi_guard::core::registry::InMemoryRegistry;
 use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard::identity::{DemoIssuer, IdentityLayer, Issuer, JwksConfig, RemoteKeys};
@@ -42,8 +44,35 @@ pub(crate) fn policy() -> Policy {
         .get("/inventory/{sku}", Require::all_of("inventory:read"))
         .post("/inventory/{sku}/reserve", Require::all_of("inventory:write"))
         .get("/admin/clients", Require::all_of("admin"))
+        .get("/metrics", Require::all_of("admin"))
         .build()
         .expect("the demo policy is valid")
+}
+
+/// Installs the process-wide Prometheus recorder of the `metrics` facade. Call it
+/// before building the stack: each layer resolves its counters on its first
+/// request. The risk score is a true Prometheus histogram (buckets of 10 points);
+/// a background task drains histogram samples every 5 s so memory stays bounded
+/// when nobody scrapes.
+///
+/// # Errors
+/// Another recorder is already installed.
+pub(crate) fn install_metrics() -> Result<PrometheusHandle, String> {
+    let buckets: Vec<f64> = (0..=10).map(|i| f64::from(i) * 10.0).collect();
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(guard_metrics::RISK_SCORE.to_owned()), &buckets)
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| format!("metrics recorder: {e}"))?;
+    guard_metrics::describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 fn quota(per_second: u32, burst: u32) -> Quota {

@@ -14,6 +14,7 @@
 //!   `Forwarded` / `X-Forwarded-For` headers are believed.
 //!
 //! Prints `listening on http://ADDR` once it accepts connections, then commands to try.
+//! `GET /metrics` (scope `admin`) serves the guard's metrics in Prometheus text format.
 
 #![allow(clippy::print_stdout)]
 
@@ -49,10 +50,13 @@ async fn run() -> Result<(), String> {
     let addr = listener.local_addr().unwrap_or(config.listen);
     let base = format!("http://{addr}");
 
+    // Before the stack is built: every layer resolves its counters on first use.
+    let metrics = guard::install_metrics()?;
     let guard = guard::build(&config, registry.clone(), &base, Arc::new(SystemClock)).await?;
     let state = app::AppState {
         reports: guard.reports.clone(),
         jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
+        metrics: Some(metrics),
     };
     let router = app::routes(state).layer(guard.layer.clone());
     guard::reload_on_sighup(registry.clone(), config.clients.clone());
@@ -126,4 +130,8 @@ fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
     );
     println!("  # the least-privilege report (scope admin)");
     println!("  curl -s {base}/admin/clients -H 'Authorization: Bearer {ops}'");
+    println!(
+        "  # Prometheus metrics (scope admin): requests by control and decision, denials by reason, ..."
+    );
+    println!("  curl -s {base}/metrics -H 'Authorization: Bearer {ops}'");
 }

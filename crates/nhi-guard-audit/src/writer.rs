@@ -149,6 +149,10 @@ impl AuditWriter {
             }
             Err(TrySendError::Full(Msg::Event(ev))) => {
                 self.shared.wake_writer();
+                // The writer reports the depth per batch; a full queue is reported
+                // at once, while the writer may be stuck in a slow sink.
+                metrics::gauge!(nhi_guard_core::metrics::AUDIT_QUEUE_DEPTH)
+                    .set(self.tx.max_capacity() as f64);
                 match self.shared.overflow {
                     Overflow::Backpressure => Offer::Wait(ev),
                     Overflow::Drop => {
@@ -166,6 +170,8 @@ impl AuditWriter {
 
     fn count_dropped(&self) {
         let n = self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!(nhi_guard_core::metrics::AUDIT_DROPPED_TOTAL, "reason" => "queue_full")
+            .increment(1);
         if n.is_power_of_two() {
             tracing::warn!(
                 target: "nhi_guard::audit",
@@ -182,6 +188,7 @@ impl AuditWriter {
             .lost_after_shutdown
             .fetch_add(1, Ordering::Relaxed)
             + 1;
+        metrics::counter!(nhi_guard_core::metrics::AUDIT_DROPPED_TOTAL, "reason" => "shutdown").increment(1);
         if n.is_power_of_two() {
             tracing::error!(
                 target: "nhi_guard::audit",
@@ -398,6 +405,7 @@ impl AuditWriterBuilder {
             // the thread gets to run.
             last_checkpoint: started,
             sealed: false,
+            depth: None,
         };
         let join = std::thread::Builder::new()
             .name("nhi-guard-audit".into())
@@ -428,6 +436,9 @@ struct Writer<K> {
     checkpoint_interval: Duration,
     last_checkpoint: std::time::SystemTime,
     sealed: bool,
+    /// `nhi_guard_audit_queue_depth`, resolved by the writer thread at its first
+    /// batch (after the application installed its recorder).
+    depth: Option<metrics::Gauge>,
 }
 
 /// Records taken from the queue before the sink is flushed.
@@ -455,6 +466,7 @@ impl<K: AuditSink> Writer<K> {
                 Ok(msg) => msg,
                 Err(TryRecvError::Empty) => {
                     if taken > 0 {
+                        self.report_depth(rx.len());
                         self.end_batch(&mut replies);
                         taken = 0;
                     } else if self.checkpoint_due() {
@@ -468,6 +480,10 @@ impl<K: AuditSink> Writer<K> {
                 Err(TryRecvError::Disconnected) => break,
             };
             idle = MIN_IDLE;
+            if taken == 0 {
+                // A batch starts: what waits now is the backlog the writer works off.
+                self.report_depth(rx.len() + 1);
+            }
             taken += 1;
             match msg {
                 Msg::Event(ev) => self.write_event(&ev),
@@ -496,12 +512,19 @@ impl<K: AuditSink> Writer<K> {
                 }
             }
             if taken >= MAX_BATCH {
+                self.report_depth(rx.len());
                 self.end_batch(&mut replies);
                 taken = 0;
             }
         }
         // Every sender is gone: finish as on shutdown.
         self.finish();
+    }
+
+    fn report_depth(&mut self, depth: usize) {
+        self.depth
+            .get_or_insert_with(|| metrics::gauge!(nhi_guard_core::metrics::AUDIT_QUEUE_DEPTH))
+            .set(depth as f64);
     }
 
     fn end_batch(&mut self, replies: &mut Vec<oneshot::Sender<AuditStats>>) {

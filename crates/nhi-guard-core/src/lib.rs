@@ -11,7 +11,8 @@
 //!   trusted proxies;
 //! - [`Denial`]: one refusal type rendered as RFC 9457 problem+json with RFC 6750
 //!   challenges, rate-limit fields, or a gRPC status;
-//! - [`clock`]: time behind a trait, for tests without sleeping.
+//! - [`clock`]: time behind a trait, for tests without sleeping;
+//! - [`metrics`]: the stable metric names and the per-layer counters of a control.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -41,6 +42,7 @@ pub mod denial;
 pub mod future;
 pub mod hash;
 mod inventory_toml;
+pub mod metrics;
 pub mod principal;
 pub mod registry;
 pub mod risk_store;

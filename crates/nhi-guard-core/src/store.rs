@@ -386,6 +386,18 @@ pub enum FailurePolicy {
     FallbackLocal,
 }
 
+impl FailurePolicy {
+    /// Stable name (`fail_open`, `fail_closed`, `fallback_local`), as in the
+    /// `policy` label of `nhi_guard_store_fallbacks_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FailOpen => "fail_open",
+            Self::FailClosed => "fail_closed",
+            Self::FallbackLocal => "fallback_local",
+        }
+    }
+}
+
 /// The future a [`RateLimitStore`] returns.
 pub type StoreFuture =
     Pin<Box<dyn Future<Output = Result<Vec<RateLimitDecision>, StoreError>> + Send + 'static>>;

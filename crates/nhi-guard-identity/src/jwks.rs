@@ -306,6 +306,9 @@ pub struct JwksStats {
 /// [`RemoteKeys::spawn_refresh`]. Reads on the request path are lock-free.
 pub struct RemoteKeys {
     url: Uri,
+    /// The URL's `host[:port]`: the `host` label of the JWKS metrics (never the
+    /// path or query, which could carry a secret).
+    metrics_host: String,
     config: JwksConfig,
     fetcher: Arc<dyn JwksFetcher>,
     current: ArcSwap<Snapshot>,
@@ -348,8 +351,14 @@ impl RemoteKeys {
         let url: Uri = jwks_url
             .parse()
             .map_err(|e| FetchError(format!("jwks url {jwks_url:?}: {e}")))?;
+        let metrics_host = match (url.host(), url.port_u16()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            (None, _) => String::from("unknown"),
+        };
         Ok(Arc::new(Self {
             url,
+            metrics_host,
             config,
             fetcher,
             current: ArcSwap::from_pointee(Snapshot {
@@ -493,6 +502,7 @@ impl RemoteKeys {
                     etag: snap.etag.clone(),
                 }));
                 tracing::debug!(target: TARGET, url = %self.url, "key set not modified");
+                self.count_fetch("not_modified");
                 Ok(self.interval(max_age))
             }
             Ok(FetchResponse::Document { body, etag, max_age }) => match KeySet::from_jwks(&body) {
@@ -505,6 +515,9 @@ impl RemoteKeys {
                         skipped = skipped.len(),
                         "key set fetched"
                     );
+                    self.count_fetch("ok");
+                    metrics::gauge!(nhi_guard_core::metrics::JWKS_KEYS, "host" => self.metrics_host.clone())
+                        .set(keys.len() as f64);
                     self.current.store(Arc::new(Snapshot {
                         keys: Arc::new(keys),
                         confirmed: Some(self.config.clock.now()),
@@ -518,10 +531,20 @@ impl RemoteKeys {
         };
         if let Err(e) = &outcome {
             self.bump(|s| s.failures += 1);
+            self.count_fetch("error");
             tracing::warn!(target: TARGET, url = %self.url, error = %e, "key set fetch failed; keeping the previous set");
         }
         self.attempts.fetch_add(1, Ordering::AcqRel);
         outcome
+    }
+
+    fn count_fetch(&self, outcome: &'static str) {
+        metrics::counter!(
+            nhi_guard_core::metrics::JWKS_FETCHES_TOTAL,
+            "host" => self.metrics_host.clone(),
+            "outcome" => outcome
+        )
+        .increment(1);
     }
 
     fn bump(&self, f: impl FnOnce(&mut JwksStats)) {

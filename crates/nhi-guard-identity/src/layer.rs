@@ -63,6 +63,7 @@ pub(crate) struct Config {
     pub(crate) cache: Option<TokenCache>,
     pub(crate) max_token_bytes: usize,
     pub(crate) cert_mapper: Option<CertificateMapper>,
+    pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,
 }
 
 /// Maps a client certificate without SPIFFE id to a client id of the inventory.
@@ -333,6 +334,7 @@ impl IdentityLayerBuilder {
                 cache: self.cache_capacity.map(TokenCache::new),
                 max_token_bytes: self.max_token_bytes,
                 cert_mapper: self.cert_mapper,
+                metrics: nhi_guard_core::metrics::ControlMetrics::new(nhi_guard_core::Control::Identity),
             }),
         })
     }

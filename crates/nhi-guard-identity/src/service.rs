@@ -501,6 +501,7 @@ impl Config {
                 } else {
                     ctx.allow();
                 }
+                self.metrics.allow();
                 Ok(principal)
             }
             Err(failure) => {
@@ -513,6 +514,7 @@ impl Config {
                     }
                 });
                 ctx.deny(&denial);
+                self.metrics.deny(&denial);
                 tracing::info!(
                     target: TARGET,
                     request_id = %ctx.request_id(),

@@ -37,6 +37,9 @@ struct FailureConfig {
     by_address: bool,
     by_credential: bool,
     shadow: bool,
+    /// Counts only refusals: a request this limit lets through is decided by the
+    /// layers behind it.
+    metrics: nhi_guard_core::metrics::ControlMetrics,
 }
 
 impl fmt::Debug for FailureConfig {
@@ -91,6 +94,7 @@ impl AuthFailureLimitLayer {
                 by_address: true,
                 by_credential: true,
                 shadow: false,
+                metrics: nhi_guard_core::metrics::ControlMetrics::new(Control::RateLimit),
             }),
         }
     }
@@ -309,9 +313,11 @@ where
             if !cfg.shadow {
                 ctx.update(|s| s.rate_limit = Some(outcome));
                 ctx.deny(&denial);
+                cfg.metrics.deny(&denial);
                 return FailureFuture::rejected(respond(&*cfg.renderer, denial, Protocol::of(req.headers())));
             }
             ctx.record_shadow_denial(&denial);
+            cfg.metrics.shadow_deny(&denial);
         }
         FailureFuture::inner(self.inner.call(req), ctx, self.config.clone(), keys)
     }

@@ -71,6 +71,7 @@ pub(crate) struct Config {
     pub(crate) needs_parts: bool,
     pub(crate) needs_group: bool,
     pub(crate) needs_principal: bool,
+    pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,
 }
 
 impl fmt::Debug for Config {
@@ -123,6 +124,7 @@ impl RateLimitLayer {
                 needs_parts: false,
                 needs_group: false,
                 needs_principal: false,
+                metrics: nhi_guard_core::metrics::ControlMetrics::new(nhi_guard_core::Control::RateLimit),
             }),
         }
     }

@@ -124,6 +124,7 @@ pub(crate) fn verdict<B>(
     };
     let Some(decider) = decider else {
         ctx.allow();
+        cfg.metrics.allow();
         return Verdict::Pass(None);
     };
     let decided = outcome(decider);
@@ -140,6 +141,7 @@ pub(crate) fn verdict<B>(
                 s.decision = Decision::Allowed;
             }
         });
+        cfg.metrics.allow();
         return Verdict::Pass(fields());
     }
     let retry = decisions[decider].retry_after;
@@ -169,9 +171,11 @@ pub(crate) fn verdict<B>(
     if cfg.shadow {
         ctx.record_shadow_denial(&denial);
         ctx.allow();
+        cfg.metrics.shadow_deny(&denial);
         return Verdict::Pass(fields());
     }
     ctx.deny(&denial);
+    cfg.metrics.deny(&denial);
     Verdict::Reject(respond(&*cfg.renderer, denial, Protocol::of(headers)))
 }
 
@@ -200,9 +204,11 @@ pub(crate) fn unavailable<B>(
     .with_request_id(ctx.request_id());
     if cfg.shadow {
         ctx.record_shadow_denial(&denial);
+        cfg.metrics.shadow_deny(&denial);
         return Verdict::Pass(None);
     }
     ctx.deny(&denial);
+    cfg.metrics.deny(&denial);
     Verdict::Reject(respond(&*cfg.renderer, denial, protocol))
 }
 
@@ -410,6 +416,7 @@ impl<S> RateLimit<S> {
             Backend::Shared(store) => {
                 if n == 0 {
                     ctx.allow();
+                    self.config.metrics.allow();
                     return ResponseFuture::inner(self.inner.call(req), None);
                 }
                 let owned: Arc<[RateLimitCheck]> = checks[..n]

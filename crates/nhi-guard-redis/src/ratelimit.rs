@@ -396,6 +396,7 @@ impl Inner {
         mode: CheckMode,
         err: StoreError,
     ) -> Result<Vec<RateLimitDecision>, StoreError> {
+        nhi_guard_core::metrics::store_fallback("rate_limit", self.policy.as_str());
         match self.policy {
             FailurePolicy::FailClosed => Err(err),
             FailurePolicy::FallbackLocal => match &self.fallback {
@@ -491,11 +492,13 @@ impl RateLimitStore for RedisStore {
                 Err(err) if err.kind() == StoreErrorKind::Protocol => {
                     // Redis answered: not an outage. Apply the policy without pausing.
                     inner.failures.fetch_add(1, Ordering::Relaxed);
+                    nhi_guard_core::metrics::store_error("rate_limit", "redis");
                     tracing::warn!(target: "nhi_guard::redis", error = %err, policy = ?inner.policy, "redis rate-limit check failed");
                     inner.on_failure(checks, mode, err).await
                 }
                 Err(err) => {
                     inner.failures.fetch_add(1, Ordering::Relaxed);
+                    nhi_guard_core::metrics::store_error("rate_limit", "redis");
                     let pause = u64::try_from(inner.retry_after_failure.as_nanos()).unwrap_or(u64::MAX);
                     inner
                         .down_until

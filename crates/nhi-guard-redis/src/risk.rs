@@ -138,10 +138,14 @@ impl RedisRiskStore {
         &self,
         f: impl Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, RiskStoreError> {
-        match tokio::time::timeout(self.timeout, f).await {
+        let result = match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r.map_err(|e| error(&e)),
             Err(_) => Err(RiskStoreError::new("redis: no answer within the timeout")),
+        };
+        if result.is_err() {
+            nhi_guard_core::metrics::store_error("risk", "redis");
         }
+        result
     }
 
     async fn fetch(&self, keys: &[RiskKey], now: SystemTime) -> Result<Vec<StickyDecision>, RiskStoreError> {

@@ -153,6 +153,11 @@ pub(crate) struct Engine {
     pub(crate) clock: SharedClock,
     pub(crate) resolver: ClientAddrResolver,
     pub(crate) renderer: SharedRenderer,
+    /// `nhi_guard_requests_total{control="risk"}`: the edge half counts its
+    /// refusals, the identified half every request it decides.
+    pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,
+    /// `nhi_guard_risk_score`, recorded by the identified half.
+    pub(crate) score: nhi_guard_core::metrics::LazyHistogram,
 }
 
 impl fmt::Debug for Engine {
@@ -298,6 +303,9 @@ impl Engine {
             if let Some((d, wait)) = held_back {
                 return self.sticky_denial(ctx, f, &d, throttle_denial(wait));
             }
+            if phase == Phase::Identified {
+                self.score.record(0.0);
+            }
             ctx.update(|s| {
                 s.risk = Some(RiskAssessment {
                     score: 0,
@@ -315,6 +323,9 @@ impl Engine {
         }
         let weight = f.route.map_or(1.0, |r| self.routes.sensitivity(r.index())) * f.tier_multiplier;
         let score = ((raw as f32 * weight).round() as u32).min(100);
+        if phase == Phase::Identified {
+            self.score.record(f64::from(score));
+        }
         let top = hits
             .iter()
             .max_by_key(|(_, p)| p.points)

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
+use nhi_guard_core::metrics::{ControlMetrics, LazyHistogram};
 use nhi_guard_core::risk_store::RiskStore;
 use nhi_guard_core::{ClientAddrResolver, Clock, SharedClock, SystemClock};
 use tower_layer::Layer;
@@ -69,6 +70,8 @@ impl RiskLayer {
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
                 renderer: DefaultRenderer::new().shared(),
+                metrics: ControlMetrics::new(nhi_guard_core::Control::Risk),
+                score: LazyHistogram::new(nhi_guard_core::metrics::RISK_SCORE),
             }),
         }
     }
@@ -96,6 +99,8 @@ impl RiskLayer {
                 clock: e.clock.clone(),
                 resolver: e.resolver.clone(),
                 renderer: e.renderer.clone(),
+                metrics: e.metrics.clone(),
+                score: e.score.clone(),
             });
         }
         Arc::get_mut(&mut self.engine).unwrap_or_else(|| unreachable!("just made unique"))

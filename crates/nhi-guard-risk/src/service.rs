@@ -108,6 +108,7 @@ where
         if let Some(denial) = verdict.denial {
             if engine.mode == Mode::Enforce {
                 ctx.deny(&denial);
+                engine.metrics.deny(&denial);
                 let res = respond(
                     &*engine.renderer,
                     denial.with_request_id(ctx.request_id()),
@@ -119,9 +120,12 @@ where
                 return ResponseFuture::rejected(res);
             }
             ctx.record_shadow_denial(&denial);
+            engine.metrics.shadow_deny(&denial);
             if self.phase == Phase::Identified {
                 ctx.allow();
             }
+        } else if self.phase == Phase::Identified {
+            engine.metrics.allow();
         }
         let observe = observe.then(|| Observation {
             engine: engine.clone(),
@@ -182,6 +186,14 @@ impl Call {
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(target: "nhi_guard::risk", error = %e, "shared risk store failed");
+                nhi_guard_core::metrics::store_fallback(
+                    "risk",
+                    if shared.fail_closed {
+                        "fail_closed"
+                    } else {
+                        "fail_open"
+                    },
+                );
                 if shared.fail_closed {
                     denial = Some(
                         Denial::custom(
@@ -229,6 +241,7 @@ impl Call {
         if let Some(denial) = denial {
             if engine.mode == Mode::Enforce {
                 ctx.deny(&denial);
+                engine.metrics.deny(&denial);
                 let res = respond(
                     &*engine.renderer,
                     denial.with_request_id(ctx.request_id()),
@@ -240,6 +253,9 @@ impl Call {
                 return Ok(res);
             }
             ctx.record_shadow_denial(&denial);
+            engine.metrics.shadow_deny(&denial);
+        } else if phase == Phase::Identified {
+            engine.metrics.allow();
         }
         if phase == Phase::Identified {
             ctx.allow();

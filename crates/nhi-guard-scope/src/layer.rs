@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use nhi_guard_core::clock::SharedClock;
 use nhi_guard_core::denial::{DefaultRenderer, SharedRenderer};
+use nhi_guard_core::metrics::ControlMetrics;
 use nhi_guard_core::usage::SharedUsageStore;
-use nhi_guard_core::{ClientAddrResolver, RenderDenial, SystemClock};
+use nhi_guard_core::{ClientAddrResolver, Control, RenderDenial, SystemClock};
 use tower_layer::Layer;
 
 use crate::policy::{Fallback, Policy, PolicyError, Require, Rule};
@@ -38,6 +39,7 @@ pub(crate) struct Config {
     pub(crate) store: Option<SharedUsageStore>,
     pub(crate) clock: SharedClock,
     pub(crate) resolver: ClientAddrResolver,
+    pub(crate) metrics: ControlMetrics,
 }
 
 /// Checks every request's principal against the scopes its route requires.
@@ -118,6 +120,7 @@ impl ScopeLayer {
                 store: None,
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
+                metrics: ControlMetrics::new(Control::Scope),
             }),
         }
     }

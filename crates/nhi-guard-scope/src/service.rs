@@ -196,6 +196,7 @@ fn check<ReqBody, ResBody>(
                 rule = rule_label,
                 decision = "allow",
             );
+            config.metrics.allow();
             None
         }
         Err(refusal) => {
@@ -206,6 +207,7 @@ fn check<ReqBody, ResBody>(
                 .unwrap_or_default();
             if config.shadow {
                 ctx.record_shadow_denial(&denial);
+                config.metrics.shadow_deny(&denial);
                 tracing::warn!(
                     target: "nhi_guard::scope",
                     request_id = %ctx.request_id(),
@@ -230,6 +232,7 @@ fn check<ReqBody, ResBody>(
             );
             let denial = denial.with_request_id(ctx.request_id());
             ctx.deny(&denial);
+            config.metrics.deny(&denial);
             let protocol = Protocol::of(req.headers());
             Some(respond(&*config.renderer, denial, protocol))
         }

@@ -1,0 +1,411 @@
+//! Metrics through the [`metrics`] facade: stable names every nhi-guard crate
+//! records under, and [`ControlMetrics`], the per-layer counters of one control.
+//!
+//! nhi-guard records; the application chooses the exporter by installing a
+//! [`metrics`] recorder (for Prometheus, `metrics-exporter-prometheus`). Without a
+//! recorder every metric is a no-op.
+//!
+//! **Install the recorder before the first request.** A layer resolves its counter
+//! handles once, on the first request it sees, so that counting an allowed request
+//! is one atomic add (no label allocation, no registry look-up). A layer that served
+//! a request before the recorder was installed keeps counting into the no-op
+//! recorder it found. Cold paths (denials, JWKS fetches, store failures) look their
+//! series up on each event and see a recorder installed at any time.
+//!
+//! | name | type | labels | what |
+//! | --- | --- | --- | --- |
+//! | `nhi_guard_requests_total` | counter | `control`, `decision` | every request a control decided: `decision` is `allow`, `deny` or `shadow_deny` (a control in shadow mode would have denied and let it through) |
+//! | `nhi_guard_denials_total` | counter | `control`, `reason` | every refusal, by the denial's stable reason code (`token_expired`, `insufficient_scope`, `rate_limited`, ...) |
+//! | `nhi_guard_shadow_denials_total` | counter | `control`, `reason` | the refusals a control in shadow mode would have made (not in `nhi_guard_denials_total`) |
+//! | `nhi_guard_jwks_fetches_total` | counter | `host`, `outcome` | JWKS fetches by the identity layer's key manager: `outcome` is `ok`, `not_modified` or `error`; `host` is the JWKS URL's host and port |
+//! | `nhi_guard_jwks_keys` | gauge | `host` | keys in the last key set fetched from that host |
+//! | `nhi_guard_store_errors_total` | counter | `store`, `backend` | failed operations of a shared store: `store` is `rate_limit` or `risk`, `backend` is `redis` |
+//! | `nhi_guard_store_fallbacks_total` | counter | `store`, `policy` | requests decided without the shared store because it failed: `policy` is `fail_open`, `fail_closed` or `fallback_local` |
+//! | `nhi_guard_risk_score` | histogram | | the score (0–100) of every request the risk layer assessed |
+//! | `nhi_guard_audit_queue_depth` | gauge | | records waiting in the audit writer's queue, set by the writer at each batch |
+//! | `nhi_guard_audit_dropped_total` | counter | `reason` | audit records not written: `queue_full` (overflow policy `drop`) or `shutdown` (offered after the writer stopped) |
+//!
+//! `control` is [`Control::as_str`]: `identity`, `scope`, `rate_limit`, `risk`, or a
+//! custom control's name. Labels never carry a credential, a client id or a
+//! request's path: every value comes from a fixed set (or the configured JWKS
+//! hosts), so the number of series stays bounded.
+//!
+//! Counting rules: each layer counts the requests *it* decided. A stack with two
+//! rate-limit layers (by address, then by client) counts an allowed request twice
+//! under `control="rate_limit"`; the failure-only limit
+//! (`AuthFailureLimitLayer`) counts only the requests it refuses; the risk layer's
+//! edge half counts only its refusals, the inner half every request it assessed.
+//!
+//! ```
+//! use metrics_util::debugging::DebuggingRecorder;
+//! use nhi_guard_core::metrics::ControlMetrics;
+//! use nhi_guard_core::{Control, Denial};
+//!
+//! let recorder = DebuggingRecorder::new();
+//! let snapshotter = recorder.snapshotter();
+//! metrics::with_local_recorder(&recorder, || {
+//!     let m = ControlMetrics::new(Control::Scope);
+//!     m.allow();
+//!     m.allow();
+//!     m.deny(&Denial::forbidden(Control::Scope, "insufficient_scope", "no"));
+//! });
+//! let requests: u64 = snapshotter
+//!     .snapshot()
+//!     .into_vec()
+//!     .into_iter()
+//!     .filter(|(key, ..)| key.key().name() == nhi_guard_core::metrics::REQUESTS_TOTAL)
+//!     .map(|(.., value)| match value {
+//!         metrics_util::debugging::DebugValue::Counter(n) => n,
+//!         _ => 0,
+//!     })
+//!     .sum();
+//! assert_eq!(requests, 3);
+//! ```
+
+use std::fmt;
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram, Unit};
+
+use crate::context::Control;
+use crate::denial::Denial;
+
+/// Requests decided, by `control` and `decision` (`allow`, `deny`, `shadow_deny`).
+pub const REQUESTS_TOTAL: &str = "nhi_guard_requests_total";
+/// Refusals, by `control` and `reason`.
+pub const DENIALS_TOTAL: &str = "nhi_guard_denials_total";
+/// Refusals a control in shadow mode would have made, by `control` and `reason`.
+pub const SHADOW_DENIALS_TOTAL: &str = "nhi_guard_shadow_denials_total";
+/// JWKS fetches, by `host` and `outcome` (`ok`, `not_modified`, `error`).
+pub const JWKS_FETCHES_TOTAL: &str = "nhi_guard_jwks_fetches_total";
+/// Keys in the last key set fetched, by `host`.
+pub const JWKS_KEYS: &str = "nhi_guard_jwks_keys";
+/// Failed shared-store operations, by `store` and `backend`.
+pub const STORE_ERRORS_TOTAL: &str = "nhi_guard_store_errors_total";
+/// Requests decided by the failure policy instead of the shared store, by `store`
+/// and `policy`.
+pub const STORE_FALLBACKS_TOTAL: &str = "nhi_guard_store_fallbacks_total";
+/// Risk scores of assessed requests (0 to 100).
+pub const RISK_SCORE: &str = "nhi_guard_risk_score";
+/// Records waiting in the audit writer's queue.
+pub const AUDIT_QUEUE_DEPTH: &str = "nhi_guard_audit_queue_depth";
+/// Audit records not written, by `reason` (`queue_full`, `shutdown`).
+pub const AUDIT_DROPPED_TOTAL: &str = "nhi_guard_audit_dropped_total";
+
+/// Registers the description and unit of every nhi-guard metric with the
+/// installed recorder (Prometheus renders them as `# HELP` lines). Call it once,
+/// after installing the recorder; recording works without it.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests decided by each nhi-guard control, by decision (allow, deny, shadow_deny)"
+    );
+    describe_counter!(
+        DENIALS_TOTAL,
+        Unit::Count,
+        "Requests refused by each nhi-guard control, by stable reason code"
+    );
+    describe_counter!(
+        SHADOW_DENIALS_TOTAL,
+        Unit::Count,
+        "Requests a control in shadow mode would have refused, by stable reason code"
+    );
+    describe_counter!(
+        JWKS_FETCHES_TOTAL,
+        Unit::Count,
+        "JWKS fetches by the identity layer, by host and outcome (ok, not_modified, error)"
+    );
+    describe_gauge!(
+        JWKS_KEYS,
+        Unit::Count,
+        "Keys in the last JWK Set fetched from a host"
+    );
+    describe_counter!(
+        STORE_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed operations of a shared store (rate_limit, risk), by backend"
+    );
+    describe_counter!(
+        STORE_FALLBACKS_TOTAL,
+        Unit::Count,
+        "Requests decided by a store's failure policy (fail_open, fail_closed, fallback_local)"
+    );
+    describe_histogram!(
+        RISK_SCORE,
+        "Risk score (0-100) of every request the risk layer assessed"
+    );
+    describe_gauge!(
+        AUDIT_QUEUE_DEPTH,
+        Unit::Count,
+        "Records waiting in the audit writer's queue"
+    );
+    describe_counter!(
+        AUDIT_DROPPED_TOTAL,
+        Unit::Count,
+        "Audit records not written, by reason (queue_full, shutdown)"
+    );
+}
+
+/// Counts a failed operation of a shared store (`store`: `rate_limit`, `risk`;
+/// `backend`: `redis`, or a custom store's name). For store implementations.
+pub fn store_error(store: &'static str, backend: &'static str) {
+    metrics::counter!(STORE_ERRORS_TOTAL, "store" => store, "backend" => backend).increment(1);
+}
+
+/// Counts a request decided by a failure policy because the shared store failed
+/// (`policy`: [`FailurePolicy::as_str`](crate::store::FailurePolicy::as_str)).
+pub fn store_fallback(store: &'static str, policy: &'static str) {
+    metrics::counter!(STORE_FALLBACKS_TOTAL, "store" => store, "policy" => policy).increment(1);
+}
+
+struct Handles {
+    allow: Counter,
+    deny: Counter,
+    shadow_deny: Counter,
+}
+
+/// The `nhi_guard_requests_total` counters of one control in one layer, resolved
+/// from the recorder on first use and then incremented without a look-up.
+///
+/// A layer keeps one in its shared configuration and calls [`allow`], [`deny`] or
+/// [`shadow_deny`] once per request it decides. Denials also count
+/// `nhi_guard_denials_total` (or `nhi_guard_shadow_denials_total`) by the denial's
+/// reason code.
+///
+/// Cloning gives a fresh, unresolved set (a reconfigured layer resolves its own).
+///
+/// [`allow`]: ControlMetrics::allow
+/// [`deny`]: ControlMetrics::deny
+/// [`shadow_deny`]: ControlMetrics::shadow_deny
+pub struct ControlMetrics {
+    control: Control,
+    handles: OnceLock<Handles>,
+}
+
+impl ControlMetrics {
+    /// Unresolved counters for `control`.
+    pub const fn new(control: Control) -> Self {
+        Self {
+            control,
+            handles: OnceLock::new(),
+        }
+    }
+
+    /// The control counted.
+    pub fn control(&self) -> Control {
+        self.control
+    }
+
+    #[inline]
+    fn handles(&self) -> &Handles {
+        self.handles.get_or_init(|| {
+            let control = self.control.as_str();
+            Handles {
+                allow: metrics::counter!(REQUESTS_TOTAL, "control" => control, "decision" => "allow"),
+                deny: metrics::counter!(REQUESTS_TOTAL, "control" => control, "decision" => "deny"),
+                shadow_deny: metrics::counter!(
+                    REQUESTS_TOTAL,
+                    "control" => control,
+                    "decision" => "shadow_deny"
+                ),
+            }
+        })
+    }
+
+    /// The control let a request through.
+    #[inline]
+    pub fn allow(&self) {
+        self.handles().allow.increment(1);
+    }
+
+    /// The control refused a request.
+    pub fn deny(&self, denial: &Denial) {
+        self.handles().deny.increment(1);
+        metrics::counter!(
+            DENIALS_TOTAL,
+            "control" => self.control.as_str(),
+            "reason" => denial.reason()
+        )
+        .increment(1);
+    }
+
+    /// The control, in shadow mode, would have refused a request and let it
+    /// through.
+    pub fn shadow_deny(&self, denial: &Denial) {
+        self.handles().shadow_deny.increment(1);
+        metrics::counter!(
+            SHADOW_DENIALS_TOTAL,
+            "control" => self.control.as_str(),
+            "reason" => denial.reason()
+        )
+        .increment(1);
+    }
+}
+
+impl Clone for ControlMetrics {
+    fn clone(&self) -> Self {
+        Self::new(self.control)
+    }
+}
+
+impl fmt::Debug for ControlMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlMetrics")
+            .field("control", &self.control)
+            .field("resolved", &self.handles.get().is_some())
+            .finish()
+    }
+}
+
+/// A histogram resolved from the recorder on first use (see the module docs on
+/// installing the recorder first).
+pub struct LazyHistogram {
+    name: &'static str,
+    handle: OnceLock<Histogram>,
+}
+
+impl LazyHistogram {
+    /// An unresolved histogram named `name`, without labels.
+    pub const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            handle: OnceLock::new(),
+        }
+    }
+
+    /// Records one value.
+    #[inline]
+    pub fn record(&self, value: f64) {
+        self.handle
+            .get_or_init(|| metrics::histogram!(self.name))
+            .record(value);
+    }
+}
+
+impl Clone for LazyHistogram {
+    fn clone(&self) -> Self {
+        Self::new(self.name)
+    }
+}
+
+impl fmt::Debug for LazyHistogram {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LazyHistogram")
+            .field("name", &self.name)
+            .field("resolved", &self.handle.get().is_some())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+    use metrics_util::{CompositeKey, MetricKind};
+
+    /// One snapshot (taking one resets the recorder's counters).
+    struct Seen(Vec<(CompositeKey, DebugValue)>);
+
+    impl Seen {
+        fn take(snap: &Snapshotter) -> Self {
+            Self(
+                snap.snapshot()
+                    .into_vec()
+                    .into_iter()
+                    .map(|(k, _, _, v)| (k, v))
+                    .collect(),
+            )
+        }
+
+        fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+            self.0
+                .iter()
+                .find(|(k, _)| {
+                    k.kind() == kind
+                        && k.key().name() == name
+                        && k.key().labels().count() == labels.len()
+                        && labels
+                            .iter()
+                            .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
+                })
+                .map(|(_, v)| v)
+        }
+
+        fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+            match self.get(MetricKind::Counter, name, labels) {
+                Some(DebugValue::Counter(n)) => *n,
+                _ => 0,
+            }
+        }
+    }
+
+    #[test]
+    fn counts_decisions_and_denials_by_reason() {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let m = ControlMetrics::new(Control::Custom("geo_fence"));
+        metrics::with_local_recorder(&recorder, || {
+            m.allow();
+            m.allow();
+            m.deny(&Denial::forbidden(
+                Control::Custom("geo_fence"),
+                "country_blocked",
+                "no",
+            ));
+            m.shadow_deny(&Denial::forbidden(
+                Control::Custom("geo_fence"),
+                "country_watch",
+                "no",
+            ));
+        });
+        // The handles resolved under the recorder keep counting into it.
+        m.allow();
+        let seen = Seen::take(&snap);
+        let c = |decision| {
+            seen.counter(
+                REQUESTS_TOTAL,
+                &[("control", "geo_fence"), ("decision", decision)],
+            )
+        };
+        assert_eq!((c("allow"), c("deny"), c("shadow_deny")), (3, 1, 1));
+        let by_reason = |name, reason| seen.counter(name, &[("control", "geo_fence"), ("reason", reason)]);
+        assert_eq!(by_reason(DENIALS_TOTAL, "country_blocked"), 1);
+        assert_eq!(by_reason(DENIALS_TOTAL, "country_watch"), 0);
+        assert_eq!(by_reason(SHADOW_DENIALS_TOTAL, "country_watch"), 1);
+    }
+
+    #[test]
+    fn a_clone_resolves_afresh_and_a_histogram_records() {
+        let first = DebuggingRecorder::new();
+        let m = ControlMetrics::new(Control::Scope);
+        metrics::with_local_recorder(&first, || m.allow());
+        let second = DebuggingRecorder::new();
+        let snap = second.snapshotter();
+        let h = LazyHistogram::new(RISK_SCORE);
+        metrics::with_local_recorder(&second, || {
+            m.clone().allow();
+            h.record(42.0);
+            store_fallback("rate_limit", "fail_open");
+        });
+        let seen = Seen::take(&snap);
+        assert_eq!(
+            seen.counter(REQUESTS_TOTAL, &[("control", "scope"), ("decision", "allow")]),
+            1
+        );
+        assert_eq!(
+            seen.counter(
+                STORE_FALLBACKS_TOTAL,
+                &[("store", "rate_limit"), ("policy", "fail_open")]
+            ),
+            1
+        );
+        match seen.get(MetricKind::Histogram, RISK_SCORE, &[]) {
+            Some(DebugValue::Histogram(v)) => {
+                assert_eq!(v.iter().map(|f| f.into_inner()).collect::<Vec<_>>(), [42.0]);
+            }
+            other => panic!("no histogram: {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! The identity layer's metrics: decisions and denial reasons, and the JWKS
+//! manager's fetch outcomes and key count, read from a `DebuggingRecorder`.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode, Uri};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+use nhi_guard_core::metrics::{DENIALS_TOTAL, JWKS_FETCHES_TOTAL, JWKS_KEYS, REQUESTS_TOTAL};
+use nhi_guard_identity::jwks::{FetchError, FetchFuture, FetchResponse, JwksFetcher};
+use nhi_guard_identity::{IdentityLayer, JwksConfig, RemoteKeys};
+use tower::{Layer, ServiceExt, service_fn};
+
+/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
+struct Seen(Vec<(CompositeKey, DebugValue)>);
+
+// Not every test file reads every kind of value.
+#[allow(dead_code)]
+impl Seen {
+    fn take(snap: &Snapshotter) -> Self {
+        Self(
+            snap.snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(k, _, _, v)| (k, v))
+                .collect(),
+        )
+    }
+
+    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+        self.0
+            .iter()
+            .find(|(k, _)| {
+                k.kind() == kind
+                    && k.key().name() == name
+                    && k.key().labels().count() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
+            })
+            .map(|(_, v)| v)
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.get(MetricKind::Counter, name, labels) {
+            Some(DebugValue::Counter(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// Every label value recorded, for leak checks.
+    fn label_values(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn decisions_and_denial_reasons_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    // A current-thread runtime: the layer resolves its counters in this thread.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let svc = IdentityLayer::builder(registry())
+        .build()
+        .unwrap()
+        .layer(service_fn(echo));
+    let send = |key: Option<&str>| {
+        let mut req = Request::get("/orders");
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        let svc = svc.clone();
+        let req = req.body(String::new()).unwrap();
+        async move { svc.oneshot(req).await.unwrap().status() }
+    };
+    assert_eq!(send(Some("nhik_test_5e3b1f0a9c")).await, StatusCode::OK);
+    assert_eq!(send(Some("nhik_test_5e3b1f0a9c")).await, StatusCode::OK);
+    assert_eq!(send(None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(Some("nhik_test_0000000000")).await, StatusCode::UNAUTHORIZED);
+
+    let seen = Seen::take(&snap);
+    let requests =
+        |decision| seen.counter(REQUESTS_TOTAL, &[("control", "identity"), ("decision", decision)]);
+    assert_eq!(
+        (requests("allow"), requests("deny"), requests("shadow_deny")),
+        (2, 2, 0)
+    );
+    let denials = |reason| seen.counter(DENIALS_TOTAL, &[("control", "identity"), ("reason", reason)]);
+    assert_eq!(
+        (denials("credential_missing"), denials("api_key_unknown")),
+        (1, 1)
+    );
+    let labels = seen.label_values();
+    assert!(
+        !labels
+            .iter()
+            .any(|v| v.contains("nhik_") || v.contains("svc-key")),
+        "a credential or client id in a label: {labels:?}"
+    );
+}
+
+/// Answers each fetch with the next scripted response.
+#[derive(Debug, Default)]
+struct Scripted(Mutex<VecDeque<Result<FetchResponse, FetchError>>>);
+
+impl JwksFetcher for Scripted {
+    fn fetch<'a>(&'a self, _url: &'a Uri, _etag: Option<&'a str>) -> FetchFuture<'a> {
+        let next = self
+            .0
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| Err(FetchError("script exhausted".into())));
+        Box::pin(async move { next })
+    }
+}
+
+#[tokio::test]
+async fn jwks_fetches_are_counted_by_host_and_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let (a, b) = (TestKey::rs256("a"), TestKey::es256("b"));
+    let fetcher = Scripted::default();
+    {
+        let mut script = fetcher.0.lock().unwrap();
+        script.push_back(Ok(FetchResponse::Document {
+            body: Bytes::from(jwks(&[&a, &b]).to_string()),
+            etag: Some("\"v1\"".into()),
+            max_age: None,
+        }));
+        script.push_back(Ok(FetchResponse::NotModified { max_age: None }));
+        script.push_back(Err(FetchError("connection refused".into())));
+        script.push_back(Ok(FetchResponse::Document {
+            body: Bytes::from_static(b"not json"),
+            etag: None,
+            max_age: None,
+        }));
+    }
+    let keys = RemoteKeys::with_fetcher(
+        "http://issuer.test:8443/tenant/jwks.json?token=s3cr3t",
+        JwksConfig::default(),
+        Arc::new(fetcher),
+    )
+    .unwrap();
+    keys.refresh().await.unwrap();
+    keys.refresh().await.unwrap();
+    keys.refresh().await.unwrap_err();
+    keys.refresh().await.unwrap_err();
+
+    let seen = Seen::take(&snap);
+    let host = ("host", "issuer.test:8443");
+    let fetches = |outcome| seen.counter(JWKS_FETCHES_TOTAL, &[host, ("outcome", outcome)]);
+    assert_eq!(
+        (fetches("ok"), fetches("not_modified"), fetches("error")),
+        (1, 1, 2)
+    );
+    match seen.get(MetricKind::Gauge, JWKS_KEYS, &[host]) {
+        Some(DebugValue::Gauge(n)) => assert_eq!(n.into_inner(), 2.0),
+        other => panic!("no key gauge: {other:?}"),
+    }
+    let labels = seen.label_values();
+    assert!(
+        !labels
+            .iter()
+            .any(|v| v.contains("s3cr3t") || v.contains("tenant")),
+        "the JWKS path or query in a label: {labels:?}"
+    );
+}

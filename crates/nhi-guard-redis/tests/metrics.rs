@@ -1,0 +1,131 @@
+//! The Redis rate-limit store's metrics when Redis is unreachable (a loopback port
+//! nobody listens on, so no server is needed): each failed check counts a store
+//! error, each request decided without Redis counts a fallback by policy.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+use nhi_guard_core::metrics::{STORE_ERRORS_TOTAL, STORE_FALLBACKS_TOTAL};
+use nhi_guard_core::store::{CheckMode, FailurePolicy, Quota, RateLimitCheck, RateLimitStore};
+use nhi_guard_redis::RedisStore;
+
+/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
+struct Seen(Vec<(CompositeKey, DebugValue)>);
+
+// Not every test file reads every kind of value.
+#[allow(dead_code)]
+impl Seen {
+    fn take(snap: &Snapshotter) -> Self {
+        Self(
+            snap.snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(k, _, _, v)| (k, v))
+                .collect(),
+        )
+    }
+
+    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+        self.0
+            .iter()
+            .find(|(k, _)| {
+                k.kind() == kind
+                    && k.key().name() == name
+                    && k.key().labels().count() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
+            })
+            .map(|(_, v)| v)
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.get(MetricKind::Counter, name, labels) {
+            Some(DebugValue::Counter(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// Every label value recorded, for leak checks.
+    fn label_values(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+fn closed_port_url() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    format!("redis://127.0.0.1:{port}")
+}
+
+fn checks() -> Arc<[RateLimitCheck]> {
+    Arc::from(vec![RateLimitCheck {
+        policy: Arc::from("per-client"),
+        key: b"client-a"[..].into(),
+        qualifier: b""[..].into(),
+        quota: Quota::per_second(10).expect("quota"),
+        cost: 1,
+    }])
+}
+
+#[tokio::test]
+async fn unreachable_redis_counts_errors_and_fallbacks_by_policy() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    // A current-thread runtime: the store's futures record in this thread.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let store = |policy| {
+        RedisStore::builder(closed_port_url())
+            .failure_policy(policy)
+            .timeout(Duration::from_millis(200))
+            .retry_after_failure(Duration::from_secs(3600))
+            .build_lazy()
+            .expect("store")
+    };
+    let open = store(FailurePolicy::FailOpen);
+    let closed = store(FailurePolicy::FailClosed);
+
+    // The first check tries Redis and fails; the second, within the pause after a
+    // failure, does not try again: a fallback without a new error.
+    for _ in 0..2 {
+        let decisions = open
+            .check(checks(), CheckMode::Consume)
+            .await
+            .expect("fails open");
+        assert!(decisions.iter().all(|d| d.allowed));
+    }
+    closed
+        .check(checks(), CheckMode::Consume)
+        .await
+        .expect_err("fails closed");
+
+    let seen = Seen::take(&snap);
+    assert_eq!(
+        seen.counter(
+            STORE_ERRORS_TOTAL,
+            &[("store", "rate_limit"), ("backend", "redis")]
+        ),
+        2
+    );
+    let fallbacks = |policy| {
+        seen.counter(
+            STORE_FALLBACKS_TOTAL,
+            &[("store", "rate_limit"), ("policy", policy)],
+        )
+    };
+    assert_eq!((fallbacks("fail_open"), fallbacks("fail_closed")), (2, 1));
+    assert!(
+        !seen
+            .label_values()
+            .iter()
+            .any(|v| v.contains("client-a") || v.contains("127.0.0.1")),
+        "a key or an address in a label"
+    );
+}

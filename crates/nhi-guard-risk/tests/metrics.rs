@@ -1,0 +1,181 @@
+//! The risk layer's metrics, read from a `DebuggingRecorder`: decisions, the block
+//! by reason, shadow refusals apart, the score histogram, and the edge half that
+//! counts only what it refuses.
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{Request, Response, StatusCode};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+use nhi_guard_core::clock::ManualClock;
+use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, SHADOW_DENIALS_TOTAL};
+use nhi_guard_core::registry::ClientRecord;
+use nhi_guard_core::risk_store::RiskKey;
+use nhi_guard_core::{ClientAddr, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier};
+use nhi_guard_risk::{Mode, Points, RequestFacts, RiskLayer, Signal};
+use tower::{Layer, ServiceExt, service_fn};
+
+/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
+struct Seen(Vec<(CompositeKey, DebugValue)>);
+
+// Not every test file reads every kind of value.
+#[allow(dead_code)]
+impl Seen {
+    fn take(snap: &Snapshotter) -> Self {
+        Self(
+            snap.snapshot()
+                .into_vec()
+                .into_iter()
+                .map(|(k, _, _, v)| (k, v))
+                .collect(),
+        )
+    }
+
+    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
+        self.0
+            .iter()
+            .find(|(k, _)| {
+                k.kind() == kind
+                    && k.key().name() == name
+                    && k.key().labels().count() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
+            })
+            .map(|(_, v)| v)
+    }
+
+    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        match self.get(MetricKind::Counter, name, labels) {
+            Some(DebugValue::Counter(n)) => *n,
+            _ => 0,
+        }
+    }
+
+    /// Every label value recorded, for leak checks.
+    fn label_values(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+/// Gives the points the test stored, keyed on the address.
+#[derive(Debug, Clone, Default)]
+struct Dial(Arc<AtomicU32>);
+
+impl Signal for Dial {
+    fn name(&self) -> &'static str {
+        "dial"
+    }
+    fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
+        let p = self.0.load(Ordering::SeqCst);
+        let ip = f.addr()?;
+        (p > 0).then(|| Points {
+            points: p,
+            key: RiskKey::address(ip),
+            reason: Cow::Borrowed("test dial"),
+        })
+    }
+}
+
+/// A request from `ip` by an API-key client (which cannot answer a step-up).
+fn request(clock: &ManualClock, ip: &str) -> Request<()> {
+    let mut req = Request::get("/orders").body(()).expect("request");
+    let peer: SocketAddr = format!("{ip}:5000").parse().expect("addr");
+    let ctx = SecurityContext::new(Some(ClientAddr::direct(peer)), clock);
+    let record = ClientRecord::builder(
+        "app",
+        "team@example.com",
+        "tests",
+        SystemTime::now() + Duration::from_secs(86_400),
+    )
+    .build()
+    .expect("record");
+    ctx.set_principal(Principal::new(
+        Arc::new(record),
+        CredentialInfo::ApiKey {
+            prefix: Arc::from("nhik"),
+        },
+        ScopeSet::empty(),
+        Tier::BUILT_IN_DEFAULT,
+    ));
+    req.extensions_mut().insert(ctx);
+    req
+}
+
+/// The status `$layer` answers `$req` with, in front of a handler answering 200.
+macro_rules! status {
+    ($layer:expr, $req:expr) => {
+        $layer
+            .layer(service_fn(|_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(()))
+            }))
+            .oneshot($req)
+            .await
+            .expect("infallible")
+            .status()
+    };
+}
+
+#[tokio::test]
+async fn decisions_scores_and_refusals_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    // A current-thread runtime: the layers resolve their counters in this thread.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let dial = Dial::default();
+    let layer = |mode| {
+        RiskLayer::new()
+            .signals(vec![Arc::new(dial.clone())])
+            .clock(clock.clone())
+            .mode(mode)
+    };
+    let (enforce, shadow) = (layer(Mode::Enforce), layer(Mode::Shadow));
+
+    // Nothing fires: allowed with score 0. The edge half lets it through uncounted.
+    assert_eq!(status!(enforce, request(&clock, "192.0.2.1")), StatusCode::OK);
+    assert_eq!(
+        status!(enforce.edge(), request(&clock, "192.0.2.1")),
+        StatusCode::OK
+    );
+    // 100 points: blocked (an API key cannot step up); in shadow mode let through.
+    dial.0.store(100, Ordering::SeqCst);
+    assert_eq!(
+        status!(enforce, request(&clock, "192.0.2.2")),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(status!(shadow, request(&clock, "192.0.2.3")), StatusCode::OK);
+    // The block sticks to the address: the edge half refuses it now.
+    dial.0.store(0, Ordering::SeqCst);
+    assert_eq!(
+        status!(enforce.edge(), request(&clock, "192.0.2.2")),
+        StatusCode::FORBIDDEN
+    );
+
+    let seen = Seen::take(&snap);
+    let requests = |decision| seen.counter(REQUESTS_TOTAL, &[("control", "risk"), ("decision", decision)]);
+    assert_eq!(
+        (requests("allow"), requests("deny"), requests("shadow_deny")),
+        (1, 2, 1)
+    );
+    let denials = |name, reason| seen.counter(name, &[("control", "risk"), ("reason", reason)]);
+    assert_eq!(denials(DENIALS_TOTAL, "risk_blocked"), 2);
+    assert_eq!(denials(SHADOW_DENIALS_TOTAL, "risk_blocked"), 1);
+    match seen.get(MetricKind::Histogram, RISK_SCORE, &[]) {
+        Some(DebugValue::Histogram(v)) => {
+            let mut scores: Vec<f64> = v.iter().map(|s| s.into_inner()).collect();
+            scores.sort_by(f64::total_cmp);
+            // The identified half scored three requests; the edge half scores none.
+            assert_eq!(scores, [0.0, 100.0, 100.0]);
+        }
+        other => panic!("no score histogram: {other:?}"),
+    }
+}
