@@ -43,7 +43,7 @@ pub(crate) struct RequestInfo {
     pub(crate) method: Method,
     pub(crate) version: Version,
     /// Route template from axum's `MatchedPath`, when present.
-    pub(crate) matched_route: Option<Arc<str>>,
+    pub(crate) matched_route: Option<MatchedRoute>,
     /// The raw path, only when the layer is configured to fall back to it.
     pub(crate) raw_path: Option<Box<str>>,
     /// Allow-listed query parameters only (`a=1&b=2`), never the whole query.
@@ -90,16 +90,33 @@ impl RequestInfo {
     }
 }
 
+/// The router's route template. axum's `MatchedPath` is itself a shared string:
+/// keeping a clone costs a reference count, not an allocation on the request
+/// thread that the writer thread would free.
 #[cfg(feature = "axum")]
-fn matched_route<B>(req: &Request<B>) -> Option<Arc<str>> {
-    req.extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| Arc::from(p.as_str()))
+pub(crate) type MatchedRoute = axum::extract::MatchedPath;
+/// Without axum there is no router template to keep.
+#[cfg(not(feature = "axum"))]
+pub(crate) type MatchedRoute = std::convert::Infallible;
+
+#[cfg(feature = "axum")]
+fn matched_route<B>(req: &Request<B>) -> Option<MatchedRoute> {
+    req.extensions().get::<axum::extract::MatchedPath>().cloned()
+}
+
+#[cfg(feature = "axum")]
+fn route_str(route: &MatchedRoute) -> &str {
+    route.as_str()
 }
 
 #[cfg(not(feature = "axum"))]
-fn matched_route<B>(_req: &Request<B>) -> Option<Arc<str>> {
+fn matched_route<B>(_req: &Request<B>) -> Option<MatchedRoute> {
     None
+}
+
+#[cfg(not(feature = "axum"))]
+fn route_str(route: &MatchedRoute) -> &str {
+    match *route {}
 }
 
 /// Keeps only the `name=value` pairs whose (raw) name is allow-listed.
@@ -173,7 +190,8 @@ impl AuditEvent {
     pub(crate) fn route<'a>(&'a self, state: &'a ContextState) -> Option<&'a str> {
         self.info
             .matched_route
-            .as_deref()
+            .as_ref()
+            .map(route_str)
             .or(state.route.as_deref())
             .or(self.info.raw_path.as_deref())
     }
