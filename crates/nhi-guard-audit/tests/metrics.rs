@@ -6,59 +6,14 @@
 
 mod support;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::MetricKind;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nhi_guard_audit::{AuditLayer, AuditWriter, Overflow};
+use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{AUDIT_DROPPED_TOTAL, AUDIT_QUEUE_DEPTH};
 use tower::{ServiceBuilder, ServiceExt};
 
 use support::*;
-
-/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
-struct Seen(Vec<(CompositeKey, DebugValue)>);
-
-// Not every test file reads every kind of value.
-#[allow(dead_code)]
-impl Seen {
-    fn take(snap: &Snapshotter) -> Self {
-        Self(
-            snap.snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(k, _, _, v)| (k, v))
-                .collect(),
-        )
-    }
-
-    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0
-            .iter()
-            .find(|(k, _)| {
-                k.kind() == kind
-                    && k.key().name() == name
-                    && k.key().labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
-            })
-            .map(|(_, v)| v)
-    }
-
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        match self.get(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
-            _ => 0,
-        }
-    }
-
-    /// Every label value recorded, for leak checks.
-    fn label_values(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
-            .collect()
-    }
-}
 
 async fn one(layer: AuditLayer) {
     let req = request("GET", "/orders").body(String::new()).unwrap();
@@ -96,7 +51,7 @@ async fn drops_and_a_full_queue_are_reported() {
     for _ in 0..11 {
         one(layer.clone()).await;
     }
-    let seen = Seen::take(&snap);
+    let seen = Snapshot::take(&snap);
     assert_eq!(seen.counter(AUDIT_DROPPED_TOTAL, &[("reason", "queue_full")]), 7);
     match seen.get(MetricKind::Gauge, AUDIT_QUEUE_DEPTH, &[]) {
         Some(DebugValue::Gauge(depth)) => assert_eq!(depth.into_inner(), 4.0),
@@ -108,7 +63,7 @@ async fn drops_and_a_full_queue_are_reported() {
     assert_eq!((stats.written, stats.dropped), (5, 7));
     // A record offered after shutdown is lost, and counted as such.
     one(layer.clone()).await;
-    let seen = Seen::take(&snap);
+    let seen = Snapshot::take(&snap);
     assert_eq!(seen.counter(AUDIT_DROPPED_TOTAL, &[("reason", "shutdown")]), 1);
     assert_eq!(seen.counter(AUDIT_DROPPED_TOTAL, &[("reason", "queue_full")]), 0);
 }

@@ -10,58 +10,13 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode, Uri};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::MetricKind;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, JWKS_FETCHES_TOTAL, JWKS_KEYS, REQUESTS_TOTAL};
 use nhi_guard_identity::jwks::{FetchError, FetchFuture, FetchResponse, JwksFetcher};
 use nhi_guard_identity::{IdentityLayer, JwksConfig, RemoteKeys};
 use tower::{Layer, ServiceExt, service_fn};
-
-/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
-struct Seen(Vec<(CompositeKey, DebugValue)>);
-
-// Not every test file reads every kind of value.
-#[allow(dead_code)]
-impl Seen {
-    fn take(snap: &Snapshotter) -> Self {
-        Self(
-            snap.snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(k, _, _, v)| (k, v))
-                .collect(),
-        )
-    }
-
-    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0
-            .iter()
-            .find(|(k, _)| {
-                k.kind() == kind
-                    && k.key().name() == name
-                    && k.key().labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
-            })
-            .map(|(_, v)| v)
-    }
-
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        match self.get(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
-            _ => 0,
-        }
-    }
-
-    /// Every label value recorded, for leak checks.
-    fn label_values(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
-            .collect()
-    }
-}
 
 #[tokio::test]
 async fn decisions_and_denial_reasons_are_counted() {
@@ -87,7 +42,7 @@ async fn decisions_and_denial_reasons_are_counted() {
     assert_eq!(send(None).await, StatusCode::UNAUTHORIZED);
     assert_eq!(send(Some("nhik_test_0000000000")).await, StatusCode::UNAUTHORIZED);
 
-    let seen = Seen::take(&snap);
+    let seen = Snapshot::take(&snap);
     let requests =
         |decision| seen.counter(REQUESTS_TOTAL, &[("control", "identity"), ("decision", decision)]);
     assert_eq!(
@@ -157,7 +112,7 @@ async fn jwks_fetches_are_counted_by_host_and_outcome() {
     keys.refresh().await.unwrap_err();
     keys.refresh().await.unwrap_err();
 
-    let seen = Seen::take(&snap);
+    let seen = Snapshot::take(&snap);
     let host = ("host", "issuer.test:8443");
     let fetches = |outcome| seen.counter(JWKS_FETCHES_TOTAL, &[host, ("outcome", outcome)]);
     assert_eq!(

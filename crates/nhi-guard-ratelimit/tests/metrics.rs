@@ -8,62 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::{Request, Response, StatusCode};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::debugging::DebuggingRecorder;
 use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::clock::ManualClock;
+use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, SHADOW_DENIALS_TOTAL};
 use nhi_guard_core::store::{
     CheckMode, Quota, RateLimitCheck, RateLimitStore, StoreError, StoreErrorKind, StoreFuture,
 };
 use nhi_guard_ratelimit::{Limit, RateLimitLayer};
 use tower::{Layer, ServiceExt, service_fn};
-
-/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
-struct Seen(Vec<(CompositeKey, DebugValue)>);
-
-// Not every test file reads every kind of value.
-#[allow(dead_code)]
-impl Seen {
-    fn take(snap: &Snapshotter) -> Self {
-        Self(
-            snap.snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(k, _, _, v)| (k, v))
-                .collect(),
-        )
-    }
-
-    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0
-            .iter()
-            .find(|(k, _)| {
-                k.kind() == kind
-                    && k.key().name() == name
-                    && k.key().labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
-            })
-            .map(|(_, v)| v)
-    }
-
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        match self.get(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
-            _ => 0,
-        }
-    }
-
-    /// Every label value recorded, for leak checks.
-    fn label_values(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
-            .collect()
-    }
-}
 
 #[derive(Debug)]
 struct Down;
@@ -124,7 +78,7 @@ async fn allowed_refused_and_shadow_requests_are_counted() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 
-    let seen = Seen::take(&snap);
+    let seen = Snapshot::take(&snap);
     let requests = |decision| {
         seen.counter(
             REQUESTS_TOTAL,

@@ -6,57 +6,11 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::debugging::DebuggingRecorder;
+use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{STORE_ERRORS_TOTAL, STORE_FALLBACKS_TOTAL};
 use nhi_guard_core::store::{CheckMode, FailurePolicy, Quota, RateLimitCheck, RateLimitStore};
 use nhi_guard_redis::RedisStore;
-
-/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
-struct Seen(Vec<(CompositeKey, DebugValue)>);
-
-// Not every test file reads every kind of value.
-#[allow(dead_code)]
-impl Seen {
-    fn take(snap: &Snapshotter) -> Self {
-        Self(
-            snap.snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(k, _, _, v)| (k, v))
-                .collect(),
-        )
-    }
-
-    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0
-            .iter()
-            .find(|(k, _)| {
-                k.kind() == kind
-                    && k.key().name() == name
-                    && k.key().labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
-            })
-            .map(|(_, v)| v)
-    }
-
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        match self.get(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
-            _ => 0,
-        }
-    }
-
-    /// Every label value recorded, for leak checks.
-    fn label_values(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
-            .collect()
-    }
-}
 
 fn closed_port_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -106,7 +60,7 @@ async fn unreachable_redis_counts_errors_and_fallbacks_by_policy() {
         .await
         .expect_err("fails closed");
 
-    let seen = Seen::take(&snap);
+    let seen = Snapshot::take(&snap);
     assert_eq!(
         seen.counter(
             STORE_ERRORS_TOTAL,

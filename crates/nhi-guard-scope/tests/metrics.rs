@@ -6,60 +6,14 @@ mod common;
 use std::convert::Infallible;
 
 use http::{Method, Request, Response, StatusCode};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use metrics_util::{CompositeKey, MetricKind};
+use metrics_util::debugging::DebuggingRecorder;
 use nhi_guard_core::Principal;
+use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, SHADOW_DENIALS_TOTAL};
 use nhi_guard_scope::{Policy, Require, ScopeLayer};
 use tower::{Layer, ServiceExt, service_fn};
 
 use common::principal;
-
-/// One snapshot of a `DebuggingRecorder` (taking one resets its counters).
-struct Seen(Vec<(CompositeKey, DebugValue)>);
-
-// Not every test file reads every kind of value.
-#[allow(dead_code)]
-impl Seen {
-    fn take(snap: &Snapshotter) -> Self {
-        Self(
-            snap.snapshot()
-                .into_vec()
-                .into_iter()
-                .map(|(k, _, _, v)| (k, v))
-                .collect(),
-        )
-    }
-
-    fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-        self.0
-            .iter()
-            .find(|(k, _)| {
-                k.kind() == kind
-                    && k.key().name() == name
-                    && k.key().labels().count() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
-            })
-            .map(|(_, v)| v)
-    }
-
-    fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        match self.get(MetricKind::Counter, name, labels) {
-            Some(DebugValue::Counter(n)) => *n,
-            _ => 0,
-        }
-    }
-
-    /// Every label value recorded, for leak checks.
-    fn label_values(&self) -> Vec<String> {
-        self.0
-            .iter()
-            .flat_map(|(k, _)| k.key().labels().map(|l| l.value().to_owned()).collect::<Vec<_>>())
-            .collect()
-    }
-}
 
 async fn status(layer: &ScopeLayer, method: Method, path: &str, who: Option<&Principal>) -> StatusCode {
     let mut req = Request::builder()
@@ -121,7 +75,7 @@ async fn decisions_denials_and_shadow_denials_are_counted() {
         StatusCode::OK
     );
 
-    let seen = Seen::take(&snap);
+    let seen = Snapshot::take(&snap);
     let requests = |decision| seen.counter(REQUESTS_TOTAL, &[("control", "scope"), ("decision", decision)]);
     assert_eq!(
         (requests("allow"), requests("deny"), requests("shadow_deny")),
