@@ -103,6 +103,8 @@ fn bench(c: &mut Criterion) {
     let full = common::full_stack(&registry, &keys, Some(full_audit));
     let without_audit = common::full_stack(&registry, &keys, None);
     let (alone_audit, alone_handle) = common::audit(&dir, "alone.jsonl");
+    let (nosync_audit, nosync_handle) =
+        common::audit_with(&dir, "alone-nosync.jsonl", nhi_guard::audit::FsyncPolicy::Never);
     // The same public key (the JWKS text our `KeySet` was built from), issuer and
     // audience. jwt-authorizer verifies the signature on every request: it has no
     // verified-token cache.
@@ -132,6 +134,7 @@ fn bench(c: &mut Criterion) {
         ),
         ("risk alone (anonymous)", app().layer(risk())),
         ("audit alone (file)", app().layer(alone_audit)),
+        ("audit alone (file, no fsync)", app().layer(nosync_audit)),
         (
             "identity + scope",
             app()
@@ -177,6 +180,7 @@ fn bench(c: &mut Criterion) {
     rt.block_on(async {
         full_handle.shutdown().await.unwrap();
         alone_handle.shutdown().await.unwrap();
+        nosync_handle.shutdown().await.unwrap();
     });
     let _ = std::fs::remove_dir_all(&dir);
     summary(&names, started);

@@ -12,7 +12,7 @@ use http::HeaderValue;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use nhi_guard::NhiGuardLayer;
-use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, JsonLinesFile};
+use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, FsyncPolicy, JsonLinesFile};
 use nhi_guard::core::store::Quota;
 use nhi_guard::identity::{IdentityLayer, IdentityLayerBuilder, Issuer, KeySet};
 use nhi_guard::prelude::*;
@@ -101,7 +101,12 @@ pub(crate) fn quota() -> Quota {
 
 /// An audit layer writing JSON Lines (with the hash chain) to `dir/name`.
 pub(crate) fn audit(dir: &Path, name: &str) -> (AuditLayer, AuditHandle) {
-    let file = JsonLinesFile::open(dir.join(name)).unwrap();
+    audit_with(dir, name, FsyncPolicy::default())
+}
+
+/// [`audit`] with another fsync policy than the default (one per batch).
+pub(crate) fn audit_with(dir: &Path, name: &str, fsync: FsyncPolicy) -> (AuditLayer, AuditHandle) {
+    let file = JsonLinesFile::open(dir.join(name)).unwrap().fsync(fsync);
     let (writer, handle) = AuditWriter::builder().spawn(file).unwrap();
     (AuditLayer::new(writer), handle)
 }
