@@ -193,6 +193,16 @@ async fn record(State(up): State<Upstream>, req: Request) -> axum::response::Res
     res
 }
 
+/// The Prometheus recorder of this test binary, installed once before the first
+/// stack is built.
+fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| guard::install_metrics().expect("the only recorder of this binary"))
+        .clone()
+}
+
 /// The edge proxy on 127.0.0.1:0, served with `axum::serve` as `main.rs` does.
 struct Edge {
     base: String,
@@ -213,7 +223,8 @@ async fn edge(upstream: &str) -> Edge {
         .await
         .expect("the stack builds");
     let jwks = guard.demo.as_ref().map(|d| Arc::from(d.jwks_json()));
-    let router = proxy::routes(proxy::Proxy::new(upstream), jwks).layer(guard.layer.clone());
+    let router =
+        proxy::routes(proxy::Proxy::new(upstream), jwks, Some(metrics_handle())).layer(guard.layer.clone());
     tokio::spawn(async move {
         let _ = axum::serve(
             listener,
@@ -448,6 +459,44 @@ async fn denied_requests_never_reach_the_upstream() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(up.count(), 1);
+    edge.finish().await;
+}
+
+#[tokio::test]
+async fn metrics_are_served_by_the_proxy_itself_to_the_admin_scope_only() {
+    let up = Upstream::start().await;
+    let edge = edge(&format!("http://{}", up.addr)).await;
+    let bot = [("x-api-key", key("reporting-bot"))];
+    let r = edge.send("GET", "/orders", &bot, Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let r = edge.send("GET", "/metrics", &[], Body::empty()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = edge.send("GET", "/metrics", &bot, Body::empty()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.json()["missing_scopes"], serde_json::json!(["admin"]));
+
+    let r = edge
+        .send(
+            "GET",
+            "/metrics",
+            &[("x-api-key", key("ops-console"))],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(header(&r.headers, "content-type"), ["text/plain; version=0.0.4"]);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(
+        text.contains(r#"nhi_guard_requests_total{control="scope",decision="allow"}"#),
+        "{text}"
+    );
+    assert!(!text.contains(key("ops-console")), "no credential in the metrics");
+    assert_eq!(
+        up.count(),
+        1,
+        "only /orders went upstream; /metrics is answered here"
+    );
     edge.finish().await;
 }
 

@@ -17,8 +17,9 @@
 //! An invalid value stops start-up with a message naming the variable. The routes
 //! are protected by the gateway's scope policy (`GET /orders` needs `orders:read`,
 //! and so on; paths the policy does not name are refused). Without an external
-//! issuer, the demo issuer's JWKS is served here at `/.well-known/jwks.json`.
-//! Prints `listening on http://ADDR` once it accepts connections.
+//! issuer, the demo issuer's JWKS is served here at `/.well-known/jwks.json`, and
+//! `GET /metrics` (scope `admin`) serves the guard's metrics in Prometheus text
+//! format from the proxy itself, never forwarded. Prints `listening on http://ADDR` once it accepts connections.
 //!
 //! # What the upstream receives
 //!
@@ -92,9 +93,12 @@ async fn run() -> Result<(), String> {
     let addr = listener.local_addr().unwrap_or(config.listen);
     let base = format!("http://{addr}");
 
+    // Before the stack is built: each layer resolves its counters on its first request.
+    let metrics = guard::install_metrics()?;
     let guard = guard::build(&config, registry.clone(), &base, Arc::new(SystemClock)).await?;
     let jwks = guard.demo.as_ref().map(|d| Arc::from(d.jwks_json()));
-    let router = proxy::routes(proxy::Proxy::new(upstream.clone()), jwks).layer(guard.layer.clone());
+    let router =
+        proxy::routes(proxy::Proxy::new(upstream.clone()), jwks, Some(metrics)).layer(guard.layer.clone());
     guard::reload_on_sighup(registry.clone(), config.clients.clone());
 
     println!("listening on {base}");
@@ -149,5 +153,10 @@ fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
     println!(
         "  head -c 50000000 /dev/zero | curl -i -X POST {base}/orders -H 'X-API-Key: {}' --data-binary @-",
         app::DEMO_API_KEYS[0].1
+    );
+    println!("  # the guard's Prometheus metrics, served by the proxy itself (scope admin)");
+    println!(
+        "  curl -s {base}/metrics -H 'X-API-Key: {}'",
+        app::DEMO_API_KEYS[3].1
     );
 }

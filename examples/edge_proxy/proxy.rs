@@ -16,6 +16,7 @@ use axum::routing::get;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::PrometheusHandle;
 use nhi_guard::core::SecurityContext;
 
 /// `NHI_GUARD_UPSTREAM` when unset.
@@ -143,9 +144,13 @@ impl Proxy {
 }
 
 /// The proxy's routes, without the guard: the demo issuer's JWKS (when there is
-/// one) served locally, everything else forwarded. Put the guard's layer on it.
-pub(crate) fn routes(proxy: Proxy, jwks: Option<Arc<str>>) -> Router {
+/// one) and `GET /metrics` (when a recorder is given) served locally, everything
+/// else forwarded. Put the guard's layer on it.
+pub(crate) fn routes(proxy: Proxy, jwks: Option<Arc<str>>, metrics: Option<PrometheusHandle>) -> Router {
     let mut router = Router::new();
+    if let Some(handle) = metrics {
+        router = router.route("/metrics", crate::app::metrics_route(handle));
+    }
     if let Some(jwks) = jwks {
         router = router.route(
             "/.well-known/jwks.json",

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::extract::Path;
 use axum::http::{StatusCode, header};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use nhi_guard::core::ScopeSet;
@@ -135,6 +135,15 @@ pub(crate) struct AppState {
     pub(crate) metrics: Option<PrometheusHandle>,
 }
 
+/// `GET /metrics`: the guard's metrics in Prometheus text format, rendered from the
+/// recorder installed at start-up (the policy requires scope `admin`).
+pub(crate) fn metrics_route<S: Clone + Send + Sync + 'static>(handle: PrometheusHandle) -> MethodRouter<S> {
+    get(move || {
+        let text = handle.render();
+        async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+    })
+}
+
 /// The demo routes.
 pub(crate) fn routes(state: AppState) -> Router {
     let mut router = Router::new()
@@ -144,13 +153,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/inventory/{sku}/reserve", post(reserve))
         .route("/admin/clients", state.reports.get_handler());
     if let Some(handle) = state.metrics {
-        router = router.route(
-            "/metrics",
-            get(move || {
-                let text = handle.render();
-                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
-            }),
-        );
+        router = router.route("/metrics", metrics_route(handle));
     }
     if let Some(jwks) = state.jwks {
         router = router.route(
