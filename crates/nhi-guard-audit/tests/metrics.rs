@@ -9,8 +9,8 @@ mod support;
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nhi_guard_audit::{AuditLayer, AuditWriter, Overflow};
-use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{AUDIT_DROPPED_TOTAL, AUDIT_QUEUE_DEPTH};
+use nhi_guard_testkit::metrics::Snapshot;
 use tower::{ServiceBuilder, ServiceExt};
 
 use support::*;

@@ -12,10 +12,10 @@ use common::*;
 use http::{Request, StatusCode, Uri};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, JWKS_FETCHES_TOTAL, JWKS_KEYS, REQUESTS_TOTAL};
 use nhi_guard_identity::jwks::{FetchError, FetchFuture, FetchResponse, JwksFetcher};
 use nhi_guard_identity::{IdentityLayer, JwksConfig, RemoteKeys};
+use nhi_guard_testkit::metrics::Snapshot;
 use tower::{Layer, ServiceExt, service_fn};
 
 #[tokio::test]

@@ -11,12 +11,12 @@ use http::{Request, Response, StatusCode};
 use metrics_util::debugging::DebuggingRecorder;
 use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::clock::ManualClock;
-use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, SHADOW_DENIALS_TOTAL};
 use nhi_guard_core::store::{
     CheckMode, Quota, RateLimitCheck, RateLimitStore, StoreError, StoreErrorKind, StoreFuture,
 };
 use nhi_guard_ratelimit::{Limit, RateLimitLayer};
+use nhi_guard_testkit::metrics::Snapshot;
 use tower::{Layer, ServiceExt, service_fn};
 
 #[derive(Debug)]

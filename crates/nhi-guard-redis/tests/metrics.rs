@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics_util::debugging::DebuggingRecorder;
-use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{STORE_ERRORS_TOTAL, STORE_FALLBACKS_TOTAL};
 use nhi_guard_core::store::{CheckMode, FailurePolicy, Quota, RateLimitCheck, RateLimitStore};
 use nhi_guard_redis::RedisStore;
+use nhi_guard_testkit::metrics::Snapshot;
 
 fn closed_port_url() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -13,12 +13,12 @@ use http::{Request, Response, StatusCode};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nhi_guard_core::clock::ManualClock;
-use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, SHADOW_DENIALS_TOTAL};
 use nhi_guard_core::registry::ClientRecord;
 use nhi_guard_core::risk_store::RiskKey;
 use nhi_guard_core::{ClientAddr, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier};
 use nhi_guard_risk::{Mode, Points, RequestFacts, RiskLayer, Signal};
+use nhi_guard_testkit::metrics::Snapshot;
 use tower::{Layer, ServiceExt, service_fn};
 
 /// Gives the points the test stored, keyed on the address.

@@ -8,9 +8,9 @@ use std::convert::Infallible;
 use http::{Method, Request, Response, StatusCode};
 use metrics_util::debugging::DebuggingRecorder;
 use nhi_guard_core::Principal;
-use nhi_guard_core::metrics::testing::Snapshot;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, SHADOW_DENIALS_TOTAL};
 use nhi_guard_scope::{Policy, Require, ScopeLayer};
+use nhi_guard_testkit::metrics::Snapshot;
 use tower::{Layer, ServiceExt, service_fn};
 
 use common::principal;
