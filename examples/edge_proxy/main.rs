@@ -63,7 +63,6 @@ mod config;
 mod guard;
 mod proxy;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,18 +110,7 @@ async fn run() -> Result<(), String> {
         print_demo(&base, demo);
     }
 
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
-    let served = server.await.map_err(|e| format!("server error: {e}"));
-    if let Err(e) = guard.audit.shutdown().await {
-        eprintln!("edge_proxy: audit flush failed: {e}");
-    }
-    served
+    guard::serve(listener, router, &guard, "edge_proxy").await
 }
 
 fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {

@@ -236,6 +236,29 @@ pub(crate) async fn build(
     })
 }
 
+/// Serves `router` (recording each connection's peer address for the client-address
+/// resolver) until Ctrl-C, then writes every audit record still queued.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    guard: &Guard,
+    program: &str,
+) -> Result<(), String> {
+    let served = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+    .map_err(|e| format!("server error: {e}"));
+    if let Err(e) = guard.audit.shutdown().await {
+        eprintln!("{program}: audit flush failed: {e}");
+    }
+    served
+}
+
 /// Re-reads `NHI_GUARD_CLIENTS` on SIGHUP; a bad file leaves the current inventory.
 pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std::path::PathBuf>) {
     #[cfg(unix)]

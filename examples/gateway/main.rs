@@ -22,7 +22,6 @@ mod app;
 mod config;
 mod guard;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,18 +69,7 @@ async fn run() -> Result<(), String> {
         print_demo(&base, demo);
     }
 
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
-    let served = server.await.map_err(|e| format!("server error: {e}"));
-    // Flush every audit record before exiting.
-    if let Err(e) = guard.audit.shutdown().await {
-        eprintln!("gateway: audit flush failed: {e}");
-    }
+    let served = guard::serve(listener, router, &guard, "gateway").await;
     if let Some(op) = guard.risk {
         let active = op.active();
         if !active.is_empty() {
