@@ -302,44 +302,9 @@ impl fmt::Debug for LazyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-    use metrics_util::{CompositeKey, MetricKind};
-
-    /// One snapshot (taking one resets the recorder's counters).
-    struct Seen(Vec<(CompositeKey, DebugValue)>);
-
-    impl Seen {
-        fn take(snap: &Snapshotter) -> Self {
-            Self(
-                snap.snapshot()
-                    .into_vec()
-                    .into_iter()
-                    .map(|(k, _, _, v)| (k, v))
-                    .collect(),
-            )
-        }
-
-        fn get(&self, kind: MetricKind, name: &str, labels: &[(&str, &str)]) -> Option<&DebugValue> {
-            self.0
-                .iter()
-                .find(|(k, _)| {
-                    k.kind() == kind
-                        && k.key().name() == name
-                        && k.key().labels().count() == labels.len()
-                        && labels
-                            .iter()
-                            .all(|(n, v)| k.key().labels().any(|l| l.key() == *n && l.value() == *v))
-                })
-                .map(|(_, v)| v)
-        }
-
-        fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-            match self.get(MetricKind::Counter, name, labels) {
-                Some(DebugValue::Counter(n)) => *n,
-                _ => 0,
-            }
-        }
-    }
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use nhi_guard_testkit::metrics::Snapshot;
 
     #[test]
     fn counts_decisions_and_denials_by_reason() {
@@ -362,7 +327,7 @@ mod tests {
         });
         // The handles resolved under the recorder keep counting into it.
         m.allow();
-        let seen = Seen::take(&snap);
+        let seen = Snapshot::take(&snap);
         let c = |decision| {
             seen.counter(
                 REQUESTS_TOTAL,
@@ -389,7 +354,7 @@ mod tests {
             h.record(42.0);
             store_fallback("rate_limit", "fail_open");
         });
-        let seen = Seen::take(&snap);
+        let seen = Snapshot::take(&snap);
         assert_eq!(
             seen.counter(REQUESTS_TOTAL, &[("control", "scope"), ("decision", "allow")]),
             1
