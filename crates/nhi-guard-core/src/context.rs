@@ -9,7 +9,6 @@ use std::time::SystemTime;
 
 use http::{HeaderValue, StatusCode};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::address::{ClientAddr, ClientAddrResolver};
 use crate::clock::Clock;
@@ -396,9 +395,9 @@ impl SecurityContext {
             if d.header.as_bytes().get(d.range.clone()) == Some(credential) {
                 return d.sha256;
             }
-            return Sha256::digest(credential).into();
+            return crate::digest::credential_sha256(credential);
         }
-        let sha256: [u8; 32] = Sha256::digest(credential).into();
+        let sha256 = crate::digest::credential_sha256(credential);
         // Remember it only when `credential` lies inside `header` (it always does
         // for the guard's own layers).
         let base = header.as_bytes().as_ptr() as usize;
@@ -493,6 +492,7 @@ mod tests {
 
     #[test]
     fn credential_digest_is_reused_only_for_the_same_bytes() {
+        use sha2::{Digest, Sha256};
         let sha = |b: &[u8]| -> [u8; 32] { Sha256::digest(b).into() };
         let ctx = SecurityContext::new(None, &ManualClock::now());
         let first = HeaderValue::from_static("Bearer token-one");

@@ -39,6 +39,7 @@ pub mod body;
 pub mod clock;
 pub mod context;
 pub mod denial;
+pub mod digest;
 pub mod future;
 pub mod hash;
 mod inventory_toml;
