@@ -18,7 +18,7 @@ use tower::layer::util::Stack;
 use tower::util::Either;
 use tower_layer::Layer;
 
-use crate::maybe::Maybe;
+use crate::maybe::{Boxed, Maybe};
 
 /// Entry point of the whole stack.
 ///
@@ -392,6 +392,10 @@ type Layers = Stack<
 
 /// The composed stack: audit → address rate limit → failure limit → risk edge →
 /// identity → risk → rate limit → scope → your service. Cheap to clone.
+///
+/// Your service's future is boxed once per request (so it must be `Send +
+/// 'static`, as axum and tonic require anyway): the seven layers then wrap a
+/// pointer instead of moving the application's whole future as each wraps it.
 #[derive(Clone)]
 pub struct NhiGuardLayer {
     layers: Arc<Layers>,
@@ -404,9 +408,9 @@ impl fmt::Debug for NhiGuardLayer {
 }
 
 impl<S> Layer<S> for NhiGuardLayer {
-    type Service = <Layers as Layer<S>>::Service;
+    type Service = <Layers as Layer<Boxed<S>>>::Service;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.layers.layer(inner)
+        self.layers.layer(Boxed(inner))
     }
 }

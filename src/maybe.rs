@@ -107,3 +107,27 @@ where
         }
     }
 }
+
+/// The application service under the guard, its future boxed: every layer's future
+/// then holds a pointer instead of the application's whole future, which each of
+/// them would otherwise move again as it wraps it.
+#[derive(Debug, Clone)]
+pub struct Boxed<S>(pub(crate) S);
+
+impl<S, R> Service<R> for Boxed<S>
+where
+    S: Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        Box::pin(self.0.call(req))
+    }
+}

@@ -37,7 +37,7 @@ pin_project! {
         Inner {
             #[pin]
             future: F,
-            observe: Option<Observation>,
+            observe: Option<Box<Observation>>,
         },
         // Boxed: refusals are the rare path, and the future is moved on every call.
         Rejected {
@@ -61,7 +61,7 @@ impl<F, B, E> std::fmt::Debug for ResponseFuture<F, B, E> {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn inner(future: F, observe: Option<Observation>) -> Self {
+    pub(crate) fn inner(future: F, observe: Option<Box<Observation>>) -> Self {
         Self {
             kind: Kind::Inner { future, observe },
         }
@@ -93,6 +93,7 @@ where
             KindProj::Inner { future, observe } => {
                 let res = ready!(future.poll(cx))?;
                 if let Some(o) = observe.take() {
+                    let o = *o;
                     o.engine.observe(&o.ctx, o.facts, res.status());
                 }
                 Poll::Ready(Ok(res.map(GuardBody::inner)))

@@ -127,10 +127,14 @@ where
         } else if self.phase == Phase::Identified {
             engine.metrics.allow();
         }
-        let observe = observe.then(|| Observation {
-            engine: engine.clone(),
-            ctx,
-            facts,
+        // Boxed: the facts are a few hundred bytes that every outer layer would
+        // otherwise move again as it wraps this future.
+        let observe = observe.then(|| {
+            Box::new(Observation {
+                engine: engine.clone(),
+                ctx,
+                facts,
+            })
         });
         ResponseFuture::inner(self.inner.call(req), observe)
     }
