@@ -280,7 +280,8 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.extend(buf[i..].iter().map(|&d| char::from(d)));
+    // ASCII digits only, so never the empty fallback.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 fn addr_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> usize {
@@ -452,6 +453,20 @@ impl<S> RateLimit<S> {
                     },
                 )
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_u64;
+
+    #[test]
+    fn decimal_digits_of_every_magnitude() {
+        for n in [0, 7, 10, 999_999_999, u64::MAX] {
+            let mut out = String::from("q=");
+            push_u64(&mut out, n);
+            assert_eq!(out, format!("q={n}"));
         }
     }
 }
