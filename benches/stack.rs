@@ -20,6 +20,11 @@
 //! answer 200, so every figure is the allow path. An entry left out by a filter
 //! (`cargo bench --bench stack -- identity`) shows as "not run".
 //!
+//! Four rows build the stack up through the facade one control at a time (identity +
+//! scope, then the rate limit by client, by address, the failure limit; risk makes
+//! it the full stack without audit), so consecutive rows give each control's cost
+//! inside the stack, where the context is created once.
+//!
 //! The full stack is: audit (JSON Lines file with the hash chain) → rate limit by
 //! address → failure-only limit → risk edge → identity (RS256, verified-token cache)
 //! → risk (all default signals) → rate limit by client (inventory tier) → scope.
@@ -116,9 +121,50 @@ fn bench(c: &mut Criterion) {
         )
         .unwrap();
 
+    // The stack built up one control at a time through the facade (one shared
+    // context, clock and address resolver), so each row adds one control's cost.
+    let with_scope = || {
+        NhiGuard::builder(registry.clone())
+            .identity(identity(&registry, &keys))
+            .scope(ScopeLayer::new(policy()))
+    };
+    let by_client = || {
+        RateLimitLayer::new()
+            .limit(Limit::per_client("per-client"))
+            .unwrap()
+    };
+    let by_address = || {
+        RateLimitLayer::new()
+            .limit(Limit::per_address("per-address", quota()))
+            .unwrap()
+    };
+    let layered = |b: nhi_guard::NhiGuardBuilder| app().layer(b.build().unwrap());
+    // Entries with an audit writer come last: its thread and the kernel's
+    // writeback of the log keep working for a while after its entry ends.
     let services: Vec<(&str, axum::Router)> = vec![
         (BARE, app()),
-        ("full stack", app().layer(full)),
+        ("identity + scope", layered(with_scope())),
+        (
+            "+ rate limit by client",
+            layered(with_scope().rate_limit(by_client())),
+        ),
+        (
+            "+ rate limit by address",
+            layered(
+                with_scope()
+                    .rate_limit(by_client())
+                    .address_rate_limit(by_address()),
+            ),
+        ),
+        (
+            "+ failure limit",
+            layered(
+                with_scope()
+                    .rate_limit(by_client())
+                    .address_rate_limit(by_address())
+                    .auth_failure_limit(nhi_guard::ratelimit::AuthFailureLimitLayer::new(quota())),
+            ),
+        ),
         ("full stack without audit", app().layer(without_audit)),
         (
             "identity alone (RS256, cached)",
@@ -133,14 +179,6 @@ fn bench(c: &mut Criterion) {
             ),
         ),
         ("risk alone (anonymous)", app().layer(risk())),
-        ("audit alone (file)", app().layer(alone_audit)),
-        ("audit alone (file, no fsync)", app().layer(nosync_audit)),
-        (
-            "identity + scope",
-            app()
-                .layer(ScopeLayer::new(policy()))
-                .layer(identity(&registry, &keys).build().unwrap()),
-        ),
         (
             "floor: tower-http bearer check",
             app().layer(tower_http::validate_request::ValidateRequestHeaderLayer::bearer(
@@ -166,6 +204,9 @@ fn bench(c: &mut Criterion) {
                     .unwrap(),
             )),
         ),
+        ("full stack", app().layer(full)),
+        ("audit alone (file)", app().layer(alone_audit)),
+        ("audit alone (file, no fsync)", app().layer(nosync_audit)),
     ];
 
     let started = SystemTime::now();

@@ -131,7 +131,6 @@ pub(crate) fn verdict<B>(
     let fields = || {
         cfg.headers_on_allowed
             .then(|| Fields::render(cfg, meta, decisions))
-            .flatten()
     };
     if !limited {
         // One lock: record the outcome and pass.
@@ -212,16 +211,19 @@ pub(crate) fn unavailable<B>(
     Verdict::Reject(respond(&*cfg.renderer, denial, protocol))
 }
 
-/// The `RateLimit-Policy` and `RateLimit` fields of an allowed response, rendered
-/// with two allocations (the same values as core's `insert_rate_limit_headers`).
+/// The `RateLimit-Policy` and `RateLimit` fields of an allowed response (the same
+/// values as core's `insert_rate_limit_headers`), kept as text until the response
+/// exists: each field then costs one exactly sized buffer, which the header value
+/// takes over without copying, also when it joins the fields an inner rate-limit
+/// layer set.
 #[derive(Debug)]
 pub(crate) struct Fields {
-    policy: HeaderValue,
-    state: HeaderValue,
+    policy: String,
+    state: String,
 }
 
 impl Fields {
-    fn render(cfg: &Config, meta: &[(usize, Quota)], decisions: &[RateLimitDecision]) -> Option<Self> {
+    fn render(cfg: &Config, meta: &[(usize, Quota)], decisions: &[RateLimitDecision]) -> Self {
         let mut policy = String::with_capacity(40 * decisions.len());
         let mut state = String::with_capacity(40 * decisions.len());
         for (i, (d, (limit, quota))) in decisions.iter().zip(meta).enumerate() {
@@ -241,29 +243,22 @@ impl Fields {
             state.push_str(";t=");
             push_u64(&mut state, ceil_secs(d.reset));
         }
-        Some(Self {
-            policy: HeaderValue::try_from(policy).ok()?,
-            state: HeaderValue::try_from(state).ok()?,
-        })
+        Self { policy, state }
     }
 
     /// Adds the fields to `headers`, after those an inner rate-limit layer set.
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         for (name, mine) in [(&RATELIMIT_POLICY, self.policy), (&RATELIMIT, self.state)] {
-            let value = match headers.get(name) {
-                Some(prev) => {
-                    let mut joined = Vec::with_capacity(prev.len() + mine.len() + 2);
-                    joined.extend_from_slice(prev.as_bytes());
-                    joined.extend_from_slice(b", ");
-                    joined.extend_from_slice(mine.as_bytes());
-                    match HeaderValue::from_bytes(&joined) {
-                        Ok(v) => v,
-                        Err(_) => continue,
-                    }
-                }
-                None => mine,
-            };
-            headers.insert(name.clone(), value);
+            let prev = headers.get(name).map(HeaderValue::as_bytes).unwrap_or_default();
+            let sep: &[u8] = if prev.is_empty() { b"" } else { b", " };
+            // Exactly sized: `HeaderValue` then keeps the allocation as it is.
+            let mut joined = Vec::with_capacity(prev.len() + sep.len() + mine.len());
+            joined.extend_from_slice(prev);
+            joined.extend_from_slice(sep);
+            joined.extend_from_slice(mine.as_bytes());
+            if let Ok(value) = HeaderValue::try_from(joined) {
+                headers.insert(name.clone(), value);
+            }
         }
     }
 }
