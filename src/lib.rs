@@ -38,7 +38,7 @@ mod maybe;
     feature = "audit"
 ))]
 pub use crate::builder::{BuildError, NhiGuard, NhiGuardBuilder, NhiGuardLayer};
-pub use crate::maybe::{Maybe, MaybeFuture, MaybeService};
+pub use crate::maybe::{Boxed, Maybe, MaybeFuture, MaybeService};
 
 pub use nhi_guard_core as core;
 pub use nhi_guard_core::{

@@ -108,9 +108,10 @@ where
     }
 }
 
-/// The application service under the guard, its future boxed: every layer's future
-/// then holds a pointer instead of the application's whole future, which each of
-/// them would otherwise move again as it wraps it.
+/// The application service under [`NhiGuardLayer`](crate::NhiGuardLayer), its
+/// future boxed: every layer's future then holds a pointer instead of the
+/// application's whole future, which each of them would otherwise move again as it
+/// wraps it.
 #[derive(Debug, Clone)]
 pub struct Boxed<S>(pub(crate) S);
 
