@@ -13,7 +13,7 @@ use nhi_guard_core::risk_store::{RiskKey, RiskStore, StickyAction, StickyDecisio
 use nhi_guard_core::{ClientAddrResolver, Control, CredentialInfo, Denial, SecurityContext, SharedClock};
 
 use crate::route::RouteTable;
-use crate::signal::{CredentialClass, Outcome, Phase, Points, RequestFacts, RouteFacts, Signal};
+use crate::signal::{AddrFacts, CredentialClass, Outcome, Phase, Points, RequestFacts, RouteFacts, Signal};
 use crate::signals::nanos;
 use crate::state::KeyHasher;
 use crate::sticky::{MemoryRiskStore, StickyHit};
@@ -189,12 +189,24 @@ pub(crate) struct Verdict {
 impl Engine {
     /// Reads what signals need from the context, once (and records the matched
     /// route's pattern in the context when nothing else did).
-    pub(crate) fn facts(&self, ctx: &SecurityContext, route: Option<RouteFacts>) -> RequestFacts {
+    /// The request's facts; `addr` is what the edge half of this engine already
+    /// hashed for the same request (the context's address), if it ran.
+    pub(crate) fn facts(
+        &self,
+        ctx: &SecurityContext,
+        route: Option<RouteFacts>,
+        addr: Option<AddrFacts>,
+    ) -> RequestFacts {
         // The arrival time the context recorded (by the clock of the layer that
         // created it): one clock read per request for the whole stack.
         let mut f = RequestFacts::new(ctx.received_at());
-        if let Some(a) = ctx.client_addr() {
-            f = f.with_addr(&self.hasher, a.ip());
+        match addr {
+            Some(a) => f.set_addr_facts(a),
+            None => {
+                if let Some(a) = ctx.client_addr() {
+                    f = f.with_addr(&self.hasher, a.ip());
+                }
+            }
         }
         f.route = route;
         let pattern = route.and_then(|r| self.routes.pattern_arc(r.index()));

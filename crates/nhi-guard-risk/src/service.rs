@@ -13,12 +13,18 @@ use tower_service::Service;
 
 use crate::engine::{Engine, Mode, share_failure, shared_check};
 use crate::future::{Observation, ResponseFuture};
-use crate::signal::{CredentialClass, Phase, RouteFacts};
+use crate::signal::{AddrFacts, CredentialClass, Phase, RouteFacts};
 
 /// Marks that a risk layer of this engine observes the request's outcome (the edge
-/// half does, so the inner half does not count it twice).
+/// half does, so the inner half does not count it twice), with what the edge half
+/// already worked out: the matched route and the hashed address and network, which
+/// the inner half of the same engine then does not compute again.
 #[derive(Debug, Clone, Copy)]
-struct ObservedBy(u64);
+struct ObservedBy {
+    engine: u64,
+    route: Option<RouteFacts>,
+    addr: Option<AddrFacts>,
+}
 
 /// The risk service (see [`crate::RiskLayer`]).
 #[derive(Clone)]
@@ -71,24 +77,30 @@ where
             return ResponseFuture::inner(self.inner.call(req), None);
         }
         let ctx = SecurityContext::get_or_insert(&mut req, &engine.resolver, &*engine.clock);
-        let route = if engine.routes.is_empty() {
-            None
-        } else {
-            engine.routes.find(req.method(), req.uri().path(), &engine.hasher)
-        };
-        let protocol = Protocol::of(req.headers());
-        let observe = match self.phase {
-            Phase::Edge => {
-                req.extensions_mut().insert(ObservedBy(engine.id));
-                true
-            }
+        let edge = match self.phase {
+            Phase::Edge => None,
             _ => req
                 .extensions()
                 .get::<ObservedBy>()
-                .is_none_or(|o| o.0 != engine.id),
+                .filter(|o| o.engine == engine.id)
+                .copied(),
         };
+        let route = match edge {
+            Some(o) => o.route,
+            None if engine.routes.is_empty() => None,
+            None => engine.routes.find(req.method(), req.uri().path(), &engine.hasher),
+        };
+        let protocol = Protocol::of(req.headers());
+        let observe = self.phase == Phase::Edge || edge.is_none();
 
         if engine.shared.is_some() {
+            if self.phase == Phase::Edge {
+                req.extensions_mut().insert(ObservedBy {
+                    engine: engine.id,
+                    route,
+                    addr: None,
+                });
+            }
             let clone = self.inner.clone();
             let inner = std::mem::replace(&mut self.inner, clone);
             let call = Call {
@@ -102,7 +114,14 @@ where
             return ResponseFuture::shared(Box::pin(call.run(inner, req)));
         }
 
-        let facts = engine.facts(&ctx, route);
+        let facts = engine.facts(&ctx, route, edge.and_then(|o| o.addr));
+        if self.phase == Phase::Edge {
+            req.extensions_mut().insert(ObservedBy {
+                engine: engine.id,
+                route,
+                addr: facts.addr_facts(),
+            });
+        }
         let identified = self.phase == Phase::Identified;
         let verdict = engine.assess(&ctx, &facts, self.phase, identified, identified && !observe);
         if let Some(denial) = verdict.denial {
@@ -170,7 +189,7 @@ impl Call {
         let Some(shared) = engine.shared.clone() else {
             unreachable!("only called with a shared store")
         };
-        let f = engine.facts(&ctx, route);
+        let f = engine.facts(&ctx, route, None);
         let mut denial = None;
         match shared_check(&shared, &f).await {
             Ok(Some(d)) => match d.action {

@@ -25,6 +25,13 @@ pub enum Phase {
     Identified,
 }
 
+/// A request's canonical address and /24 (or /48) network with their keyed hashes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddrFacts {
+    addr: (IpAddr, u64),
+    network: (IpNet, u64),
+}
+
 /// The configured route a request matched (see [`crate::Route`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteFacts {
@@ -140,6 +147,19 @@ impl RequestFacts {
         self.addr = Some((ip, hasher.hash_tagged(1, &ip)));
         self.network = Some((net, hasher.hash_tagged(2, &net)));
         self
+    }
+
+    /// The hashed address and network, to hand to the inner half of the engine.
+    pub(crate) fn addr_facts(&self) -> Option<AddrFacts> {
+        Some(AddrFacts {
+            addr: self.addr?,
+            network: self.network?,
+        })
+    }
+
+    pub(crate) fn set_addr_facts(&mut self, a: AddrFacts) {
+        self.addr = Some(a.addr);
+        self.network = Some(a.network);
     }
 
     /// Sets the verified client.
