@@ -202,7 +202,8 @@ impl Principal {
     /// and rate-limited at `tier`.
     pub fn new(record: Arc<ClientRecord>, credential: CredentialInfo, scopes: ScopeSet, tier: Tier) -> Self {
         Self {
-            subject: Arc::from(record.id().as_str()),
+            // The client id is already shared: no allocation per request.
+            subject: record.id().0.clone(),
             kind: credential.kind(),
             record,
             issuer: None,
