@@ -2,11 +2,9 @@
 //! sticky expiry and the operator's lift, driven through a test signal whose points
 //! the test sets per request.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -19,33 +17,11 @@ use nhi_guard_core::risk_store::RiskKey;
 use nhi_guard_core::{
     ClientAddr, CredentialFingerprint, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier,
 };
-use nhi_guard_risk::{Mode, Points, RequestFacts, RiskLayer, Signal, Thresholds};
+use nhi_guard_risk::{Mode, RiskLayer, Thresholds};
 use tower::{Service, ServiceExt, service_fn};
 
-/// Gives the points the test stored, keyed on the address.
-#[derive(Debug, Clone, Default)]
-struct Dial(Arc<AtomicU32>);
-
-impl Dial {
-    fn set(&self, p: u32) {
-        self.0.store(p, Ordering::SeqCst);
-    }
-}
-
-impl Signal for Dial {
-    fn name(&self) -> &'static str {
-        "dial"
-    }
-    fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
-        let p = self.0.load(Ordering::SeqCst);
-        let ip = f.addr()?;
-        (p > 0).then(|| Points {
-            points: p,
-            key: RiskKey::address(ip),
-            reason: Cow::Borrowed("test dial"),
-        })
-    }
-}
+mod dial;
+use dial::Dial;
 
 enum Cred {
     None,

@@ -2,11 +2,9 @@
 //! by reason, shadow refusals apart, the score histogram, and the edge half that
 //! counts only what it refuses.
 
-use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response, StatusCode};
@@ -15,30 +13,13 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nhi_guard_core::clock::ManualClock;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, SHADOW_DENIALS_TOTAL};
 use nhi_guard_core::registry::ClientRecord;
-use nhi_guard_core::risk_store::RiskKey;
 use nhi_guard_core::{ClientAddr, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier};
-use nhi_guard_risk::{Mode, Points, RequestFacts, RiskLayer, Signal};
+use nhi_guard_risk::{Mode, RiskLayer};
 use nhi_guard_testkit::metrics::Snapshot;
 use tower::{Layer, ServiceExt, service_fn};
 
-/// Gives the points the test stored, keyed on the address.
-#[derive(Debug, Clone, Default)]
-struct Dial(Arc<AtomicU32>);
-
-impl Signal for Dial {
-    fn name(&self) -> &'static str {
-        "dial"
-    }
-    fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
-        let p = self.0.load(Ordering::SeqCst);
-        let ip = f.addr()?;
-        (p > 0).then(|| Points {
-            points: p,
-            key: RiskKey::address(ip),
-            reason: Cow::Borrowed("test dial"),
-        })
-    }
-}
+mod dial;
+use dial::Dial;
 
 /// A request from `ip` by an API-key client (which cannot answer a step-up).
 fn request(clock: &ManualClock, ip: &str) -> Request<()> {
@@ -102,14 +83,14 @@ async fn decisions_scores_and_refusals_are_counted() {
         StatusCode::OK
     );
     // 100 points: blocked (an API key cannot step up); in shadow mode let through.
-    dial.0.store(100, Ordering::SeqCst);
+    dial.set(100);
     assert_eq!(
         status!(enforce, request(&clock, "192.0.2.2")),
         StatusCode::FORBIDDEN
     );
     assert_eq!(status!(shadow, request(&clock, "192.0.2.3")), StatusCode::OK);
     // The block sticks to the address: the edge half refuses it now.
-    dial.0.store(0, Ordering::SeqCst);
+    dial.set(0);
     assert_eq!(
         status!(enforce.edge(), request(&clock, "192.0.2.2")),
         StatusCode::FORBIDDEN
