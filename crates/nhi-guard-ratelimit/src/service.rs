@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::denial::{GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, respond};
@@ -212,59 +213,89 @@ pub(crate) fn unavailable<B>(
 }
 
 /// The `RateLimit-Policy` and `RateLimit` fields of an allowed response (the same
-/// values as core's `insert_rate_limit_headers`), kept as text until the response
-/// exists: each field then costs one exactly sized buffer, which the header value
-/// takes over without copying, also when it joins the fields an inner rate-limit
-/// layer set.
+/// values as core's `insert_rate_limit_headers`), rendered before the inner service
+/// runs into exactly sized buffers: the header value takes a buffer over without
+/// copying, and only a field that joins what an inner rate-limit layer set is
+/// copied once more.
 #[derive(Debug)]
 pub(crate) struct Fields {
-    policy: String,
-    state: String,
+    policy: Vec<u8>,
+    state: Vec<u8>,
 }
 
 impl Fields {
     fn render(cfg: &Config, meta: &[(usize, Quota)], decisions: &[RateLimitDecision]) -> Self {
-        let mut policy = String::with_capacity(40 * decisions.len());
-        let mut state = String::with_capacity(40 * decisions.len());
+        // Member i: `"<name>";q=<quota>;w=<window>` and `"<name>";r=<remaining>;t=<reset>`.
+        let numbers = |d: &RateLimitDecision, quota: &Quota| {
+            (
+                [u64::from(quota.burst()), quota.window_secs()],
+                [d.remaining, ceil_secs(d.reset)],
+            )
+        };
+        let (mut policy_len, mut state_len) = (0, 0);
+        for (i, (d, (limit, quota))) in decisions.iter().zip(meta).enumerate() {
+            let sep = if i > 0 { 2 } else { 0 };
+            let name = cfg.limits[*limit].quoted.len();
+            let (p, r) = numbers(d, quota);
+            policy_len += sep + name + 6 + digit_count(p[0]) + digit_count(p[1]);
+            state_len += sep + name + 6 + digit_count(r[0]) + digit_count(r[1]);
+        }
+        let mut policy = Vec::with_capacity(policy_len);
+        let mut state = Vec::with_capacity(state_len);
         for (i, (d, (limit, quota))) in decisions.iter().zip(meta).enumerate() {
             if i > 0 {
-                policy.push_str(", ");
-                state.push_str(", ");
+                policy.extend_from_slice(b", ");
+                state.extend_from_slice(b", ");
             }
-            let name = &cfg.limits[*limit].quoted;
-            policy.push_str(name);
-            policy.push_str(";q=");
-            push_u64(&mut policy, u64::from(quota.burst()));
-            policy.push_str(";w=");
-            push_u64(&mut policy, quota.window_secs());
-            state.push_str(name);
-            state.push_str(";r=");
-            push_u64(&mut state, d.remaining);
-            state.push_str(";t=");
-            push_u64(&mut state, ceil_secs(d.reset));
+            let name = cfg.limits[*limit].quoted.as_bytes();
+            let (p, r) = numbers(d, quota);
+            for (out, keys, values) in [
+                (&mut policy, [b";q=", b";w="], p),
+                (&mut state, [b";r=", b";t="], r),
+            ] {
+                out.extend_from_slice(name);
+                for (key, value) in keys.iter().zip(values) {
+                    out.extend_from_slice(*key);
+                    push_digits(out, value);
+                }
+            }
         }
+        debug_assert_eq!((policy.len(), state.len()), (policy_len, state_len));
         Self { policy, state }
     }
 
     /// Adds the fields to `headers`, after those an inner rate-limit layer set.
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         for (name, mine) in [(&RATELIMIT_POLICY, self.policy), (&RATELIMIT, self.state)] {
-            let prev = headers.get(name).map(HeaderValue::as_bytes).unwrap_or_default();
-            let sep: &[u8] = if prev.is_empty() { b"" } else { b", " };
-            // Exactly sized: `HeaderValue` then keeps the allocation as it is.
-            let mut joined = Vec::with_capacity(prev.len() + sep.len() + mine.len());
-            joined.extend_from_slice(prev);
-            joined.extend_from_slice(sep);
-            joined.extend_from_slice(mine.as_bytes());
-            if let Ok(value) = HeaderValue::try_from(joined) {
-                headers.insert(name.clone(), value);
+            match headers.entry(name) {
+                Entry::Vacant(slot) => {
+                    if let Ok(value) = HeaderValue::try_from(mine) {
+                        slot.insert(value);
+                    }
+                }
+                Entry::Occupied(mut slot) => {
+                    let prev = slot.get().as_bytes();
+                    // Exactly sized: `HeaderValue` then keeps the allocation as it is.
+                    let mut joined = Vec::with_capacity(prev.len() + 2 + mine.len());
+                    joined.extend_from_slice(prev);
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(&mine);
+                    if let Ok(value) = HeaderValue::try_from(joined) {
+                        slot.insert(value);
+                    }
+                }
             }
         }
     }
 }
 
+/// How many decimal digits `n` has.
+fn digit_count(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
 /// Appends the decimal digits of `n` (without the formatting machinery).
-fn push_u64(out: &mut String, mut n: u64) {
+fn push_digits(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -275,8 +306,7 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // ASCII digits only, so never the empty fallback.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn addr_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> usize {
@@ -454,14 +484,15 @@ impl<S> RateLimit<S> {
 
 #[cfg(test)]
 mod tests {
-    use super::push_u64;
+    use super::{digit_count, push_digits};
 
     #[test]
     fn decimal_digits_of_every_magnitude() {
-        for n in [0, 7, 10, 999_999_999, u64::MAX] {
-            let mut out = String::from("q=");
-            push_u64(&mut out, n);
-            assert_eq!(out, format!("q={n}"));
+        for n in [0, 7, 9, 10, 99, 100, 999_999_999, 1_000_000_000, u64::MAX] {
+            let mut out = b"q=".to_vec();
+            push_digits(&mut out, n);
+            assert_eq!(out, format!("q={n}").into_bytes());
+            assert_eq!(digit_count(n), n.to_string().len(), "{n}");
         }
     }
 }
