@@ -26,6 +26,10 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+
+use crate::hash::FxBuildHasher;
+
+type FxMap<K, V> = HashMap<K, V, FxBuildHasher>;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
@@ -606,10 +610,12 @@ impl std::error::Error for InventoryError {}
 /// A validated, immutable snapshot of the client inventory and its tiers.
 #[derive(Debug)]
 pub struct Inventory {
-    clients: HashMap<ClientId, Arc<ClientRecord>>,
-    by_api_key: HashMap<ApiKeyHash, Arc<ClientRecord>>,
-    by_spiffe_id: HashMap<Arc<str>, Arc<ClientRecord>>,
-    tiers: HashMap<Arc<str>, Tier>,
+    // Fixed at build time and never filled from requests: the unkeyed hasher is
+    // safe for lookups of any key, and several happen per request.
+    clients: FxMap<ClientId, Arc<ClientRecord>>,
+    by_api_key: FxMap<ApiKeyHash, Arc<ClientRecord>>,
+    by_spiffe_id: FxMap<Arc<str>, Arc<ClientRecord>>,
+    tiers: FxMap<Arc<str>, Tier>,
     expiry_warning: Duration,
 }
 
@@ -742,7 +748,7 @@ impl InventoryBuilder {
     /// SPIFFE ids shared by two clients, a zero quota, or a client naming a tier
     /// that is not defined.
     pub fn build(self) -> Result<Inventory, InventoryError> {
-        let mut tiers = HashMap::new();
+        let mut tiers = FxMap::default();
         for (name, tier) in self.tiers {
             let err = |field: &str, message: &str| InventoryError {
                 kind: InventoryErrorKind::Invalid,
@@ -766,9 +772,9 @@ impl InventoryBuilder {
             }
         }
         let mut inv = Inventory {
-            clients: HashMap::with_capacity(self.clients.len()),
-            by_api_key: HashMap::new(),
-            by_spiffe_id: HashMap::new(),
+            clients: FxMap::with_capacity_and_hasher(self.clients.len(), FxBuildHasher::default()),
+            by_api_key: FxMap::default(),
+            by_spiffe_id: FxMap::default(),
             tiers,
             expiry_warning: self.expiry_warning,
         };

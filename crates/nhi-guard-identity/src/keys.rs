@@ -2,6 +2,8 @@
 //! a key bound to its algorithm.
 
 use std::collections::HashMap;
+
+use nhi_guard_core::hash::FxBuildHasher;
 use std::fmt;
 use std::sync::Arc;
 
@@ -412,7 +414,8 @@ pub struct KeySetError(pub(crate) String);
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     keys: Vec<Arc<VerifyingKey>>,
-    by_kid: HashMap<Arc<str>, usize>,
+    // Filled from the issuer's JWKS only: the unkeyed hasher is safe for lookups.
+    by_kid: HashMap<Arc<str>, usize, FxBuildHasher>,
 }
 
 impl KeySet {

@@ -8,6 +8,7 @@ use http::HeaderName;
 use nhi_guard_core::address::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
+use nhi_guard_core::hash::FxBuildHasher;
 use nhi_guard_core::registry::{ClientRegistry, SharedRegistry};
 
 use crate::cache::TokenCache;
@@ -51,7 +52,8 @@ impl ConfigError {
 
 pub(crate) struct Config {
     pub(crate) issuers: Vec<Issuer>,
-    pub(crate) by_iss: HashMap<Arc<str>, usize>,
+    /// Filled from the configuration only: the unkeyed hasher is safe for lookups.
+    pub(crate) by_iss: HashMap<Arc<str>, usize, FxBuildHasher>,
     pub(crate) registry: SharedRegistry,
     pub(crate) order: Vec<Credential>,
     pub(crate) api_key_header: HeaderName,
@@ -299,7 +301,7 @@ impl IdentityLayerBuilder {
         if self.max_token_bytes < 64 {
             return Err(ConfigError::new("max_token_bytes", "must be at least 64"));
         }
-        let mut by_iss = HashMap::new();
+        let mut by_iss = HashMap::default();
         for (i, issuer) in self.issuers.iter().enumerate() {
             issuer.validate().map_err(|m| ConfigError::new("issuer", m))?;
             if by_iss.insert(issuer.iss.clone(), i).is_some() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::StatusCode;
 use nhi_guard_core::context::{ContextState, Decision, RiskAssessment, SignalHit};
 use nhi_guard_core::denial::SharedRenderer;
+use nhi_guard_core::hash::FxBuildHasher;
 use nhi_guard_core::risk_store::{RiskKey, RiskStore, StickyAction, StickyDecision};
 use nhi_guard_core::{ClientAddrResolver, Control, CredentialInfo, Denial, SecurityContext, SharedClock};
 
@@ -146,7 +147,8 @@ pub(crate) struct Engine {
     pub(crate) throttle_interval: Duration,
     pub(crate) max_age: Duration,
     pub(crate) repeat_points: u32,
-    pub(crate) tiers: HashMap<Box<str>, f32>,
+    /// Filled from the configuration only: the unkeyed hasher is safe for lookups.
+    pub(crate) tiers: HashMap<Box<str>, f32, FxBuildHasher>,
     pub(crate) sticky: Arc<MemoryRiskStore>,
     pub(crate) shared: Option<Shared>,
     pub(crate) mode: Mode,

@@ -64,7 +64,7 @@ impl RiskLayer {
                 throttle_interval: Duration::from_secs(10),
                 max_age: Duration::from_secs(300),
                 repeat_points: 20,
-                tiers: HashMap::new(),
+                tiers: HashMap::default(),
                 shared: None,
                 mode: Mode::Enforce,
                 clock: Arc::new(SystemClock),
