@@ -32,12 +32,12 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    s
+    let digits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .collect();
+    // Hex digits are ASCII: never the empty fallback.
+    String::from_utf8(digits).unwrap_or_default()
 }
 
 /// Writes the canonical serialisation of `value` (see the module docs).
@@ -647,6 +647,14 @@ pub(crate) fn read_tip(file: &mut std::fs::File) -> io::Result<Option<ChainTip>>
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let expected: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&bytes), expected);
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn canonical_sorts_keys_and_drops_whitespace() {

@@ -11,6 +11,7 @@ pub(crate) struct Obj {
 }
 
 /// Opens an object.
+#[inline(always)]
 pub(crate) fn open(buf: &mut Vec<u8>) -> Obj {
     buf.push(b'{');
     Obj { first: true }
@@ -18,6 +19,7 @@ pub(crate) fn open(buf: &mut Vec<u8>) -> Obj {
 
 impl Obj {
     /// Writes `"key":` (with the comma before it when needed).
+    #[inline(always)]
     pub(crate) fn key(&mut self, buf: &mut Vec<u8>, key: &'static str) {
         if !self.first {
             buf.push(b',');
@@ -28,13 +30,25 @@ impl Obj {
         buf.extend_from_slice(b"\":");
     }
 
+    /// A run of constant members, `"a":1,"b":"c"`, already in canonical form.
+    #[inline(always)]
+    pub(crate) fn members(&mut self, buf: &mut Vec<u8>, run: &'static str) {
+        if !self.first {
+            buf.push(b',');
+        }
+        self.first = false;
+        buf.extend_from_slice(run.as_bytes());
+    }
+
     /// `"key":"value"` for a dynamic string (escaped).
+    #[inline(always)]
     pub(crate) fn str(&mut self, buf: &mut Vec<u8>, key: &'static str, value: &str) {
         self.key(buf, key);
         string(buf, value);
     }
 
     /// `"key":"value"` for a constant known to need no escape.
+    #[inline(always)]
     pub(crate) fn lit(&mut self, buf: &mut Vec<u8>, key: &'static str, value: &'static str) {
         debug_assert!(value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\'));
         self.key(buf, key);
@@ -45,6 +59,7 @@ impl Obj {
 
     /// `"key":"value"` for a value made of hex digits and dashes (ids, hashes):
     /// nothing to escape.
+    #[inline(always)]
     pub(crate) fn hex(&mut self, buf: &mut Vec<u8>, key: &'static str, value: &str) {
         debug_assert!(value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'));
         self.key(buf, key);
@@ -61,12 +76,14 @@ impl Obj {
     }
 
     /// `"key":n`.
+    #[inline(always)]
     pub(crate) fn num(&mut self, buf: &mut Vec<u8>, key: &'static str, value: u64) {
         self.key(buf, key);
         number(buf, value);
     }
 
     /// `"key":true|false`.
+    #[inline(always)]
     pub(crate) fn bool(&mut self, buf: &mut Vec<u8>, key: &'static str, value: bool) {
         self.key(buf, key);
         buf.extend_from_slice(if value { b"true" } else { b"false" });
@@ -91,6 +108,7 @@ impl Obj {
     }
 
     /// Closes the object.
+    #[inline(always)]
     pub(crate) fn close(self, buf: &mut Vec<u8>) {
         buf.push(b'}');
     }
@@ -98,7 +116,7 @@ impl Obj {
 
 /// A JSON string, escaped exactly as `serde_json` escapes (the canonical form).
 pub(crate) fn string(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());
         buf.push(b'"');
@@ -106,6 +124,23 @@ pub(crate) fn string(buf: &mut Vec<u8>, s: &str) {
         // Writing to a Vec cannot fail.
         let _ = serde_json::to_writer(&mut *buf, s);
     }
+}
+
+/// Whether `bytes` hold a control character, `"` or `\\` (what JSON escapes),
+/// checked eight bytes at a time: most strings in a record need no escape.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Nonzero when some byte of `x` is zero (exact as an "any" test).
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let (chunks, rest) = bytes.as_chunks::<8>();
+    chunks.iter().any(|c| {
+        let x = u64::from_ne_bytes(*c);
+        // A byte below 0x20 is one whose top three bits are all clear.
+        has_zero(x & u64::from_ne_bytes([0xe0; 8]))
+            || has_zero(x ^ u64::from_ne_bytes([b'"'; 8]))
+            || has_zero(x ^ u64::from_ne_bytes([b'\\'; 8]))
+    }) || rest.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A decimal number.
@@ -135,6 +170,23 @@ pub(crate) fn display(buf: &mut Vec<u8>, scratch: &mut String, value: impl std::
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escape_check_finds_every_escaped_byte_at_every_position() {
+        for len in 0..20 {
+            let plain = "abcdefghijklmnopqrstuvwxyz~ é"[..len.min(26)].to_owned();
+            assert!(!needs_escape(plain.as_bytes()), "{plain:?}");
+            for pos in 0..=plain.len() {
+                for special in (0u8..0x20).chain([b'"', b'\\']) {
+                    let mut bytes = plain.clone().into_bytes();
+                    bytes.insert(pos, special);
+                    assert!(needs_escape(&bytes), "{bytes:?}");
+                }
+            }
+        }
+        // Non-ASCII and the printable neighbours of the escaped bytes pass.
+        assert!(!needs_escape("é ü € ! # [ ] \u{7f} 0123456789".as_bytes()));
+    }
 
     #[test]
     fn strings_and_numbers_match_serde_json() {

@@ -17,8 +17,15 @@ use serde::Serialize;
 
 use crate::event::{AuditEvent, Completion};
 
+/// The OCSF schema version as a literal, for the constant runs of the record.
+macro_rules! ocsf_version {
+    () => {
+        "1.3.0"
+    };
+}
+
 /// OCSF schema version the records follow.
-pub const OCSF_VERSION: &str = "1.3.0";
+pub const OCSF_VERSION: &str = ocsf_version!();
 /// `metadata.product.name` and `vendor_name`.
 pub const PRODUCT_NAME: &str = "nhi-guard";
 /// `metadata.product.version`.
@@ -267,10 +274,11 @@ pub(crate) fn write_api_activity(
     }
     api.close(buf);
 
-    root.lit(buf, "category_name", "Application Activity");
-    root.num(buf, "category_uid", u64::from(CATEGORY_APPLICATION));
-    root.lit(buf, "class_name", "API Activity");
-    root.num(buf, "class_uid", u64::from(CLASS_API_ACTIVITY));
+    // CATEGORY_APPLICATION and CLASS_API_ACTIVITY (a test checks they agree).
+    root.members(
+        buf,
+        r#""category_name":"Application Activity","category_uid":6,"class_name":"API Activity","class_uid":6003"#,
+    );
     root.lit(buf, "disposition", disposition);
     root.num(buf, "disposition_id", disposition_id);
     root.num(buf, "duration", latency_ms);
@@ -308,19 +316,17 @@ pub(crate) fn write_api_activity(
         r.close(buf);
     }
 
-    root.key(buf, "metadata");
-    let mut meta = open(buf);
-    meta.key(buf, "product");
-    let mut product = open(buf);
-    product.lit(buf, "name", PRODUCT_NAME);
-    product.lit(buf, "vendor_name", PRODUCT_NAME);
-    product.lit(buf, "version", PRODUCT_VERSION);
-    product.close(buf);
-    meta.key(buf, "profiles");
-    buf.extend_from_slice(b"[\"security_control\"]");
-    meta.hex(buf, "uid", request_id);
-    meta.lit(buf, "version", OCSF_VERSION);
-    meta.close(buf);
+    // PRODUCT_NAME, PRODUCT_VERSION and OCSF_VERSION (a test checks they agree).
+    root.members(
+        buf,
+        concat!(
+            r#""metadata":{"product":{"name":"nhi-guard","vendor_name":"nhi-guard","version":""#,
+            env!("CARGO_PKG_VERSION"),
+            r#""},"profiles":["security_control"],"uid":""#
+        ),
+    );
+    buf.extend_from_slice(request_id.as_bytes());
+    buf.extend_from_slice(concat!(r#"","version":""#, ocsf_version!(), r#""}"#).as_bytes());
 
     root.lit(buf, "severity", severity_name(severity_id));
     root.num(buf, "severity_id", u64::from(severity_id));

@@ -62,7 +62,21 @@ async fn allowed_request_is_recorded_with_who_what_and_why() {
     let (res, v) = record_of(req("")).await;
     assert_eq!(res.unwrap().status(), StatusCode::OK);
     assert_eq!(v["class_uid"], 6003);
+    assert_eq!(v["class_uid"], nhi_guard_audit::ocsf::CLASS_API_ACTIVITY);
+    assert_eq!(v["class_name"], "API Activity");
     assert_eq!(v["category_uid"], 6);
+    assert_eq!(v["category_uid"], nhi_guard_audit::ocsf::CATEGORY_APPLICATION);
+    assert_eq!(v["category_name"], "Application Activity");
+    let meta = &v["metadata"];
+    assert_eq!(meta["product"]["name"], nhi_guard_audit::ocsf::PRODUCT_NAME);
+    assert_eq!(
+        meta["product"]["vendor_name"],
+        nhi_guard_audit::ocsf::PRODUCT_NAME
+    );
+    assert_eq!(meta["product"]["version"], nhi_guard_audit::ocsf::PRODUCT_VERSION);
+    assert_eq!(meta["profiles"], serde_json::json!(["security_control"]));
+    assert_eq!(meta["version"], nhi_guard_audit::ocsf::OCSF_VERSION);
+    assert_eq!(meta["uid"], v["api"]["request"]["uid"]);
     assert_eq!(v["activity_id"], 2);
     assert_eq!(v["type_uid"], 600_302);
     assert_eq!(v["status_id"], 1);
