@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::Entry;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::denial::{GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, respond};
 use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision, ceil_secs};
@@ -132,6 +132,7 @@ pub(crate) fn verdict<B>(
     let fields = || {
         cfg.headers_on_allowed
             .then(|| Fields::render(cfg, meta, decisions))
+            .flatten()
     };
     if !limited {
         // One lock: record the outcome and pass.
@@ -213,77 +214,94 @@ pub(crate) fn unavailable<B>(
 }
 
 /// The `RateLimit-Policy` and `RateLimit` fields of an allowed response (the same
-/// values as core's `insert_rate_limit_headers`), rendered before the inner service
-/// runs into exactly sized buffers: the header value takes a buffer over without
-/// copying, and only a field that joins what an inner rate-limit layer set is
-/// copied once more.
+/// values as core's `insert_rate_limit_headers`). Only the numbers are kept while
+/// the inner service runs; once the response exists each field is written into one
+/// exactly sized buffer, which the header value takes over without copying, after
+/// what an inner rate-limit layer set.
 #[derive(Debug)]
 pub(crate) struct Fields {
-    policy: Vec<u8>,
-    state: Vec<u8>,
+    first: Member,
+    /// Layers with more than one limit only.
+    rest: Vec<Member>,
+}
+
+/// One limit's list member in each field: `"<name>";q=<quota>;w=<window>` and
+/// `"<name>";r=<remaining>;t=<reset>`.
+#[derive(Debug)]
+struct Member {
+    /// The limit's name as an sf-string (quoted).
+    name: Arc<str>,
+    policy: [u64; 2],
+    state: [u64; 2],
 }
 
 impl Fields {
-    fn render(cfg: &Config, meta: &[(usize, Quota)], decisions: &[RateLimitDecision]) -> Self {
-        // Member i: `"<name>";q=<quota>;w=<window>` and `"<name>";r=<remaining>;t=<reset>`.
-        let numbers = |d: &RateLimitDecision, quota: &Quota| {
-            (
-                [u64::from(quota.burst()), quota.window_secs()],
-                [d.remaining, ceil_secs(d.reset)],
-            )
-        };
-        let (mut policy_len, mut state_len) = (0, 0);
-        for (i, (d, (limit, quota))) in decisions.iter().zip(meta).enumerate() {
-            let sep = if i > 0 { 2 } else { 0 };
-            let name = cfg.limits[*limit].quoted.len();
-            let (p, r) = numbers(d, quota);
-            policy_len += sep + name + 6 + digit_count(p[0]) + digit_count(p[1]);
-            state_len += sep + name + 6 + digit_count(r[0]) + digit_count(r[1]);
-        }
-        let mut policy = Vec::with_capacity(policy_len);
-        let mut state = Vec::with_capacity(state_len);
-        for (i, (d, (limit, quota))) in decisions.iter().zip(meta).enumerate() {
-            if i > 0 {
-                policy.extend_from_slice(b", ");
-                state.extend_from_slice(b", ");
-            }
-            let name = cfg.limits[*limit].quoted.as_bytes();
-            let (p, r) = numbers(d, quota);
-            for (out, keys, values) in [
-                (&mut policy, [b";q=", b";w="], p),
-                (&mut state, [b";r=", b";t="], r),
-            ] {
-                out.extend_from_slice(name);
-                for (key, value) in keys.iter().zip(values) {
-                    out.extend_from_slice(*key);
-                    push_digits(out, value);
-                }
-            }
-        }
-        debug_assert_eq!((policy.len(), state.len()), (policy_len, state_len));
-        Self { policy, state }
+    fn render(cfg: &Config, meta: &[(usize, Quota)], decisions: &[RateLimitDecision]) -> Option<Self> {
+        let mut members = decisions.iter().zip(meta).map(|(d, (limit, quota))| Member {
+            name: cfg.limits[*limit].quoted.clone(),
+            policy: [u64::from(quota.burst()), quota.window_secs()],
+            state: [d.remaining, ceil_secs(d.reset)],
+        });
+        let first = members.next()?;
+        Some(Self {
+            first,
+            rest: members.collect(),
+        })
     }
 
     /// Adds the fields to `headers`, after those an inner rate-limit layer set.
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        for (name, mine) in [(&RATELIMIT_POLICY, self.policy), (&RATELIMIT, self.state)] {
-            match headers.entry(name) {
-                Entry::Vacant(slot) => {
-                    if let Ok(value) = HeaderValue::try_from(mine) {
-                        slot.insert(value);
-                    }
-                }
-                Entry::Occupied(mut slot) => {
-                    let prev = slot.get().as_bytes();
-                    // Exactly sized: `HeaderValue` then keeps the allocation as it is.
-                    let mut joined = Vec::with_capacity(prev.len() + 2 + mine.len());
-                    joined.extend_from_slice(prev);
-                    joined.extend_from_slice(b", ");
-                    joined.extend_from_slice(&mine);
-                    if let Ok(value) = HeaderValue::try_from(joined) {
-                        slot.insert(value);
-                    }
-                }
+        let members = || std::iter::once(&self.first).chain(&self.rest);
+        let policy = |m: &Member| (b";q=", b";w=", m.policy);
+        let state = |m: &Member| (b";r=", b";t=", m.state);
+        write_field(headers, &RATELIMIT_POLICY, members(), policy);
+        write_field(headers, &RATELIMIT, members(), state);
+    }
+}
+
+/// Appends the list members `"<name>"<k1><v1><k2><v2>` of `members` to the field
+/// `name` in `headers`, in one exactly sized buffer.
+fn write_field<'a>(
+    headers: &mut HeaderMap,
+    name: &HeaderName,
+    members: impl Iterator<Item = &'a Member> + Clone,
+    parts: impl Fn(&Member) -> (&'static [u8; 3], &'static [u8; 3], [u64; 2]),
+) {
+    let len: usize = members
+        .clone()
+        .map(|m| {
+            let (_, _, [a, b]) = parts(m);
+            m.name.len() + 6 + digit_count(a) + digit_count(b)
+        })
+        .sum();
+    let entry = headers.entry(name);
+    let prev = match &entry {
+        Entry::Occupied(slot) => slot.get().as_bytes(),
+        Entry::Vacant(_) => b"",
+    };
+    let separators = members.clone().count() - 1 + usize::from(!prev.is_empty());
+    let exact = prev.len() + 2 * separators + len;
+    let mut out = Vec::with_capacity(exact);
+    out.extend_from_slice(prev);
+    for m in members {
+        if !out.is_empty() {
+            out.extend_from_slice(b", ");
+        }
+        let (k1, k2, [a, b]) = parts(m);
+        out.extend_from_slice(m.name.as_bytes());
+        out.extend_from_slice(k1);
+        push_digits(&mut out, a);
+        out.extend_from_slice(k2);
+        push_digits(&mut out, b);
+    }
+    debug_assert_eq!(out.len(), exact);
+    if let Ok(value) = HeaderValue::try_from(out) {
+        match entry {
+            Entry::Occupied(mut slot) => {
+                slot.insert(value);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(value);
             }
         }
     }
