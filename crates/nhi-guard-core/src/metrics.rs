@@ -19,6 +19,7 @@
 //! | `nhi_guard_shadow_denials_total` | counter | `control`, `reason` | the refusals a control in shadow mode would have made (not in `nhi_guard_denials_total`) |
 //! | `nhi_guard_jwks_fetches_total` | counter | `host`, `outcome` | JWKS fetches by the identity layer's key manager: `outcome` is `ok`, `not_modified` or `error`; `host` is the JWKS URL's host and port |
 //! | `nhi_guard_jwks_keys` | gauge | `host` | keys in the last key set fetched from that host |
+//! | `nhi_guard_issuer_metadata_fetches_total` | counter | `host`, `outcome` | issuer metadata documents fetched to discover the JWKS URL: `outcome` is `ok` or `error`; RFC 8414's location is tried before OpenID Connect's, so an issuer serving only the latter counts one `error` then one `ok` |
 //! | `nhi_guard_store_errors_total` | counter | `store`, `backend` | failed operations of a shared store: `store` is `rate_limit` or `risk`, `backend` is `redis` |
 //! | `nhi_guard_store_fallbacks_total` | counter | `store`, `policy` | requests decided without the shared store because it failed: `policy` is `fail_open`, `fail_closed` or `fallback_local` |
 //! | `nhi_guard_risk_score` | histogram | | the score (0–100) of every request the risk layer assessed |
@@ -80,6 +81,9 @@ pub const SHADOW_DENIALS_TOTAL: &str = "nhi_guard_shadow_denials_total";
 pub const JWKS_FETCHES_TOTAL: &str = "nhi_guard_jwks_fetches_total";
 /// Keys in the last key set fetched, by `host`.
 pub const JWKS_KEYS: &str = "nhi_guard_jwks_keys";
+/// Issuer metadata fetches of JWKS discovery, by `host` and `outcome` (`ok`,
+/// `error`).
+pub const ISSUER_METADATA_FETCHES_TOTAL: &str = "nhi_guard_issuer_metadata_fetches_total";
 /// Failed shared-store operations, by `store` and `backend`.
 pub const STORE_ERRORS_TOTAL: &str = "nhi_guard_store_errors_total";
 /// Requests decided by the failure policy instead of the shared store, by `store`
@@ -116,6 +120,11 @@ pub fn describe() {
         JWKS_FETCHES_TOTAL,
         Unit::Count,
         "JWKS fetches by the identity layer, by host and outcome (ok, not_modified, error)"
+    );
+    describe_counter!(
+        ISSUER_METADATA_FETCHES_TOTAL,
+        Unit::Count,
+        "Issuer metadata fetches of JWKS discovery, by host and outcome (ok, error)"
     );
     describe_gauge!(
         JWKS_KEYS,

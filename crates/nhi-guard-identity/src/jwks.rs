@@ -351,11 +351,7 @@ impl RemoteKeys {
         let url: Uri = jwks_url
             .parse()
             .map_err(|e| FetchError(format!("jwks url {jwks_url:?}: {e}")))?;
-        let metrics_host = match (url.host(), url.port_u16()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            (None, _) => String::from("unknown"),
-        };
+        let metrics_host = metrics_host(&url);
         Ok(Arc::new(Self {
             url,
             metrics_host,
@@ -396,7 +392,14 @@ impl RemoteKeys {
     ) -> Result<Arc<Self>, FetchError> {
         let mut errors = Vec::new();
         for url in metadata_urls(issuer)? {
-            match fetch_metadata(&*fetcher, &url, issuer).await {
+            let fetched = fetch_metadata(&*fetcher, &url, issuer).await;
+            metrics::counter!(
+                nhi_guard_core::metrics::ISSUER_METADATA_FETCHES_TOTAL,
+                "host" => metrics_host(&url),
+                "outcome" => if fetched.is_ok() { "ok" } else { "error" }
+            )
+            .increment(1);
+            match fetched {
                 Ok(jwks_uri) => {
                     tracing::info!(target: TARGET, issuer, metadata = %url, jwks_uri = %jwks_uri, "issuer metadata discovered");
                     return Self::with_fetcher(&jwks_uri, config, fetcher);
@@ -594,6 +597,16 @@ fn metadata_urls(issuer: &str) -> Result<Vec<Uri>, FetchError> {
         .into_iter()
         .map(|u| u.parse().map_err(|e| FetchError(format!("{u}: {e}"))))
         .collect()
+}
+
+/// The `host` label of a fetch: host and port, never the path or query (which may
+/// carry a tenant or a secret).
+fn metrics_host(url: &Uri) -> String {
+    match (url.host(), url.port_u16()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        (None, _) => String::from("unknown"),
+    }
 }
 
 async fn fetch_metadata(fetcher: &dyn JwksFetcher, url: &Uri, issuer: &str) -> Result<String, FetchError> {

@@ -12,7 +12,9 @@ use common::*;
 use http::{Request, StatusCode, Uri};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use nhi_guard_core::metrics::{DENIALS_TOTAL, JWKS_FETCHES_TOTAL, JWKS_KEYS, REQUESTS_TOTAL};
+use nhi_guard_core::metrics::{
+    DENIALS_TOTAL, ISSUER_METADATA_FETCHES_TOTAL, JWKS_FETCHES_TOTAL, JWKS_KEYS, REQUESTS_TOTAL,
+};
 use nhi_guard_identity::jwks::{FetchError, FetchFuture, FetchResponse, JwksFetcher};
 use nhi_guard_identity::{IdentityLayer, JwksConfig, RemoteKeys};
 use nhi_guard_testkit::metrics::Snapshot;
@@ -77,6 +79,48 @@ impl JwksFetcher for Scripted {
             .unwrap_or_else(|| Err(FetchError("script exhausted".into())));
         Box::pin(async move { next })
     }
+}
+
+#[tokio::test]
+async fn discovery_fetches_are_counted_by_host_and_outcome() {
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let issuer = "http://issuer.test:8443/tenant";
+    let fetcher = Scripted::default();
+    {
+        let mut script = fetcher.0.lock().unwrap();
+        // RFC 8414's location is not served; OpenID Connect's is.
+        script.push_back(Err(FetchError("404 Not Found".into())));
+        script.push_back(Ok(FetchResponse::Document {
+            body: Bytes::from(
+                serde_json::json!({
+                    "issuer": issuer,
+                    "jwks_uri": "http://keys.test:9443/jwks.json"
+                })
+                .to_string(),
+            ),
+            etag: None,
+            max_age: None,
+        }));
+    }
+    let keys = RemoteKeys::discover_with_fetcher(issuer, JwksConfig::default(), Arc::new(fetcher))
+        .await
+        .unwrap();
+    assert_eq!(keys.url().to_string(), "http://keys.test:9443/jwks.json");
+
+    let seen = Snapshot::take(&snap);
+    let fetches = |outcome| {
+        seen.counter(
+            ISSUER_METADATA_FETCHES_TOTAL,
+            &[("host", "issuer.test:8443"), ("outcome", outcome)],
+        )
+    };
+    assert_eq!((fetches("ok"), fetches("error")), (1, 1));
+    assert!(
+        !seen.label_values().iter().any(|v| v.contains("tenant")),
+        "a path in a label"
+    );
 }
 
 #[tokio::test]
