@@ -275,6 +275,7 @@ async fn identity_refuses_a_missing_or_bad_credential_with_unauthenticated() {
     let rec = h.record().await;
     assert_eq!(decision(&rec), ("denied", "scope", "credential_missing"), "{rec}");
     assert_eq!(rec["actor"]["user"]["name"], "anonymous");
+    assert_eq!(rec["api"]["operation"], format!("POST {CHECK}"), "{rec}");
 
     let forged = h.forged("monitor");
     let status = h
@@ -294,6 +295,9 @@ async fn identity_refuses_a_missing_or_bad_credential_with_unauthenticated() {
     let rec = h.record().await;
     let (d, control, _) = decision(&rec);
     assert_eq!((d, control), ("denied", "identity"), "{rec}");
+    // Refused before any control recorded a route: the call's method stands in.
+    assert_eq!(rec["http_request"]["url"]["path"], CHECK, "{rec}");
+    assert_eq!(rec["api"]["operation"], format!("POST {CHECK}"), "{rec}");
 
     // A token for a client the inventory does not know.
     let stranger = h.token("stranger", "health:read");

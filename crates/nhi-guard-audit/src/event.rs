@@ -57,7 +57,13 @@ pub(crate) struct RequestInfo {
 impl RequestInfo {
     pub(crate) fn capture<B>(req: &Request<B>, cfg: &LayerConfig) -> Self {
         let matched_route = matched_route(req);
-        let raw_path = (cfg.raw_path_fallback).then(|| Box::from(req.uri().path()));
+        let raw_path = if cfg.raw_path_fallback {
+            Some(Box::from(req.uri().path()))
+        } else if matched_route.is_none() {
+            grpc_method(req).map(Box::from)
+        } else {
+            None
+        };
         let query = if cfg.query_allow.is_empty() {
             None
         } else {
@@ -117,6 +123,25 @@ fn matched_route<B>(_req: &Request<B>) -> Option<MatchedRoute> {
 #[cfg(not(feature = "axum"))]
 fn route_str(route: &MatchedRoute) -> &str {
     match *route {}
+}
+
+/// The path of a gRPC call when it has the form gRPC gives it,
+/// `/package.Service/Method`: names, never identifiers, so it may stand in for the
+/// route when no router template is known (tonic; a call refused before any control
+/// recorded its route). Anything else a client sent is left out.
+fn grpc_method<B>(req: &Request<B>) -> Option<&str> {
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let path = req.uri().path();
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let name = |s: &str, extra: &[u8]| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || extra.contains(&b))
+    };
+    (grpc && path.len() <= 256 && name(service, b".") && name(method, b"")).then_some(path)
 }
 
 /// Keeps only the `name=value` pairs whose (raw) name is allow-listed.
@@ -232,6 +257,37 @@ mod tests {
         assert_eq!(filter_query("access_token=s3cr3t", &allow), None);
         assert_eq!(filter_query("page", &allow).as_deref(), Some("page"));
         assert_eq!(filter_query("&&=x", &allow), None);
+    }
+
+    #[test]
+    fn only_well_formed_grpc_method_paths_stand_in_for_the_route() {
+        let call = |path: &str, content_type: &str| {
+            let req = Request::post(path)
+                .header("content-type", content_type)
+                .body(())
+                .unwrap();
+            grpc_method(&req).map(str::to_owned)
+        };
+        let check = "/grpc.health.v1.Health/Check";
+        assert_eq!(call(check, "application/grpc").as_deref(), Some(check));
+        assert_eq!(call(check, "application/grpc+proto").as_deref(), Some(check));
+        // Not gRPC: an HTTP path may carry identifiers.
+        assert_eq!(call(check, "application/json"), None);
+        for junk in [
+            "/",
+            "/orders",
+            "/a/b/c",
+            "//Check",
+            "/svc/",
+            "/svc/Check%20x",
+            "/svc/Check.v2",
+            "/svc-1/Check",
+            "/svc/Ché",
+        ] {
+            assert_eq!(call(junk, "application/grpc"), None, "{junk}");
+        }
+        let long = format!("/{}/M", "s".repeat(300));
+        assert_eq!(call(&long, "application/grpc"), None);
     }
 
     #[test]

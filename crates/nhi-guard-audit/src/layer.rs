@@ -49,8 +49,8 @@ pub(crate) struct LayerConfig {
 /// [`AuditWriter`]'s queue. Nothing is logged on the request path itself.
 ///
 /// The record shows the route template (axum's `MatchedPath`, or the route a
-/// control recorded), never the raw path unless [`AuditLayer::raw_path_fallback`]
-/// is set; no query string unless parameters are allow-listed; no header unless
+/// control recorded, or a gRPC call's `/package.Service/Method`), never the raw
+/// path unless [`AuditLayer::raw_path_fallback`] is set; no query string unless parameters are allow-listed; no header unless
 /// allow-listed; credentials only as fingerprints.
 #[derive(Clone)]
 pub struct AuditLayer {
