@@ -1,6 +1,8 @@
-//! The Redis rate-limit store's metrics when Redis is unreachable (a loopback port
-//! nobody listens on, so no server is needed): each failed check counts a store
-//! error, each request decided without Redis counts a fallback by policy.
+//! The Redis stores' metrics when Redis is unreachable. Rate limit: a loopback port
+//! nobody listens on (no server needed); each failed check counts a store error,
+//! each request decided without Redis counts a fallback by policy. Risk: a real
+//! server that goes away after the store connected; each failed operation counts a
+//! store error.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -8,8 +10,11 @@ use std::time::Duration;
 
 use metrics_util::debugging::DebuggingRecorder;
 use nhi_guard_core::metrics::{STORE_ERRORS_TOTAL, STORE_FALLBACKS_TOTAL};
+use nhi_guard_core::risk_store::{RiskKey, RiskStore};
 use nhi_guard_core::store::{CheckMode, FailurePolicy, Quota, RateLimitCheck, RateLimitStore};
 use nhi_guard_redis::RedisStore;
+use nhi_guard_redis::risk::RedisRiskStore;
+use nhi_guard_redis::testing::RedisServer;
 use nhi_guard_testkit::metrics::Snapshot;
 
 fn closed_port_url() -> String {
@@ -82,4 +87,41 @@ async fn unreachable_redis_counts_errors_and_fallbacks_by_policy() {
             .any(|v| v.contains("client-a") || v.contains("127.0.0.1")),
         "a key or an address in a label"
     );
+}
+
+#[tokio::test]
+async fn risk_store_counts_each_failed_operation() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let store = RedisRiskStore::connect(&server.url(), "metrics-test", Duration::from_millis(300))
+        .await
+        .expect("connects");
+    let now = std::time::SystemTime::now();
+    let window = Duration::from_secs(60);
+    assert_eq!(
+        store
+            .increment(Arc::from("c"), window, now)
+            .await
+            .expect("counts"),
+        1
+    );
+    let errors = |snap: &metrics_util::debugging::Snapshotter| {
+        Snapshot::take(snap).counter(STORE_ERRORS_TOTAL, &[("store", "risk"), ("backend", "redis")])
+    };
+    assert_eq!(errors(&snap), 0, "a working store counts no error");
+
+    server.kill();
+    store
+        .increment(Arc::from("c"), window, now)
+        .await
+        .expect_err("server gone");
+    store
+        .find(Arc::from(vec![RiskKey::Client("svc".into())]), now)
+        .await
+        .expect_err("server gone");
+    assert_eq!(errors(&snap), 2);
 }
