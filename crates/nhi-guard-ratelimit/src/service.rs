@@ -214,7 +214,7 @@ pub(crate) fn unavailable<B>(
 }
 
 /// The `RateLimit-Policy` and `RateLimit` fields of an allowed response (the same
-/// values as core's `insert_rate_limit_headers`). Only the numbers are kept while
+/// values as core's `insert_rate_limit_headers`). Only names and numbers are kept while
 /// the inner service runs; once the response exists each field is written into one
 /// exactly sized buffer, which the header value takes over without copying, after
 /// what an inner rate-limit layer set.
