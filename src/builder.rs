@@ -319,7 +319,7 @@ impl NhiGuardBuilder {
             if let Some(rd) = &renderer {
                 r = r.renderer(rd.clone());
             }
-            r.shared_clock(clock.clone()).address_resolver(resolver.clone())
+            r.clock(clock.clone()).client_addr_resolver(resolver.clone())
         });
         let edge = risk.as_ref().map(RiskLayer::edge);
         let with_common = |mut l: RateLimitLayer| {
@@ -327,7 +327,7 @@ impl NhiGuardBuilder {
                 l = l.renderer(r.clone());
             }
             l.clock(clock.clone())
-                .address_resolver(resolver.clone())
+                .client_addr_resolver(resolver.clone())
                 .registry(self.registry.clone())
         };
         let layers = Stack::new(
@@ -350,7 +350,7 @@ impl NhiGuardBuilder {
                                     if let Some(r) = &renderer {
                                         f = f.renderer(r.clone());
                                     }
-                                    f.clock(clock.clone()).address_resolver(resolver.clone())
+                                    f.clock(clock.clone()).client_addr_resolver(resolver.clone())
                                 })),
                                 Stack::new(
                                     Maybe(self.address_limit.map(with_common)),

@@ -119,7 +119,7 @@ impl AuthFailureLimitLayer {
 
     /// Resolves client addresses with `resolver`, when this layer creates the context.
     #[must_use]
-    pub fn address_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+    pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
         self.config_mut().resolver = resolver;
         self
     }

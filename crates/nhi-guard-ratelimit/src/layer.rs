@@ -200,7 +200,7 @@ impl RateLimitLayer {
     /// Resolves client addresses with `resolver` (trusted proxies), when this layer
     /// creates the security context.
     #[must_use]
-    pub fn address_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+    pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
         self.config_mut().resolver = resolver;
         self
     }

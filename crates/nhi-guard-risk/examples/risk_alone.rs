@@ -27,7 +27,7 @@ use tower::{Layer, Service, ServiceExt};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clock = ManualClock::now();
     let risk = RiskLayer::new()
-        .clock(clock.clone())
+        .clock(Arc::new(clock.clone()))
         .route(Route::new("GET", "/items/{id}")?.group("items"))?;
     let operator = risk.operator();
     let mut svc = risk.layer(tower::service_fn(|_req: Request<()>| async {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
 use nhi_guard_core::metrics::{ControlMetrics, LazyHistogram};
 use nhi_guard_core::risk_store::RiskStore;
-use nhi_guard_core::{ClientAddrResolver, Clock, SharedClock, SystemClock};
+use nhi_guard_core::{ClientAddrResolver, SharedClock, SystemClock};
 use tower_layer::Layer;
 
 use crate::engine::{Cooldowns, Engine, Mode, Shared, SharedLimits, Thresholds};
@@ -249,21 +249,14 @@ impl RiskLayer {
     /// the layer that created it, this one when it is first); the operator API and
     /// a context created here use this clock.
     #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.edit().clock = Arc::new(clock);
-        self
-    }
-
-    /// A shared clock.
-    #[must_use]
-    pub fn shared_clock(mut self, clock: SharedClock) -> Self {
+    pub fn clock(mut self, clock: SharedClock) -> Self {
         self.edit().clock = clock;
         self
     }
 
     /// How the client address is resolved when this layer creates the context.
     #[must_use]
-    pub fn address_resolver(mut self, resolver: ClientAddrResolver) -> Self {
+    pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
         self.edit().resolver = resolver;
         self
     }

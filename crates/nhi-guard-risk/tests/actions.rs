@@ -45,7 +45,7 @@ impl Harness {
         let dial = Dial::default();
         let layer = RiskLayer::new()
             .signals(vec![Arc::new(dial.clone())])
-            .clock(clock.clone())
+            .clock(Arc::new(clock.clone()))
             .mode(mode);
         Self { clock, dial, layer }
     }

@@ -2,6 +2,7 @@
 //! captures, and its denials are ordinary responses.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -16,7 +17,7 @@ use tower::ServiceExt;
 async fn composes_with_an_axum_router() {
     let clock = ManualClock::now();
     let risk = RiskLayer::new()
-        .clock(clock.clone())
+        .clock(Arc::new(clock.clone()))
         .route(Route::new("GET", "/items/{id}").expect("route").group("items"))
         .expect("route");
     let operator = risk.operator();

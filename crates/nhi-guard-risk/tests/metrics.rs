@@ -71,7 +71,7 @@ async fn decisions_scores_and_refusals_are_counted() {
     let layer = |mode| {
         RiskLayer::new()
             .signals(vec![Arc::new(dial.clone())])
-            .clock(clock.clone())
+            .clock(Arc::new(clock.clone()))
             .mode(mode)
     };
     let (enforce, shadow) = (layer(Mode::Enforce), layer(Mode::Shadow));

@@ -34,7 +34,7 @@ fn replica(store: Arc<dyn RiskStore>, clock: &ManualClock) -> Replica {
     let mut limits = SharedLimits::default();
     limits.address_failures = 6;
     let risk = RiskLayer::new()
-        .clock(clock.clone())
+        .clock(Arc::new(clock.clone()))
         .shared_store(store)
         .shared_limits(limits);
     let operator = risk.operator();

@@ -185,7 +185,7 @@ type Stack = nhi_guard_risk::RiskEdge<StandInIdentity<nhi_guard_risk::Risk<tower
 /// cool-downs, plus the application's routes and a batch tier.
 pub(crate) fn risk_layer(clock: &ManualClock) -> RiskLayer {
     RiskLayer::new()
-        .clock(clock.clone())
+        .clock(Arc::new(clock.clone()))
         .route(Route::new("GET", "/items/{id}").expect("route").group("items"))
         .expect("route")
         .route(
