@@ -49,13 +49,13 @@ async fn get_status(addr: SocketAddr, path: String) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_through_axum_give_exactly_one_record_each() {
-    let path = support::tmp_dir("load").join("audit.jsonl");
+    let path = support::tmp_dir("load").file("audit.jsonl");
     let (writer, handle) = AuditWriter::builder()
         .capacity(64)
         .unwrap()
         .checkpoint_every(50)
         .unwrap()
-        .spawn(JsonLinesFile::open(&path).unwrap())
+        .spawn(JsonLinesFile::open(path.to_path_buf()).unwrap())
         .unwrap();
     let app = Router::new()
         .route("/orders/{id}", get(order))

@@ -39,12 +39,12 @@ async fn run(layer: AuditLayer, n: usize) {
 }
 
 /// A sealed log of `n` requests with a checkpoint every 5.
-async fn write_log(name: &str, n: usize) -> PathBuf {
-    let path = tmp_dir(name).join("audit.jsonl");
+async fn write_log(name: &str, n: usize) -> TmpFile {
+    let path = tmp_dir(name).file("audit.jsonl");
     let (w, h) = AuditWriter::builder()
         .checkpoint_every(5)
         .unwrap()
-        .spawn(JsonLinesFile::open(&path).unwrap())
+        .spawn(JsonLinesFile::open(path.to_path_buf()).unwrap())
         .unwrap();
     let layer = AuditLayer::new(w)
         .allow_header("user-agent")
@@ -257,10 +257,10 @@ async fn rotated_files_each_start_a_chain_linked_to_the_previous_file() {
 
 #[tokio::test]
 async fn appending_after_a_restart_links_the_new_chain() {
-    let path = tmp_dir("restart").join("audit.jsonl");
+    let path = tmp_dir("restart").file("audit.jsonl");
     for n in [3, 2] {
         let (w, h) = AuditWriter::builder()
-            .spawn(JsonLinesFile::open(&path).unwrap())
+            .spawn(JsonLinesFile::open(path.to_path_buf()).unwrap())
             .unwrap();
         run(AuditLayer::new(w), n).await;
         h.shutdown().await.unwrap();
