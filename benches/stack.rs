@@ -101,8 +101,7 @@ fn bench(c: &mut Criterion) {
     });
     let registry = common::registry();
     let (auth, keys, jwks) = common::token_and_keys();
-    let dir = std::env::temp_dir().join(format!("nhi-guard-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::ScratchDir::new("nhi-guard-bench");
 
     let (full_audit, full_handle) = common::audit(&dir, "full.jsonl");
     let full = common::full_stack(&registry, &keys, Some(full_audit));
@@ -230,7 +229,7 @@ fn bench(c: &mut Criterion) {
         alone_handle.shutdown().await.unwrap();
         nosync_handle.shutdown().await.unwrap();
     });
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     summary(&names, started);
 }
 

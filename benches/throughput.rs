@@ -64,8 +64,7 @@ fn main() {
 
     let registry = common::registry();
     let (auth, keys, _jwks) = common::token_and_keys();
-    let dir = std::env::temp_dir().join(format!("nhi-guard-throughput-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::ScratchDir::new("nhi-guard-throughput");
     // The writer's shutdown is async: a small runtime of our own, apart from the servers'.
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,7 +111,7 @@ fn main() {
             ));
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     if !bench_mode {
         check_parser();
         return;
