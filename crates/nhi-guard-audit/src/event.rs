@@ -182,7 +182,7 @@ pub(crate) struct AuditEvent {
 
 impl AuditEvent {
     pub(crate) fn build(
-        ctx: &SecurityContext,
+        ctx: SecurityContext,
         info: RequestInfo,
         completion: Completion,
         status: Option<StatusCode>,
@@ -205,7 +205,7 @@ impl AuditEvent {
             completion,
             decision,
             shadowed,
-            ctx: ctx.clone(),
+            ctx,
             service_name: cfg.service_name.clone(),
         }
     }

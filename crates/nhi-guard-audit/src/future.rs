@@ -61,7 +61,7 @@ impl Guard {
         let State::Running { ctx, info } = std::mem::replace(&mut self.state, State::Done) else {
             return None;
         };
-        let event = AuditEvent::build(&ctx, info, completion, status, denial, &self.cfg);
+        let event = AuditEvent::build(ctx, info, completion, status, denial, &self.cfg);
         if let Some(ppm) = self.cfg.sample_ppm
             && event.is_sampleable()
             && !sampled_in(event.request_id, ppm)
