@@ -126,7 +126,7 @@ pub(crate) fn string(buf: &mut Vec<u8>, s: &str) {
     }
 }
 
-/// Whether `bytes` hold a control character, `"` or `\\` (what JSON escapes),
+/// Whether `bytes` hold a control character, `"` or `\` (what JSON escapes),
 /// checked eight bytes at a time: most strings in a record need no escape.
 fn needs_escape(bytes: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
