@@ -101,7 +101,9 @@ fn bench(c: &mut Criterion) {
     });
     let registry = common::registry();
     let (auth, keys, jwks) = common::token_and_keys();
-    let dir = common::ScratchDir::new("nhi-guard-bench");
+    // Removed at the end, and a killed run's directory at the next start: a full-stack
+    // log reaches a gigabyte within a run.
+    let dir = nhi_guard_testkit::temp::TempDir::per_process("nhi-guard-bench");
 
     let (full_audit, full_handle) = common::audit(&dir, "full.jsonl");
     let full = common::full_stack(&registry, &keys, Some(full_audit));

@@ -64,7 +64,9 @@ fn main() {
 
     let registry = common::registry();
     let (auth, keys, _jwks) = common::token_and_keys();
-    let dir = common::ScratchDir::new("nhi-guard-throughput");
+    // Removed at the end, and a killed run's directory at the next start: a full-stack
+    // log reaches a gigabyte within a run.
+    let dir = nhi_guard_testkit::temp::TempDir::per_process("nhi-guard-throughput");
     // The writer's shutdown is async: a small runtime of our own, apart from the servers'.
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()

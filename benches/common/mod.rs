@@ -99,49 +99,6 @@ pub(crate) fn quota() -> Quota {
         .unwrap()
 }
 
-/// This process's scratch directory for audit logs, `<temp>/<prefix>-<pid>`, removed
-/// when dropped (also when a bench panics). A run that was killed cannot remove its
-/// own: the directories of processes that no longer exist are removed first, since
-/// a full-stack log reaches a gigabyte within a run.
-pub(crate) struct ScratchDir(std::path::PathBuf);
-
-impl ScratchDir {
-    pub(crate) fn new(prefix: &str) -> Self {
-        let tmp = std::env::temp_dir();
-        let stale = |name: &str| {
-            name.strip_prefix(prefix)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .and_then(|pid| pid.parse::<u32>().ok())
-                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
-        };
-        if Path::new("/proc/self").exists()
-            && let Ok(entries) = std::fs::read_dir(&tmp)
-        {
-            for entry in entries.flatten() {
-                if entry.file_name().to_str().is_some_and(stale) {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
-            }
-        }
-        let dir = tmp.join(format!("{prefix}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl std::ops::Deref for ScratchDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// An audit layer writing JSON Lines (with the hash chain) to `dir/name`.
 pub(crate) fn audit(dir: &Path, name: &str) -> (AuditLayer, AuditHandle) {
     audit_with(dir, name, FsyncPolicy::default())

@@ -12,6 +12,7 @@ use nhi_guard_audit::chain::record_hash;
 use nhi_guard_audit::{
     AuditLayer, AuditWriter, BreakKind, JsonLinesFile, Tail, Verification, verify_file, verify_files,
 };
+use nhi_guard_testkit::temp::TempFile;
 use serde_json::Value;
 use support::*;
 use tower::{ServiceBuilder, ServiceExt};
@@ -39,7 +40,7 @@ async fn run(layer: AuditLayer, n: usize) {
 }
 
 /// A sealed log of `n` requests with a checkpoint every 5.
-async fn write_log(name: &str, n: usize) -> TmpFile {
+async fn write_log(name: &str, n: usize) -> TempFile {
     let path = tmp_dir(name).file("audit.jsonl");
     let (w, h) = AuditWriter::builder()
         .checkpoint_every(5)

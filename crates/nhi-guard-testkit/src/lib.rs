@@ -73,3 +73,137 @@ pub mod metrics {
         }
     }
 }
+
+/// Temporary directories that tests and benchmarks write audit logs into, removed
+/// with their contents when dropped (also when the test panics).
+pub mod temp {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A directory removed with its contents when dropped.
+    #[derive(Debug)]
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        /// A fresh directory `<temp>/<name>-<pid>-<n>`, unique within the process.
+        ///
+        /// # Panics
+        /// When the directory cannot be created.
+        pub fn unique(name: &str) -> Self {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            Self::create(std::env::temp_dir().join(format!("{name}-{}-{n}", std::process::id())))
+        }
+
+        /// This process's directory `<temp>/<prefix>-<pid>`. A process that was
+        /// killed could not remove its own, so the `<prefix>-<pid>` directories of
+        /// processes that no longer exist are removed first (where `/proc` tells).
+        ///
+        /// # Panics
+        /// When the directory cannot be created.
+        pub fn per_process(prefix: &str) -> Self {
+            let tmp = std::env::temp_dir();
+            let stale = |name: &str| {
+                name.strip_prefix(prefix)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .and_then(|pid| pid.parse::<u32>().ok())
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+            };
+            if Path::new("/proc/self").exists()
+                && let Ok(entries) = std::fs::read_dir(&tmp)
+            {
+                for entry in entries.flatten() {
+                    if entry.file_name().to_str().is_some_and(stale) {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+            }
+            Self::create(tmp.join(format!("{prefix}-{}", std::process::id())))
+        }
+
+        fn create(dir: PathBuf) -> Self {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                panic!("cannot create {}: {e}", dir.display());
+            }
+            Self(dir)
+        }
+
+        /// The path of `name` in this directory, which lives as long as the file.
+        pub fn file(self, name: &str) -> TempFile {
+            TempFile {
+                path: self.0.join(name),
+                _dir: self,
+            }
+        }
+    }
+
+    impl std::ops::Deref for TempDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for TempDir {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A file in a [`TempDir`] of its own, removed with it.
+    #[derive(Debug)]
+    pub struct TempFile {
+        path: PathBuf,
+        _dir: TempDir,
+    }
+
+    impl std::ops::Deref for TempFile {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    impl AsRef<Path> for TempFile {
+        fn as_ref(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn directories_go_when_dropped_and_stale_ones_are_swept() {
+            let dir = TempDir::unique("nhi-guard-testkit-unique");
+            let path = dir.to_path_buf();
+            std::fs::write(dir.join("a"), b"x").expect("write");
+            let file = dir.file("b");
+            assert!(path.is_dir());
+            drop(file);
+            assert!(!path.exists(), "removed with its file");
+
+            if Path::new("/proc/self").exists() {
+                let prefix = "nhi-guard-testkit-sweep";
+                let tmp = std::env::temp_dir();
+                // u32::MAX is above any Linux pid: a process that is gone. Pid 1 is alive.
+                let dead = tmp.join(format!("{prefix}-{}", u32::MAX));
+                let alive = tmp.join(format!("{prefix}-1"));
+                std::fs::create_dir_all(&dead).expect("dead");
+                std::fs::create_dir_all(&alive).expect("alive");
+                let mine = TempDir::per_process(prefix);
+                assert!(!dead.exists(), "a dead process's directory is swept");
+                assert!(alive.exists(), "a live process's directory is kept");
+                assert!(mine.ends_with(format!("{prefix}-{}", std::process::id())));
+                let _ = std::fs::remove_dir_all(&alive);
+            }
+        }
+    }
+}

@@ -5,7 +5,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime};
@@ -292,65 +292,11 @@ pub fn gated(builder: AuditWriterBuilder, gate: Arc<Gate>) -> (AuditWriter, Audi
     (w, h, lines)
 }
 
+use nhi_guard_testkit::temp::TempDir;
+
 /// A fresh directory for a test, removed with its contents when dropped.
-pub struct TmpDir(PathBuf);
-
-impl TmpDir {
-    /// The path of `name` in this directory, which lives as long as the file.
-    pub fn file(self, name: &str) -> TmpFile {
-        TmpFile {
-            path: self.0.join(name),
-            _dir: self,
-        }
-    }
-}
-
-impl std::ops::Deref for TmpDir {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A file in a [`TmpDir`] of its own, removed with it.
-pub struct TmpFile {
-    path: PathBuf,
-    _dir: TmpDir,
-}
-
-impl std::ops::Deref for TmpFile {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl AsRef<Path> for TmpFile {
-    fn as_ref(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// A fresh directory for a test.
-pub fn tmp_dir(name: &str) -> TmpDir {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "nhi-guard-audit-{name}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    TmpDir(dir)
+pub fn tmp_dir(name: &str) -> TempDir {
+    TempDir::unique(&format!("nhi-guard-audit-{name}"))
 }
 
 #[derive(Debug)]
