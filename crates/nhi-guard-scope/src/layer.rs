@@ -12,6 +12,7 @@ use tower_layer::Layer;
 
 use crate::policy::{Fallback, Policy, PolicyError, Require, Rule};
 use crate::service::Scope;
+use crate::target::PathCheck;
 
 #[derive(Clone)]
 pub(crate) enum Matcher {
@@ -34,6 +35,7 @@ impl Matcher {
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) matcher: Matcher,
+    pub(crate) path_check: PathCheck,
     pub(crate) shadow: bool,
     pub(crate) renderer: SharedRenderer,
     pub(crate) store: Option<SharedUsageStore>,
@@ -56,6 +58,12 @@ pub(crate) struct Config {
 /// [`Fallback`]. The context records the route template, the [`ScopeOutcome`]
 /// (rule, required, granted, missing) and the decision.
 ///
+/// Before the policy is consulted, a path that a server could read differently
+/// from the policy (a dot segment, `//`, a backslash, an encoded `/`, `\` or
+/// unreserved character; see [`target`](crate::target)) is refused with 400
+/// `request_target_ambiguous` (gRPC `INVALID_ARGUMENT`), recorded as a scope
+/// denial. [`ScopeLayer::path_check`] relaxes or turns off that check.
+///
 /// Policies match `req.uri().path()` as the layer sees it: put a policy layer
 /// around the whole axum app (axum strips the prefix of nested routers from the
 /// URI), or write the patterns of a layer inside `Router::nest` relative to it.
@@ -74,7 +82,8 @@ impl fmt::Debug for ScopeLayer {
             Matcher::Policy(p) => d.field("rules", &p.len()).field("fallback", &p.fallback()),
             Matcher::Fixed(r) => d.field("rule", &r.label()),
         };
-        d.field("shadow", &self.config.shadow)
+        d.field("path_check", &self.config.path_check)
+            .field("shadow", &self.config.shadow)
             .field("usage_store", &self.config.store)
             .field("clock", &self.config.clock)
             .finish_non_exhaustive()
@@ -115,6 +124,7 @@ impl ScopeLayer {
         Self {
             config: Arc::new(Config {
                 matcher,
+                path_check: PathCheck::default(),
                 shadow: false,
                 renderer: DefaultRenderer::new().shared(),
                 store: None,
@@ -127,6 +137,16 @@ impl ScopeLayer {
 
     fn config_mut(&mut self) -> &mut Config {
         Arc::make_mut(&mut self.config)
+    }
+
+    /// How request paths that a server could read differently from the policy are
+    /// treated (default [`PathCheck::Strict`]: refused with 400
+    /// `request_target_ambiguous`). [`PathCheck::AllowEncodedSlash`] is for APIs
+    /// whose segments carry `%2F`; [`PathCheck::Off`] only for services that read
+    /// the raw path exactly as the policy does.
+    pub fn path_check(mut self, check: PathCheck) -> Self {
+        self.config_mut().path_check = check;
+        self
     }
 
     /// Shadow mode: a request that would be refused is let through; the denial is

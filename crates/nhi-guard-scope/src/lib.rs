@@ -16,6 +16,10 @@
 //!   `WWW-Authenticate: Bearer realm="...", error="insufficient_scope", ...,
 //!   scope="<required>"` and a problem+json body naming the missing scopes; gRPC
 //!   `UNAUTHENTICATED` / `PERMISSION_DENIED`;
+//! - request paths a server could read differently from the policy (dot
+//!   segments, `//`, `\`, encoded `/`, `\` or unreserved characters) are refused
+//!   with 400 `request_target_ambiguous` before the policy is consulted (gRPC
+//!   `INVALID_ARGUMENT`; see [`target`], [`ScopeLayer::path_check`]);
 //! - shadow mode records would-be denials and lets requests through;
 //! - every decision records the route template and the
 //!   [`ScopeOutcome`](nhi_guard_core::context::ScopeOutcome) in the
@@ -105,10 +109,12 @@ pub mod layer;
 pub mod policy;
 pub mod report;
 pub mod service;
+pub mod target;
 
 pub use crate::layer::ScopeLayer;
 pub use crate::policy::{
     Access, Fallback, Methods, Policy, PolicyBuilder, PolicyError, PolicyErrorKind, Require, Rule,
 };
 pub use crate::service::Scope;
+pub use crate::target::PathCheck;
 pub use nhi_guard_core::usage::{InMemoryUsageStore, ScopeUsageStore, SharedUsageStore};

@@ -4,18 +4,37 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use nhi_guard_core::context::{Decision, ScopeOutcome};
-use nhi_guard_core::denial::respond;
+use nhi_guard_core::denial::{GrpcCode, respond};
 use nhi_guard_core::future::ResponseFuture;
 use nhi_guard_core::{Control, Denial, GuardBody, Principal, Protocol, ScopeSet, SecurityContext};
 use tower_service::Service;
 
 use crate::layer::Config;
 use crate::policy::{Access, Fallback, Rule};
+use crate::target::Ambiguity;
 
 /// The reason code of a request that no rule covers under [`Fallback::Deny`].
 pub const ROUTE_NOT_IN_POLICY: &str = "route_not_in_policy";
+
+/// The reason code of a request whose path a server could read differently from
+/// the policy (see [`PathCheck`](crate::PathCheck)): 400, gRPC `INVALID_ARGUMENT`.
+pub const REQUEST_TARGET_AMBIGUOUS: &str = "request_target_ambiguous";
+
+/// The refusal of an ambiguous path: 400 without a `WWW-Authenticate` challenge
+/// (the credential is not at fault), gRPC `INVALID_ARGUMENT`; the detail names
+/// the form refused.
+fn ambiguous_target(ambiguity: Ambiguity) -> Denial {
+    Denial::custom(
+        Control::Scope,
+        StatusCode::BAD_REQUEST,
+        REQUEST_TARGET_AMBIGUOUS,
+        "Ambiguous request target",
+        ambiguity.detail(),
+        GrpcCode::InvalidArgument,
+    )
+}
 
 /// Enforces the scope policy in front of `S`. Created by
 /// [`ScopeLayer`](crate::ScopeLayer).
@@ -131,8 +150,6 @@ fn check<ReqBody, ResBody>(
     req: &Request<ReqBody>,
     ctx: &SecurityContext,
 ) -> Option<Response<GuardBody<ResBody>>> {
-    let (rule, fallback) = config.matcher.find(req.method(), req.uri().path());
-
     let from_ctx;
     let principal = match req.extensions().get::<Principal>() {
         Some(p) => Some(p),
@@ -141,6 +158,43 @@ fn check<ReqBody, ResBody>(
             from_ctx.as_ref()
         }
     };
+
+    // Judged before the policy: a path the policy cannot judge unambiguously.
+    let path = req.uri().path();
+    if let Err(ambiguity) = config.path_check.check(path) {
+        let client = principal.map(|p| p.client_id().as_str()).unwrap_or("");
+        let denial = ambiguous_target(ambiguity);
+        if config.shadow {
+            ctx.record_shadow_denial(&denial);
+            config.metrics.shadow_deny(&denial);
+            tracing::warn!(
+                target: "nhi_guard::scope",
+                request_id = %ctx.request_id(),
+                client_id = client,
+                reason = denial.reason(),
+                ambiguity = ambiguity.as_str(),
+                shadow = true,
+                "scope policy would refuse an ambiguous request path (shadow mode)"
+            );
+        } else {
+            // The path itself is not logged: the ambiguity names what was refused.
+            tracing::info!(
+                target: "nhi_guard::scope",
+                request_id = %ctx.request_id(),
+                client_id = client,
+                reason = denial.reason(),
+                ambiguity = ambiguity.as_str(),
+                decision = "deny",
+                "scope policy refused an ambiguous request path"
+            );
+            let denial = denial.with_request_id(ctx.request_id());
+            ctx.deny(&denial);
+            config.metrics.deny(&denial);
+            return Some(respond(&*config.renderer, denial, Protocol::of(req.headers())));
+        }
+    }
+
+    let (rule, fallback) = config.matcher.find(req.method(), path);
 
     let verdict = evaluate(rule, fallback, principal);
     let missing = verdict.as_ref().err().and_then(Refusal::missing);

@@ -15,7 +15,7 @@ use nhi_guard_core::clock::SystemClock;
 use nhi_guard_core::context::{Decision, ScopeOutcome};
 use nhi_guard_core::usage::InMemoryUsageStore;
 use nhi_guard_core::{ClientId, Control, Denial, Principal, ScopeSet, SecurityContext};
-use nhi_guard_scope::{Fallback, Policy, Require, ScopeLayer};
+use nhi_guard_scope::{Fallback, PathCheck, Policy, Require, ScopeLayer};
 use serde_json::Value;
 use tower::util::MapRequestLayer;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -482,4 +482,178 @@ async fn poll_ready_passes_through_and_many_requests_reuse_one_service() {
             .expect("infallible");
         assert_eq!(res.status(), 200);
     }
+}
+
+/// Paths a server could read differently from the policy are refused before the
+/// policy is consulted, with or without a principal, however many scopes it holds.
+#[tokio::test]
+async fn ambiguous_paths_are_refused_with_400_before_the_policy() {
+    let layer = ScopeLayer::new(orders_policy()).realm("orders-api");
+    let all = principal(
+        "ops-console",
+        "orders:read orders:write orders:admin orders:export reports:read admin",
+    );
+    let cases = [
+        // Each of these matches a rule the principal passes when read raw.
+        (
+            "/orders/..%2Fexport",
+            "The request path has an encoded slash ('%2F')",
+        ),
+        (
+            "/orders/%2e%2E",
+            "The request path percent-encodes a character that needs no encoding (such as '%2E'); send the character itself",
+        ),
+        (
+            "/orders/1/../export",
+            "The request path has a dot segment ('.' or '..'); send the path with dot segments removed",
+        ),
+        (
+            "/orders/..;/export",
+            "The request path has a dot segment ('.' or '..'); send the path with dot segments removed",
+        ),
+        ("/orders//export", "The request path has an empty segment ('//')"),
+        ("//orders/1", "The request path has an empty segment ('//')"),
+        (
+            "/reports/a%5Cb",
+            "The request path has an encoded backslash ('%5C')",
+        ),
+        (
+            "/reports/%61",
+            "The request path percent-encodes a character that needs no encoding (such as '%2E'); send the character itself",
+        ),
+        (
+            "/reports/%zz",
+            "The request path has a '%' that is not followed by two hex digits",
+        ),
+    ];
+    for who in [Some(&all), None] {
+        for (path, detail) in cases {
+            let (res, body, ctx) = send(&layer, req(Method::GET, path, who)).await;
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            assert!(
+                res.headers().get("www-authenticate").is_none(),
+                "the credential is not at fault: {path}"
+            );
+            assert_eq!(body["type"], "urn:nhi-guard:problem:request-target-ambiguous");
+            assert_eq!(body["title"], "Ambiguous request target");
+            assert_eq!(body["status"], 400);
+            assert_eq!(body["control"], "scope");
+            assert_eq!(body["reason"], "request_target_ambiguous");
+            assert_eq!(body["detail"], detail, "{path}");
+            assert_eq!(body["request_id"], ctx.request_id().to_string());
+            let denial = res.extensions().get::<Denial>().expect("typed denial");
+            assert_eq!(
+                (denial.control(), denial.reason()),
+                (Control::Scope, nhi_guard_scope::service::REQUEST_TARGET_AMBIGUOUS)
+            );
+            let s = ctx.snapshot();
+            match s.decision {
+                Decision::Denied(d) => assert_eq!(
+                    (d.control, d.reason, d.status.as_u16()),
+                    (Control::Scope, "request_target_ambiguous", 400),
+                    "{path}"
+                ),
+                other => panic!("{path}: unexpected {other:?}"),
+            }
+            assert!(s.route.is_none() && s.scopes.is_none(), "no rule judged {path}");
+        }
+    }
+
+    // The same paths, normalised, are judged by the policy as usual.
+    let (res, body, _) = send(&layer, req(Method::GET, "/orders/export", Some(&all))).await;
+    assert_eq!((res.status(), body), (StatusCode::OK, Value::from("ok")));
+}
+
+#[tokio::test]
+async fn ordinary_paths_pass_the_check() {
+    let layer = ScopeLayer::new(orders_policy());
+    let p = principal("c", "orders:read reports:read");
+    for path in [
+        "/orders/42",
+        "/orders/42?next=/a/../b%2F",
+        "/orders/sku-1.2_3~x",
+        "/reports/q3%20summary",
+        "/reports/caf%C3%A9",
+        "/reports/.hidden",
+        "/reports/a;v=1",
+    ] {
+        let (res, body, _) = send(&layer, req(Method::GET, path, Some(&p))).await;
+        assert_eq!(
+            (res.status(), body),
+            (StatusCode::OK, Value::from("ok")),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_grpc_paths_are_invalid_argument() {
+    let layer = ScopeLayer::new(
+        Policy::builder()
+            .grpc_service("inventory.v1.Stock", Require::all_of("inventory:read"))
+            .build()
+            .expect("policy"),
+    );
+    let mut r = req(
+        Method::POST,
+        "/inventory.v1.Stock/%2e%2e",
+        Some(&principal("c", "inventory:read")),
+    );
+    r.headers_mut()
+        .insert("content-type", "application/grpc".parse().expect("hv"));
+    let (res, body, _) = send(&layer, r).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["grpc-status"], "3");
+    assert_eq!(body, Value::Null);
+}
+
+#[tokio::test]
+async fn the_path_check_can_be_relaxed_or_turned_off() {
+    let p = principal("c", "orders:read reports:read");
+    // Off: the policy judges the raw path, as before the check existed.
+    let off = ScopeLayer::new(orders_policy()).path_check(PathCheck::Off);
+    let (res, _, ctx) = send(&off, req(Method::GET, "/orders/..%2Fexport", Some(&p))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(ctx.snapshot().route.as_deref(), Some("/orders/{id}"));
+    // Per-route layers take the setting of the layer they come from.
+    let per_route = off.for_route(Require::all_of("orders:read")).expect("valid");
+    let (res, _, _) = send(&per_route, req(Method::GET, "/x/%2e%2e", Some(&p))).await;
+    assert_eq!(res.status(), 200);
+    let strict = ScopeLayer::require(Require::all_of("orders:read")).expect("valid");
+    let (res, _, _) = send(&strict, req(Method::GET, "/x/%2e%2e", Some(&p))).await;
+    assert_eq!(res.status(), 400);
+
+    // Encoded slashes allowed: they stay inside a segment for the policy; dot and
+    // empty segments around them are still refused.
+    let lenient = ScopeLayer::new(orders_policy()).path_check(PathCheck::AllowEncodedSlash);
+    let (res, _, ctx) = send(&lenient, req(Method::GET, "/reports/2024%2Fq3", Some(&p))).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(ctx.snapshot().route.as_deref(), Some("/reports/{name}"));
+    for path in ["/reports/..%2Fexport", "/reports/a%2F%2Fb", "/reports/%2e"] {
+        let (res, body, _) = send(&lenient, req(Method::GET, path, Some(&p))).await;
+        assert_eq!(res.status(), 400, "{path}");
+        assert_eq!(body["reason"], "request_target_ambiguous");
+    }
+    assert!(format!("{lenient:?}").contains("AllowEncodedSlash"));
+}
+
+#[tokio::test]
+async fn shadow_mode_records_an_ambiguous_path_and_judges_it_as_it_is() {
+    let layer = ScopeLayer::new(orders_policy()).shadow(true);
+    let p = principal("c", "orders:read");
+    let (res, body, ctx) = send(&layer, req(Method::GET, "/orders/%2e%2E", Some(&p))).await;
+    assert_eq!((res.status(), body), (StatusCode::OK, Value::from("ok")));
+    let s = ctx.snapshot();
+    assert_eq!(s.decision, Decision::Allowed);
+    assert_eq!(s.shadow_denials.len(), 1);
+    assert_eq!(
+        (
+            s.shadow_denials[0].control,
+            s.shadow_denials[0].reason,
+            s.shadow_denials[0].status.as_u16()
+        ),
+        (Control::Scope, "request_target_ambiguous", 400)
+    );
+    assert_eq!(s.route.as_deref(), Some("/orders/{id}"));
 }
