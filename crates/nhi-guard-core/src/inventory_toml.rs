@@ -23,6 +23,7 @@ const CLIENT_FIELDS: &[&str] = &[
     "status",
     "api_keys",
     "spiffe_ids",
+    "issuers",
     "labels",
 ];
 const TIER_FIELDS: &[&str] = &["per_second", "burst"];
@@ -222,6 +223,20 @@ fn parse_client(index: usize, value: &Value) -> Result<ClientRecord, InventoryEr
     }
     for sid in f.strings("spiffe_ids")?.unwrap_or_default() {
         b = b.spiffe_id(sid);
+    }
+    if let Some(issuers) = f.strings("issuers")? {
+        if issuers.is_empty() {
+            return Err(f.err(
+                "issuers",
+                Kind::Invalid,
+                "an empty list is ambiguous; list the issuers whose tokens may name this client, \
+                 or remove the field"
+                    .into(),
+            ));
+        }
+        for iss in issuers {
+            b = b.issuer(iss);
+        }
     }
     match table.get("labels") {
         None => {}
@@ -543,6 +558,113 @@ burst = 100
         assert_eq!((e.field(), e.kind()), (Some("rate"), Kind::UnknownField));
         let e = error_of(&format!("{HEAD}[tiers.gold]\nper_second = 1\n"));
         assert_eq!((e.field(), e.kind()), (Some("burst"), Kind::Missing));
+    }
+
+    #[test]
+    fn loads_issuers() {
+        let text = format!(
+            "{HEAD}issuers = [\"https://auth.example.com/\", \"https://auth.example.com\", \"http://127.0.0.1:8080/realms/x\"]\n"
+        );
+        let inv = Inventory::from_toml_str(&text).expect("valid inventory");
+        let c = inv.client("svc-a").expect("client");
+        assert_eq!(
+            c.issuers().iter().map(|i| &**i).collect::<Vec<_>>(),
+            [
+                "https://auth.example.com/",
+                "https://auth.example.com",
+                "http://127.0.0.1:8080/realms/x"
+            ]
+        );
+        // Exact comparison, as the token's `iss` is matched: a trailing slash or a
+        // letter case makes another issuer.
+        assert!(c.lists_issuer("https://auth.example.com/"));
+        assert!(c.lists_issuer("https://auth.example.com"));
+        assert!(!c.lists_issuer("https://AUTH.example.com"));
+        assert!(!c.lists_issuer("http://127.0.0.1:8080/realms/x/"));
+        // Absent: the client lists none.
+        let inv = Inventory::from_toml_str(HEAD).expect("valid inventory");
+        assert!(inv.client("svc-a").expect("client").issuers().is_empty());
+    }
+
+    #[test]
+    fn bad_issuers() {
+        for bad in [
+            "auth.example.com",
+            "ftp://auth.example.com",
+            "HTTPS://auth.example.com",
+            "https://",
+            "https:///path",
+            "https://auth.example.com?tenant=1",
+            "https://auth.example.com/#x",
+            "https://user@auth.example.com",
+            "https://auth.example.com:0",
+            "https://auth.example.com:99999",
+            "https://auth.example.com:",
+            "https://auth example.com",
+            "https://auth.example.com/a b",
+            "https://außen.example.com",
+            "https://auth.example.com/../x",
+            "https://auth..example.com",
+            "https://[::1",
+            "https://[not-v6]",
+            "https://auth.example.com\\x",
+        ] {
+            let text = format!("{HEAD}issuers = ['{bad}']\n"); // a literal string: no escapes
+            assert_names(&text, "svc-a", "issuers", Kind::Invalid);
+        }
+        for good in [
+            "https://[::1]:8443/",
+            "http://localhost:8080",
+            "https://a.example.com/t/v2.0",
+        ] {
+            let text = format!("{HEAD}issuers = [\"{good}\"]\n");
+            assert!(Inventory::from_toml_str(&text).is_ok(), "{good}");
+        }
+        assert_names(
+            &format!("{HEAD}issuers = []\n"),
+            "svc-a",
+            "issuers",
+            Kind::Invalid,
+        );
+        assert_names(
+            &format!("{HEAD}issuers = \"https://auth.example.com\"\n"),
+            "svc-a",
+            "issuers",
+            Kind::Invalid,
+        );
+        assert_names(
+            &format!("{HEAD}issuers = [1]\n"),
+            "svc-a",
+            "issuers",
+            Kind::Invalid,
+        );
+    }
+
+    #[test]
+    fn duplicate_issuers_name_the_client_entry_and_field() {
+        let text = format!(
+            "{HEAD}{}issuers = [\"https://a.example.com\", \"https://b.example.com\", \"https://a.example.com\"]\n",
+            HEAD.replace("svc-a", "svc-b")
+        );
+        let e = error_of(&text);
+        assert_eq!(e.kind(), Kind::Duplicate);
+        assert_eq!(
+            e.to_string(),
+            "client `svc-b` ([[client]] entry 2), field `issuers`: \"https://a.example.com\" is listed twice"
+        );
+        // A trailing slash is another issuer, not a duplicate.
+        let text = format!("{HEAD}issuers = [\"https://a.example.com\", \"https://a.example.com/\"]\n");
+        assert!(Inventory::from_toml_str(&text).is_ok());
+    }
+
+    #[test]
+    fn bad_issuer_error_text() {
+        let e = error_of(&format!("{HEAD}issuers = [\"auth.example.com\"]\n"));
+        assert_eq!(
+            e.to_string(),
+            "client `svc-a` ([[client]] entry 1), field `issuers`: \"auth.example.com\" must be an absolute \
+             URL starting with \"https://\" (or \"http://\")"
+        );
     }
 
     #[test]

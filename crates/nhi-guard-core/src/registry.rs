@@ -18,12 +18,29 @@
 //! status = "active"                 # optional: active | suspended
 //! api_keys = ["sha256:<64 hex>"]    # optional: SHA-256 of issued keys
 //! spiffe_ids = ["spiffe://example.test/ns/prod/sa/inventory-sync"]  # optional
+//! issuers = ["https://auth.example.com/"]  # optional; required with several issuers
 //! labels = { team = "fulfilment" }  # optional, free-form strings
 //!
 //! [tiers.standard]
 //! per_second = 50
 //! burst = 100
 //! ```
+//!
+//! # Issuers
+//!
+//! `issuers` lists the token issuers whose access tokens may name the client. A
+//! client that lists issuers is refused a token of any other issuer, whatever the
+//! number of trusted issuers. When the identity layer trusts several issuers every
+//! client must list its issuers (otherwise issuer B could mint a token naming issuer
+//! A's client): the layer registers an [`InventoryRequirement`] with the registry,
+//! which refuses to build and, with [`InMemoryRegistry`], refuses any replacement
+//! inventory with a client that lists none. API keys and client certificates do not
+//! involve an issuer and are unaffected.
+//!
+//! An issuer is written exactly as its tokens' `iss` claim and compared byte for
+//! byte, as the identity layer matches `iss` (OpenID Connect and RFC 8414 require
+//! exact comparison): `https://tenant.auth0.com/` with its trailing slash and
+//! `https://tenant.auth0.com` are different issuers, as are different letter cases.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -33,7 +50,7 @@ type FxMap<K, V> = HashMap<K, V, FxBuildHasher>;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -171,6 +188,7 @@ pub struct ClientRecord {
     #[serde(skip)]
     api_keys: Vec<ApiKeyHash>,
     spiffe_ids: Vec<Arc<str>>,
+    issuers: Vec<Arc<str>>,
     labels: BTreeMap<String, String>,
 }
 
@@ -229,6 +247,7 @@ impl ClientRecord {
             networks: None,
             api_keys: Vec::new(),
             spiffe_ids: Vec::new(),
+            issuers: Vec::new(),
             labels: BTreeMap::new(),
         }
     }
@@ -272,6 +291,16 @@ impl ClientRecord {
     /// SPIFFE ids this client's workloads present.
     pub fn spiffe_ids(&self) -> &[Arc<str>] {
         &self.spiffe_ids
+    }
+    /// The issuers whose access tokens may name this client, exactly as their
+    /// `iss` claim (see [Issuers](self#issuers)); empty when the client lists none.
+    pub fn issuers(&self) -> &[Arc<str>] {
+        &self.issuers
+    }
+    /// Whether the client lists `iss` among its issuers (exact, byte-for-byte
+    /// comparison; false when the client lists none).
+    pub fn lists_issuer(&self, iss: &str) -> bool {
+        self.issuers.iter().any(|listed| **listed == *iss)
     }
     /// Free-form labels.
     pub fn labels(&self) -> &BTreeMap<String, String> {
@@ -344,6 +373,7 @@ pub struct ClientRecordBuilder {
     networks: Option<Vec<IpNet>>,
     api_keys: Vec<ApiKeyHash>,
     spiffe_ids: Vec<Arc<str>>,
+    issuers: Vec<Arc<str>>,
     labels: BTreeMap<String, String>,
 }
 
@@ -382,6 +412,13 @@ impl ClientRecordBuilder {
         self.spiffe_ids.push(Arc::from(id.into()));
         self
     }
+    /// Lists an issuer whose access tokens may name this client, written exactly
+    /// as the tokens' `iss` (see [Issuers](self#issuers)). Once a client lists an
+    /// issuer, tokens of every other issuer are refused for it.
+    pub fn issuer(mut self, iss: impl Into<Arc<str>>) -> Self {
+        self.issuers.push(iss.into());
+        self
+    }
     /// Adds a free-form label.
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
@@ -392,7 +429,8 @@ impl ClientRecordBuilder {
     ///
     /// # Errors
     /// [`InventoryError`] naming the client and the field: an empty id, owner or
-    /// purpose, a malformed SPIFFE id, a network with host bits set.
+    /// purpose, a malformed SPIFFE id, a network with host bits set, an issuer that
+    /// is not an absolute http(s) URL (see [`validate_issuer`]) or is listed twice.
     pub fn build(self) -> Result<ClientRecord, InventoryError> {
         let at = |field: &'static str, kind, message: String| {
             InventoryError::client(Some(self.id.clone()), None, field, kind, message)
@@ -442,6 +480,16 @@ impl ClientRecordBuilder {
         for id in &self.spiffe_ids {
             validate_spiffe_id(id).map_err(|m| at("spiffe_ids", InventoryErrorKind::Invalid, m))?;
         }
+        for (i, iss) in self.issuers.iter().enumerate() {
+            validate_issuer(iss).map_err(|m| at("issuers", InventoryErrorKind::Invalid, m))?;
+            if self.issuers[..i].contains(iss) {
+                return Err(at(
+                    "issuers",
+                    InventoryErrorKind::Duplicate,
+                    format!("{iss:?} is listed twice"),
+                ));
+            }
+        }
         Ok(ClientRecord {
             id: ClientId::from(self.id),
             owner: self.owner,
@@ -453,9 +501,91 @@ impl ClientRecordBuilder {
             networks: self.networks,
             api_keys: self.api_keys,
             spiffe_ids: self.spiffe_ids,
+            issuers: self.issuers,
             labels: self.labels,
         })
     }
+}
+
+/// Checks the shape of an issuer identifier as OpenID Connect Discovery and
+/// RFC 8414 define it: an absolute `https://` URL (or `http://`, for loopback and
+/// in-cluster issuers) with a host, an optional port and path, and no user
+/// information, query or fragment; ASCII without spaces (write internationalised
+/// host names in punycode).
+///
+/// The text is not normalised: it is compared with a token's `iss` byte for byte,
+/// so it must be written exactly as the issuer writes it, trailing slash included.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn validate_issuer(iss: &str) -> Result<(), String> {
+    let rest = iss
+        .strip_prefix("https://")
+        .or_else(|| iss.strip_prefix("http://"))
+        .ok_or_else(|| {
+            format!("{iss:?} must be an absolute URL starting with \"https://\" (or \"http://\")")
+        })?;
+    if let Some(c) = iss.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{iss:?} contains {c:?}; only visible ASCII is allowed (host names in punycode)"
+        ));
+    }
+    if iss.contains(['?', '#']) {
+        return Err(format!("{iss:?} must not have a query or a fragment"));
+    }
+    if iss.contains('\\') {
+        return Err(format!("{iss:?} must not contain a backslash"));
+    }
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if authority.contains('@') {
+        return Err(format!("{iss:?} must not contain user information (`user@`)"));
+    }
+    let port = match authority.strip_prefix('[') {
+        Some(literal) => {
+            let (addr, after) = literal
+                .split_once(']')
+                .ok_or_else(|| format!("{iss:?} has an unterminated IPv6 address"))?;
+            if addr.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{iss:?} has an invalid IPv6 address"));
+            }
+            match after {
+                "" => None,
+                _ => Some(
+                    after
+                        .strip_prefix(':')
+                        .ok_or_else(|| format!("{iss:?} has an invalid host"))?,
+                ),
+            }
+        }
+        None => {
+            let (host, port) = match authority.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            };
+            if host.is_empty()
+                || host.starts_with(['.', '-'])
+                || host.contains("..")
+                || !host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            {
+                return Err(format!("{iss:?} has no valid host"));
+            }
+            port
+        }
+    };
+    if let Some(port) = port
+        && (port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || !port.parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err(format!("{iss:?} has an invalid port {port:?}"));
+    }
+    if path.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(format!("{iss:?} has a `.` or `..` path segment"));
+    }
+    Ok(())
 }
 
 /// Checks the shape of a SPIFFE id: `spiffe://<trust domain>/<path>`, lower-case
@@ -613,6 +743,9 @@ pub struct Inventory {
     // Fixed at build time and never filled from requests: the unkeyed hasher is
     // safe for lookups of any key, and several happen per request.
     clients: FxMap<ClientId, Arc<ClientRecord>>,
+    /// The clients in the order they were given (entry order of the file), for
+    /// errors that name an entry.
+    entries: Vec<Arc<ClientRecord>>,
     by_api_key: FxMap<ApiKeyHash, Arc<ClientRecord>>,
     by_spiffe_id: FxMap<Arc<str>, Arc<ClientRecord>>,
     tiers: FxMap<Arc<str>, Tier>,
@@ -773,6 +906,7 @@ impl InventoryBuilder {
         }
         let mut inv = Inventory {
             clients: FxMap::with_capacity_and_hasher(self.clients.len(), FxBuildHasher::default()),
+            entries: Vec::with_capacity(self.clients.len()),
             by_api_key: FxMap::default(),
             by_spiffe_id: FxMap::default(),
             tiers,
@@ -809,6 +943,7 @@ impl InventoryBuilder {
                     ));
                 }
             }
+            inv.entries.push(record.clone());
             if inv.clients.insert(record.id.clone(), record).is_some() {
                 return Err(err(
                     "id",
@@ -853,6 +988,154 @@ pub(crate) fn with_index(e: InventoryError, index: usize) -> InventoryError {
     e.at_index(index)
 }
 
+/// A condition every client of an inventory must meet for a control to stay safe,
+/// registered with [`ClientRegistry::require`]: checked against the inventory
+/// served when it is registered and, by [`InMemoryRegistry`], against every
+/// inventory it is asked to swap in, so that a reload cannot break it.
+///
+/// The identity layer registers [`InventoryRequirement::trusted_issuers`] when it
+/// is built.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use nhi_guard_core::registry::{ClientRecord, Inventory, InventoryRequirement};
+///
+/// let expires = SystemTime::now() + Duration::from_secs(86_400 * 90);
+/// let inventory = Inventory::builder()
+///     .client(ClientRecord::builder("billing-export", "finance@example.com", "Nightly export", expires).build().unwrap())
+///     .build()
+///     .unwrap();
+/// // One issuer: clients need not list it.
+/// assert!(InventoryRequirement::trusted_issuers(["https://a.example.com"]).check(&inventory).is_ok());
+/// // Two: every client must list its issuers.
+/// let two = InventoryRequirement::trusted_issuers(["https://a.example.com", "https://b.example.com"]);
+/// let err = two.check(&inventory).unwrap_err();
+/// assert_eq!((err.client_id(), err.field()), (Some("billing-export"), Some("issuers")));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InventoryRequirement {
+    kind: RequirementKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum RequirementKind {
+    /// Sorted, without duplicates.
+    TrustedIssuers(Arc<[Arc<str>]>),
+}
+
+impl InventoryRequirement {
+    /// Access tokens of these issuers are accepted. With more than one, every
+    /// client must list the issuers whose tokens may name it (`issuers`), or a
+    /// token of one issuer naming another issuer's client would be accepted; with
+    /// one, nothing is required. In both cases a client whose `issuers` lists none
+    /// of the trusted issuers (a typo, or a trailing slash that the tokens' `iss`
+    /// lacks) can never present a token: the check logs one warning naming such a
+    /// client, without failing (it may still use an API key or a certificate).
+    pub fn trusted_issuers<I>(issuers: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<Arc<str>>,
+    {
+        let mut list: Vec<Arc<str>> = issuers.into_iter().map(Into::into).collect();
+        list.sort_unstable();
+        list.dedup();
+        Self {
+            kind: RequirementKind::TrustedIssuers(list.into()),
+        }
+    }
+
+    /// Checks every client of `inventory`.
+    ///
+    /// # Errors
+    /// [`InventoryError`] naming the first client (in entry order) that does not
+    /// meet the requirement, its entry and the field.
+    pub fn check(&self, inventory: &Inventory) -> Result<(), InventoryError> {
+        self.check_entries(
+            inventory
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, record)| (Some(i), &**record)),
+        )
+    }
+
+    /// Checks these clients, for a registry that holds no [`Inventory`].
+    ///
+    /// # Errors
+    /// [`InventoryError`] naming the first client that does not meet the
+    /// requirement, and the field.
+    pub fn check_clients<'a>(
+        &self,
+        clients: impl IntoIterator<Item = &'a ClientRecord>,
+    ) -> Result<(), InventoryError> {
+        self.check_entries(clients.into_iter().map(|record| (None, record)))
+    }
+
+    fn check_entries<'a>(
+        &self,
+        entries: impl Iterator<Item = (Option<usize>, &'a ClientRecord)>,
+    ) -> Result<(), InventoryError> {
+        let RequirementKind::TrustedIssuers(trusted) = &self.kind;
+        if trusted.is_empty() {
+            return Ok(());
+        }
+        let mut unlisted: Option<(Option<usize>, &ClientRecord)> = None;
+        let mut more_unlisted = 0usize;
+        let mut untrusted: Option<&ClientRecord> = None;
+        let mut more_untrusted = 0usize;
+        for (index, record) in entries {
+            if record.issuers.is_empty() {
+                if trusted.len() > 1 {
+                    match unlisted {
+                        None => unlisted = Some((index, record)),
+                        Some(_) => more_unlisted += 1,
+                    }
+                }
+            } else if !record.issuers.iter().any(|iss| trusted.contains(iss)) {
+                match untrusted {
+                    None => untrusted = Some(record),
+                    Some(_) => more_untrusted += 1,
+                }
+            }
+        }
+        if let Some((index, record)) = unlisted {
+            let listed = trusted
+                .iter()
+                .map(|iss| format!("{iss:?}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let more = match more_unlisted {
+                0 => String::new(),
+                1 => "; 1 more client lists none either".to_owned(),
+                n => format!("; {n} more clients list none either"),
+            };
+            return Err(InventoryError::client(
+                Some(record.id().to_string()),
+                index,
+                "issuers",
+                InventoryErrorKind::Missing,
+                format!(
+                    "missing: tokens of {} issuers are trusted ({listed}), so every client must list \
+                     the issuers whose tokens may name it{more}",
+                    trusted.len()
+                ),
+            ));
+        }
+        if let Some(record) = untrusted {
+            tracing::warn!(
+                target: "nhi_guard::registry",
+                client_id = %record.id(),
+                issuers = ?record.issuers(),
+                trusted = ?trusted,
+                more_clients = more_untrusted,
+                "client lists no trusted issuer, so its tokens are refused \
+                 (issuers are compared exactly, trailing slash included)"
+            );
+        }
+        Ok(())
+    }
+}
+
 /// The source of client records that the controls consult on every request.
 ///
 /// Look-ups are synchronous and must be fast (they sit on the hot path); a
@@ -872,6 +1155,24 @@ pub trait ClientRegistry: Send + Sync + fmt::Debug + 'static {
     /// How long before expiry a client is flagged as expiring soon.
     fn expiry_warning(&self) -> Duration {
         DEFAULT_EXPIRY_WARNING
+    }
+    /// Registers a condition every inventory this registry serves must meet, and
+    /// checks the inventory served now. Controls call it when they are built: the
+    /// identity layer requires every client to list its issuers when it trusts
+    /// several.
+    ///
+    /// The default checks the clients served now ([`ClientRegistry::clients`])
+    /// once. A registry that swaps its inventory at run time should keep the
+    /// requirement and refuse a replacement that does not meet it, as
+    /// [`InMemoryRegistry`] does. Controls also check at request time what they
+    /// depend on, so a registry that keeps the default refuses nothing less
+    /// safely: a reload that breaks a requirement shows as refused requests
+    /// instead of a failed reload.
+    ///
+    /// # Errors
+    /// The inventory served now does not meet the requirement.
+    fn require(&self, requirement: InventoryRequirement) -> Result<(), InventoryError> {
+        requirement.check_clients(self.clients().iter().map(|record| &**record))
     }
 }
 
@@ -893,12 +1194,15 @@ pub type SharedRegistry = Arc<dyn ClientRegistry>;
 /// let registry = InMemoryRegistry::new(inventory);
 /// assert!(registry.client("billing-export").is_some());
 ///
-/// registry.replace(Inventory::builder().build().unwrap());
+/// registry.replace(Inventory::builder().build().unwrap()).unwrap();
 /// assert!(registry.client("billing-export").is_none());
 /// ```
 #[derive(Debug)]
 pub struct InMemoryRegistry {
     current: ArcSwap<Inventory>,
+    /// Held while a replacement is checked and stored, so that a requirement
+    /// registered at the same time is checked against the inventory that stays.
+    requirements: Mutex<Vec<InventoryRequirement>>,
 }
 
 impl InMemoryRegistry {
@@ -906,7 +1210,19 @@ impl InMemoryRegistry {
     pub fn new(inventory: Inventory) -> Self {
         Self {
             current: ArcSwap::from_pointee(inventory),
+            requirements: Mutex::new(Vec::new()),
         }
+    }
+
+    fn requirements_lock(&self) -> MutexGuard<'_, Vec<InventoryRequirement>> {
+        // The vector is only pushed to: a panic elsewhere cannot leave it torn.
+        self.requirements.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The requirements registered with [`ClientRegistry::require`] that every
+    /// replacement inventory is checked against.
+    pub fn requirements(&self) -> Vec<InventoryRequirement> {
+        self.requirements_lock().clone()
     }
 
     /// Loads a TOML file.
@@ -917,21 +1233,31 @@ impl InMemoryRegistry {
         Inventory::from_toml_file(path).map(Self::new)
     }
 
-    /// Atomically replaces the inventory. Requests already holding a record keep
+    /// Atomically replaces the inventory, after checking it against every
+    /// registered [`InventoryRequirement`]. Requests already holding a record keep
     /// it; the next look-up sees the new snapshot.
-    pub fn replace(&self, inventory: Inventory) {
+    ///
+    /// # Errors
+    /// [`InventoryError`] naming the client and field of the first requirement
+    /// the new inventory does not meet; the current inventory stays.
+    pub fn replace(&self, inventory: Inventory) -> Result<(), InventoryError> {
+        let requirements = self.requirements_lock();
+        for requirement in requirements.iter() {
+            requirement.check(&inventory)?;
+        }
         self.current.store(Arc::new(inventory));
+        drop(requirements);
         tracing::info!(target: "nhi_guard::registry", "client inventory replaced");
+        Ok(())
     }
 
     /// Re-reads a TOML file and swaps it in; on error the current inventory stays.
     ///
     /// # Errors
-    /// As [`Inventory::from_toml_file`].
+    /// As [`Inventory::from_toml_file`] and [`InMemoryRegistry::replace`].
     pub fn reload_from_file(&self, path: impl AsRef<Path>) -> Result<(), InventoryError> {
         let inv = Inventory::from_toml_file(path)?;
-        self.replace(inv);
-        Ok(())
+        self.replace(inv)
     }
 
     /// The current snapshot.
@@ -959,6 +1285,14 @@ impl ClientRegistry for InMemoryRegistry {
     fn expiry_warning(&self) -> Duration {
         self.current.load().expiry_warning()
     }
+    fn require(&self, requirement: InventoryRequirement) -> Result<(), InventoryError> {
+        let mut requirements = self.requirements_lock();
+        requirement.check(&self.current.load())?;
+        if !requirements.contains(&requirement) {
+            requirements.push(requirement);
+        }
+        Ok(())
+    }
 }
 
 impl<R: ClientRegistry + ?Sized> ClientRegistry for Arc<R> {
@@ -979,5 +1313,206 @@ impl<R: ClientRegistry + ?Sized> ClientRegistry for Arc<R> {
     }
     fn expiry_warning(&self) -> Duration {
         (**self).expiry_warning()
+    }
+    fn require(&self, requirement: InventoryRequirement) -> Result<(), InventoryError> {
+        (**self).require(requirement)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "https://a.example.com";
+    const B: &str = "https://b.example.com/";
+
+    fn record(id: &str, issuers: &[&str]) -> ClientRecord {
+        let expires = SystemTime::now() + Duration::from_secs(86_400);
+        issuers
+            .iter()
+            .fold(
+                ClientRecord::builder(id, "team@example.com", "tests", expires),
+                |b, iss| b.issuer(*iss),
+            )
+            .build()
+            .expect("valid record")
+    }
+
+    fn inventory(clients: &[(&str, &[&str])]) -> Inventory {
+        clients
+            .iter()
+            .fold(Inventory::builder(), |b, (id, issuers)| {
+                b.client(record(id, issuers))
+            })
+            .build()
+            .expect("valid inventory")
+    }
+
+    #[test]
+    fn builder_validates_issuers() {
+        let expires = SystemTime::now() + Duration::from_secs(86_400);
+        let e = ClientRecord::builder("svc", "o", "p", expires)
+            .issuer("not a url")
+            .build()
+            .expect_err("invalid issuer");
+        assert_eq!(
+            (e.field(), e.kind()),
+            (Some("issuers"), InventoryErrorKind::Invalid)
+        );
+        assert!(
+            e.to_string().starts_with("client `svc`, field `issuers`: "),
+            "{e}"
+        );
+        let e = ClientRecord::builder("svc", "o", "p", expires)
+            .issuer(A)
+            .issuer(A)
+            .build()
+            .expect_err("duplicate issuer");
+        assert_eq!(
+            (e.field(), e.kind()),
+            (Some("issuers"), InventoryErrorKind::Duplicate)
+        );
+    }
+
+    #[test]
+    fn one_trusted_issuer_requires_nothing() {
+        let inv = inventory(&[("plain", &[]), ("bound-elsewhere", &[B])]);
+        assert_eq!(InventoryRequirement::trusted_issuers([A]).check(&inv), Ok(()));
+        assert_eq!(
+            InventoryRequirement::trusted_issuers(Vec::<Arc<str>>::new()).check(&inv),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn several_trusted_issuers_require_every_client_to_list_its_issuers() {
+        let two = InventoryRequirement::trusted_issuers([A, B]);
+        assert_eq!(two.check(&inventory(&[("x", &[A]), ("y", &[A, B])])), Ok(()));
+        let e = two
+            .check(&inventory(&[("x", &[A]), ("y", &[]), ("z", &[])]))
+            .expect_err("clients without issuers");
+        assert_eq!(e.kind(), InventoryErrorKind::Missing);
+        assert_eq!(e.client_id(), Some("y"));
+        assert_eq!(e.field(), Some("issuers"));
+        assert_eq!(
+            e.to_string(),
+            "client `y` ([[client]] entry 2), field `issuers`: missing: tokens of 2 issuers are trusted \
+             (\"https://a.example.com\", \"https://b.example.com/\"), so every client must list the issuers \
+             whose tokens may name it; 1 more client lists none either"
+        );
+        // The same through the registry's clients (no entry numbers).
+        let e = two
+            .check_clients([&record("y", &[])])
+            .expect_err("client without issuers");
+        assert!(
+            e.to_string().starts_with("client `y`, field `issuers`: missing"),
+            "{e}"
+        );
+        // Order and duplicates of the trusted list do not make another requirement.
+        assert_eq!(two, InventoryRequirement::trusted_issuers([B, A, B]));
+    }
+
+    #[test]
+    fn replace_checks_registered_requirements_and_keeps_the_current_inventory() {
+        let registry = InMemoryRegistry::new(inventory(&[("x", &[A])]));
+        let two = InventoryRequirement::trusted_issuers([A, B]);
+        registry.require(two.clone()).expect("current inventory meets it");
+        registry.require(two.clone()).expect("registered twice");
+        assert_eq!(registry.requirements(), vec![two]);
+
+        let e = registry
+            .replace(inventory(&[("x", &[A]), ("new", &[])]))
+            .expect_err("violates the requirement");
+        assert_eq!((e.client_id(), e.field()), (Some("new"), Some("issuers")));
+        assert!(registry.client("new").is_none());
+        assert!(registry.client("x").is_some());
+
+        registry
+            .replace(inventory(&[("new", &[B])]))
+            .expect("meets the requirement");
+        assert!(registry.client("new").is_some());
+        assert!(registry.client("x").is_none());
+    }
+
+    #[test]
+    fn require_refuses_a_current_inventory_that_does_not_meet_it() {
+        let registry = Arc::new(InMemoryRegistry::new(inventory(&[("x", &[])])));
+        let shared: SharedRegistry = registry.clone();
+        let e = shared
+            .require(InventoryRequirement::trusted_issuers([A, B]))
+            .expect_err("x lists no issuers");
+        assert_eq!(e.client_id(), Some("x"));
+        // Not registered: a later replacement is not held to it.
+        assert!(registry.requirements().is_empty());
+        registry
+            .replace(inventory(&[("y", &[])]))
+            .expect("no requirement");
+    }
+
+    #[test]
+    fn reload_from_file_keeps_the_current_inventory_on_a_violation() {
+        let path =
+            nhi_guard_testkit::temp::TempDir::unique("nhi-guard-core-registry-issuers").file("clients.toml");
+        let client = |id: &str, issuers: &str| {
+            format!(
+                "[[client]]\nid = \"{id}\"\nowner = \"o@example.com\"\npurpose = \"p\"\n\
+                 expires = \"2099-01-01T00:00:00Z\"\n{issuers}"
+            )
+        };
+        std::fs::write(&path, client("x", "issuers = [\"https://a.example.com\"]\n")).expect("write");
+        let registry = InMemoryRegistry::from_toml_file(&path).expect("valid file");
+        registry
+            .require(InventoryRequirement::trusted_issuers([A, B]))
+            .expect("x lists its issuer");
+        std::fs::write(
+            &path,
+            format!(
+                "{}{}",
+                client("x", "issuers = [\"https://a.example.com\"]\n"),
+                client("y", "")
+            ),
+        )
+        .expect("write");
+        let e = registry.reload_from_file(&path).expect_err("y lists no issuer");
+        assert!(
+            e.to_string()
+                .starts_with("client `y` ([[client]] entry 2), field `issuers`: missing"),
+            "{e}"
+        );
+        assert!(registry.client("y").is_none());
+        assert!(registry.client("x").is_some());
+    }
+
+    /// A registry implemented by a user, with only the required methods: the
+    /// default `require` checks what it serves now.
+    #[derive(Debug)]
+    struct Custom(Vec<Arc<ClientRecord>>);
+
+    impl ClientRegistry for Custom {
+        fn client(&self, id: &str) -> Option<Arc<ClientRecord>> {
+            self.0.iter().find(|r| r.id().as_str() == id).cloned()
+        }
+        fn client_by_api_key(&self, _: &ApiKeyHash) -> Option<Arc<ClientRecord>> {
+            None
+        }
+        fn client_by_spiffe_id(&self, _: &str) -> Option<Arc<ClientRecord>> {
+            None
+        }
+        fn tier(&self, _: &str) -> Option<Tier> {
+            None
+        }
+        fn clients(&self) -> Vec<Arc<ClientRecord>> {
+            self.0.clone()
+        }
+    }
+
+    #[test]
+    fn default_require_checks_the_clients_served_now() {
+        let two = InventoryRequirement::trusted_issuers([A, B]);
+        let ok = Custom(vec![Arc::new(record("x", &[A]))]);
+        assert_eq!(ok.require(two.clone()), Ok(()));
+        let bad = Custom(vec![Arc::new(record("x", &[A])), Arc::new(record("y", &[]))]);
+        let e = bad.require(two).expect_err("y lists no issuer");
+        assert_eq!(e.client_id(), Some("y"));
     }
 }

@@ -385,7 +385,7 @@ async fn registry_tiers_apply_live_and_principal_extension_is_read() {
     assert_eq!(res.status(), 200);
     let res = svc.ready().await.expect("ready").call(req(&p)).await.expect("ok");
     assert_eq!(res.status(), 429);
-    registry.replace(inventory(3));
+    registry.replace(inventory(3)).expect("no requirement registered");
     for _ in 0..2 {
         let res = svc.ready().await.expect("ready").call(req(&p)).await.expect("ok");
         assert_eq!(res.status(), 200);
