@@ -365,7 +365,18 @@ async fn every_control_answers_through_the_gateway() {
 
 #[tokio::test]
 async fn enumeration_is_throttled_then_blocked_by_risk() {
-    let gw = gateway("risk", &[]).await;
+    walk_is_throttled_then_blocked("GET").await;
+}
+
+/// `HEAD` is served by the `GET` route, so walking items with it (the status alone
+/// says whether an item exists) is scored like the `GET` walk.
+#[tokio::test]
+async fn enumeration_with_head_is_throttled_then_blocked_by_risk() {
+    walk_is_throttled_then_blocked("HEAD").await;
+}
+
+async fn walk_is_throttled_then_blocked(method: &str) {
+    let gw = gateway(&format!("risk-{method}"), &[]).await;
     let sync = key("inventory-sync");
     let mut refused_by_risk = 0;
     let mut first_refusal = None;
@@ -374,20 +385,29 @@ async fn enumeration_is_throttled_then_blocked_by_risk() {
         gw.clock.advance(Duration::from_millis(50));
         let r = gw
             .send(
-                "GET",
+                method,
                 &format!("/inventory/sku-{i}"),
                 Some(sync),
                 "127.0.0.11:40000",
             )
             .await;
         if r.status != StatusCode::OK {
-            assert_eq!(r.body["control"], "risk", "{i}: {}", r.body);
+            assert!(
+                matches!(r.status.as_u16(), 429 | 403),
+                "{method} {i}: {}",
+                r.status
+            );
+            if method == "GET" {
+                assert_eq!(r.body["control"], "risk", "{method} {i}: {}", r.body);
+            } else {
+                assert!(r.text.is_empty(), "a HEAD answer carries no body: {}", r.text);
+            }
             first_refusal.get_or_insert(i);
             refused_by_risk += 1;
         }
     }
-    let first = first_refusal.expect("risk never refused the walk");
-    assert!(first <= 130, "risk reacted only after {first} objects");
+    let first = first_refusal.unwrap_or_else(|| panic!("risk never refused the {method} walk"));
+    assert!(first <= 130, "risk reacted to the {method} walk only after {first} objects");
     assert_eq!(
         refused_by_risk,
         200 - first,
@@ -398,8 +418,14 @@ async fn enumeration_is_throttled_then_blocked_by_risk() {
         .send("GET", "/orders", Some(key("reporting-bot")), "127.0.0.12:40000")
         .await;
     assert_eq!(r.status, StatusCode::OK);
-    let (verification, _) = gw.finish().await;
+    let (verification, records) = gw.finish().await;
     assert!(verification.first_break.is_none());
+    // The audit log says risk refused each of them.
+    let by_risk = records
+        .iter()
+        .filter(|r| r["unmapped"]["nhi_guard"]["control"] == "risk" && r["unmapped"]["nhi_guard"]["decision"] == "denied")
+        .count();
+    assert_eq!(by_risk, refused_by_risk, "{method}");
 }
 
 #[tokio::test]

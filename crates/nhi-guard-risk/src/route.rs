@@ -202,8 +202,18 @@ impl RouteTable {
         self.routes.get(index).map(|r| &r.0.pattern)
     }
 
-    /// The facts of the first route matching the request.
+    /// The facts of the first route matching the request. `HEAD` is served by the
+    /// `GET` route when no route names `HEAD` itself, as axum and the scope policy
+    /// serve it: walking items with `HEAD` is scored like walking them with `GET`.
     pub(crate) fn find(&self, method: &Method, path: &str, hasher: &KeyHasher) -> Option<RouteFacts> {
+        self.find_exact(method, path, hasher).or_else(|| {
+            (method == Method::HEAD)
+                .then(|| self.find_exact(&Method::GET, path, hasher))
+                .flatten()
+        })
+    }
+
+    fn find_exact(&self, method: &Method, path: &str, hasher: &KeyHasher) -> Option<RouteFacts> {
         self.routes.iter().enumerate().find_map(|(i, (route, group))| {
             let resource = route.matches(method, path)?;
             Some(RouteFacts {
@@ -257,6 +267,30 @@ mod tests {
         let o = t.find(&Method::DELETE, "/orders/acme/7", &h).expect("match");
         assert_eq!(o.resource_hash(), Some(h.hash_tagged(6, "acme")));
         assert!(t.find(&Method::GET, "no-slash", &h).is_none());
+    }
+
+    #[test]
+    fn head_is_matched_by_the_get_route_unless_a_head_route_exists() {
+        let h = KeyHasher::new();
+        let mut t = RouteTable::default();
+        t.push(Route::new("GET", "/items/{id}").expect("route"), &h)
+            .expect("push");
+        t.push(Route::new("POST", "/items/{id}/hold").expect("route"), &h)
+            .expect("push");
+        t.push(Route::new("HEAD", "/files/{id}").expect("route"), &h)
+            .expect("push");
+        t.push(Route::new("GET", "/files/{id}").expect("route"), &h)
+            .expect("push");
+        let get = t.find(&Method::GET, "/items/7", &h).expect("GET");
+        let head = t.find(&Method::HEAD, "/items/7", &h).expect("HEAD as GET");
+        assert_eq!((head.index(), head.resource_number()), (get.index(), Some(7)));
+        assert_eq!(head.resource_hash(), get.resource_hash());
+        // Only GET stands in for HEAD.
+        assert!(t.find(&Method::HEAD, "/items/7/hold", &h).is_none());
+        assert!(t.find(&Method::OPTIONS, "/items/7", &h).is_none());
+        // An explicit HEAD route wins over the GET one, whatever the order.
+        assert_eq!(t.find(&Method::HEAD, "/files/1", &h).expect("HEAD").index(), 2);
+        assert_eq!(t.find(&Method::GET, "/files/1", &h).expect("GET").index(), 3);
     }
 
     #[test]
