@@ -9,7 +9,7 @@ use nhi_guard_core::address::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
 use nhi_guard_core::hash::FxBuildHasher;
-use nhi_guard_core::registry::{ClientRegistry, SharedRegistry};
+use nhi_guard_core::registry::{ClientRegistry, InventoryRequirement, SharedRegistry};
 
 use crate::cache::TokenCache;
 use crate::jwt::Issuer;
@@ -175,6 +175,15 @@ impl fmt::Debug for IdentityLayerBuilder {
 impl IdentityLayerBuilder {
     /// Trusts tokens of `issuer`. Several issuers may be configured; a token is
     /// routed by its (unverified) `iss` to that issuer's keys only.
+    ///
+    /// A token is accepted for a client only from an issuer the client lists in
+    /// the inventory (`issuers`, compared exactly with `iss`), when it lists any.
+    /// With several issuers every client must list its issuers, so that a token of
+    /// one issuer cannot name another issuer's client: [`build`](Self::build)
+    /// fails otherwise, and registers the requirement with the registry
+    /// ([`ClientRegistry::require`]) so that
+    /// [`InMemoryRegistry::replace`](nhi_guard_core::InMemoryRegistry::replace)
+    /// and `reload_from_file` refuse an inventory that breaks it later.
     pub fn issuer(mut self, issuer: Issuer) -> Self {
         self.issuers.push(issuer);
         self
@@ -274,7 +283,9 @@ impl IdentityLayerBuilder {
     /// # Errors
     /// A [`ConfigError`] naming the field: an issuer without audience or keys, an
     /// unsupported algorithm, a duplicate issuer, an invalid header name, an
-    /// empty credential order, a zero token size.
+    /// empty credential order, a zero token size; `registry` when several issuers
+    /// are trusted and a client of the inventory lists none (the message names
+    /// the client).
     pub fn build(self) -> Result<IdentityLayer, ConfigError> {
         let api_key_header = self
             .api_key_header
@@ -310,6 +321,14 @@ impl IdentityLayerBuilder {
                     format!("{:?} is configured twice", issuer.iss),
                 ));
             }
+        }
+        // Last, once nothing else can fail: the registry keeps the requirement.
+        if order.contains(&Credential::Bearer) && !self.issuers.is_empty() {
+            self.registry
+                .require(InventoryRequirement::trusted_issuers(
+                    self.issuers.iter().map(|i| i.iss.clone()),
+                ))
+                .map_err(|e| ConfigError::new("registry", e.to_string()))?;
         }
         let renderer = match self.renderer {
             Some(r) => r,

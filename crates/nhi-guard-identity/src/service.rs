@@ -330,6 +330,16 @@ impl Config {
                 "The client is not registered with this API",
             ));
         };
+        let iss = &self.issuers[vt.issuer].iss;
+        if !self.issuer_may_name(&record, iss) {
+            // The same answer whether the client lists other issuers or none: the
+            // caller learns nothing of the client's issuers.
+            return fail(Denial::invalid_token(
+                Control::Identity,
+                "client_issuer_mismatch",
+                "The access token's issuer may not issue tokens for this client",
+            ));
+        }
         let credential = CredentialInfo::Jwt {
             kid: vt.kid.clone(),
             alg: vt.alg.clone(),
@@ -344,13 +354,34 @@ impl Config {
             vt.scopes.intersection(record.scopes())
         };
         let mut principal = Principal::new(record.clone(), credential, scopes, tier)
-            .issuer(self.issuers[vt.issuer].iss.clone())
+            .issuer(iss.clone())
             .subject(vt.subject.clone())
             .credential_expires(vt.exp);
         if let Some(iat) = vt.iat {
             principal = principal.credential_issued_at(iat);
         }
         self.govern(&record, principal, ctx, IdentityKind::ServiceAccount, fp, now)
+    }
+
+    /// Whether a token of `iss` may name `record`: an issuer the client lists
+    /// (exact comparison, as `iss` was matched), or any trusted issuer when the
+    /// client lists none and a single issuer is trusted.
+    fn issuer_may_name(&self, record: &ClientRecord, iss: &str) -> bool {
+        if !record.issuers().is_empty() {
+            return record.lists_issuer(iss);
+        }
+        if self.issuers.len() == 1 {
+            return true;
+        }
+        // The layer refused to build over such an inventory and `InMemoryRegistry`
+        // refuses to swap one in; a registry of the application's own may not.
+        tracing::warn!(
+            target: TARGET,
+            client_id = %record.id(),
+            "client lists no issuers while several are trusted; its tokens are refused \
+             (list its issuers in the inventory)"
+        );
+        false
     }
 
     fn admit_api_key(&self, key: &str, hash: ApiKeyHash, ctx: &SecurityContext, now: SystemTime) -> Step {

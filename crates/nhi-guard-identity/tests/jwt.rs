@@ -57,10 +57,13 @@ fn layer_with(
         .audience(AUD)
         .algorithms([Algorithm::ES256])
         .static_keys(key_set(&[&k.other_issuer]));
-    f(IdentityLayer::builder(registry())
-        .issuer(a)
-        .issuer(b)
-        .realm("orders"))
+    // Two issuers: every client lists the issuers whose tokens may name it.
+    f(
+        IdentityLayer::builder(registry_listing(&[ISS, "https://other-issuer.test"]))
+            .issuer(a)
+            .issuer(b)
+            .realm("orders"),
+    )
     .build()
     .unwrap()
 }
@@ -476,7 +479,8 @@ async fn attack_token_of_issuer_a_signed_with_issuer_b_key() {
         .other_issuer
         .sign_with(json!({"kid": "ec-1"}), &claims("svc-a", "orders:read"));
     assert_rejected(&l, &token, "token_signature_invalid").await;
-    // And B's own token is fine.
+    // And B's own token is fine (svc-a lists both issuers; tests/issuers.rs has
+    // a client that lists one).
     let mut c = claims("svc-a", "orders:read");
     c["iss"] = json!("https://other-issuer.test");
     assert_eq!(
@@ -571,7 +575,9 @@ async fn cached_token_still_checks_governance_every_request() {
     let token = k.ec.sign(&claims("svc-a", "orders:read"));
     assert_eq!(send(&l, bearer(&token)).await.status, StatusCode::OK);
     // The client is removed from the inventory: the cached token no longer passes.
-    registry.replace(nhi_guard_core::Inventory::builder().build().unwrap());
+    registry
+        .replace(nhi_guard_core::Inventory::builder().build().unwrap())
+        .unwrap();
     let out = send(&l, bearer(&token)).await;
     assert_eq!(out.status, StatusCode::UNAUTHORIZED);
     assert_eq!(out.state.identity_failure, Some("client_unknown"));

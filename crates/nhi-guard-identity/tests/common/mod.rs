@@ -146,11 +146,21 @@ pub fn days(n: u64) -> Duration {
 /// `svc-expired`, `svc-net` (only 10.0.0.0/8), `svc-key` (API key
 /// `nhik_test_5e3b1f0a9c`), `svc-spiffe` (spiffe://example.org/ns/prod/sa/worker).
 pub fn registry() -> InMemoryRegistry {
+    registry_listing(&[])
+}
+
+/// The clients of [`registry`], each listing `issuers` (required when a layer
+/// trusts several issuers).
+pub fn registry_listing(issuers: &[&str]) -> InMemoryRegistry {
     let future = SystemTime::now() + days(90);
     let past = SystemTime::now() - days(1);
     let scopes = ScopeSet::parse("orders:read orders:write").unwrap();
-    let rec =
-        |id: &str, exp| ClientRecord::builder(id, "team@example.com", "tests", exp).scopes(scopes.clone());
+    let rec = |id: &str, exp| {
+        issuers.iter().fold(
+            ClientRecord::builder(id, "team@example.com", "tests", exp).scopes(scopes.clone()),
+            |b, iss| b.issuer(*iss),
+        )
+    };
     let inventory = Inventory::builder()
         .client(rec("svc-a", future).build().unwrap())
         .client(
