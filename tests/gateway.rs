@@ -407,7 +407,10 @@ async fn walk_is_throttled_then_blocked(method: &str) {
         }
     }
     let first = first_refusal.unwrap_or_else(|| panic!("risk never refused the {method} walk"));
-    assert!(first <= 130, "risk reacted to the {method} walk only after {first} objects");
+    assert!(
+        first <= 130,
+        "risk reacted to the {method} walk only after {first} objects"
+    );
     assert_eq!(
         refused_by_risk,
         200 - first,
@@ -423,7 +426,10 @@ async fn walk_is_throttled_then_blocked(method: &str) {
     // The audit log says risk refused each of them.
     let by_risk = records
         .iter()
-        .filter(|r| r["unmapped"]["nhi_guard"]["control"] == "risk" && r["unmapped"]["nhi_guard"]["decision"] == "denied")
+        .filter(|r| {
+            r["unmapped"]["nhi_guard"]["control"] == "risk"
+                && r["unmapped"]["nhi_guard"]["decision"] == "denied"
+        })
         .count();
     assert_eq!(by_risk, refused_by_risk, "{method}");
 }

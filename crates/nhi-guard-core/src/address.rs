@@ -1,11 +1,18 @@
 //! Which address a request comes from.
 //!
-//! The socket peer is the truth unless it is one of *your* proxies. Only then are
-//! `Forwarded` (RFC 7239) or `X-Forwarded-For` read, from the right, skipping
-//! further trusted proxies, and the first untrusted address is the client. A client
-//! talking to the service directly cannot move itself anywhere by sending those
-//! headers, and malformed headers never fail a request: the resolution stops at the
-//! last address that could be trusted.
+//! The socket peer is the truth unless it is one of *your* proxies. Only then is the
+//! one forwarding header those proxies set read (`X-Forwarded-For` by default, or
+//! RFC 7239 `Forwarded`: named in configuration, never picked by what the request
+//! carries), from the right, skipping further trusted proxies, and the first
+//! untrusted address is the client. A client talking to the service directly cannot
+//! move itself anywhere by sending those headers, a client behind the proxy cannot
+//! by adding the *other* header, and malformed headers never fail a request: the
+//! resolution stops at the last address that could be trusted.
+//!
+//! Controls that keep state per address (rate limits, the failure limit, risk) key
+//! it on [`ClientAddr::key_ip`]: the IPv4 address itself, or the IPv6 address cut to
+//! a prefix (/64 by default, [`ClientAddrResolver::ipv6_prefix`]), since one host
+//! holds a whole /64 and can rotate through it at will.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -24,14 +31,26 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr {
     ip: IpAddr,
+    key: IpAddr,
     peer: SocketAddr,
     forwarded: bool,
 }
+
+/// The IPv6 prefix per-address state is keyed on unless configured otherwise.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 
 impl ClientAddr {
     /// The client's IP address (IPv4-mapped IPv6 addresses are shown as IPv4).
     pub fn ip(&self) -> IpAddr {
         self.ip
+    }
+
+    /// The address per-address limits and signals are keyed on: the IPv4 address,
+    /// or the IPv6 address with every bit past the resolver's prefix cleared
+    /// (`2001:db8:1:2::` for any address in `2001:db8:1:2::/64` by default), so a
+    /// host rotating addresses inside its prefix stays one key.
+    pub fn key_ip(&self) -> IpAddr {
+        self.key
     }
 
     /// The socket peer of the connection (the proxy, when `forwarded`).
@@ -44,28 +63,76 @@ impl ClientAddr {
         self.forwarded
     }
 
-    /// A client address that is the socket peer itself.
+    /// A client address that is the socket peer itself (IPv6 keyed by its /64).
     pub fn direct(peer: SocketAddr) -> Self {
+        Self::at(canonical_ip(peer.ip()), peer, false, DEFAULT_IPV6_PREFIX)
+    }
+
+    fn at(ip: IpAddr, peer: SocketAddr, forwarded: bool, ipv6_prefix: u8) -> Self {
+        let key = match ip {
+            IpAddr::V6(v6) if ipv6_prefix < 128 => {
+                let mask = u128::MAX.checked_shl(u32::from(128 - ipv6_prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(v6) & mask).into())
+            }
+            other => other,
+        };
         Self {
-            ip: canonical_ip(peer.ip()),
+            ip,
+            key,
             peer,
-            forwarded: false,
+            forwarded,
         }
     }
 }
 
-/// Which forwarding header a trusted proxy sets.
+/// Which forwarding header the trusted proxies set. Only that one is read: a
+/// header the proxies do not set passes through them untouched, so whatever it says
+/// came from the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ForwardedHeader {
-    /// `Forwarded` when present, else `X-Forwarded-For`.
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, most load
+    /// balancers). The default.
     #[default]
-    Any,
-    /// Only RFC 7239 `Forwarded`.
-    Forwarded,
-    /// Only `X-Forwarded-For`.
     XForwardedFor,
+    /// RFC 7239 `Forwarded` (`for=` of each element).
+    Forwarded,
 }
+
+impl ForwardedHeader {
+    /// The header's name in lower case.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = UnknownForwardedHeader;
+
+    /// `x-forwarded-for` or `forwarded`, in any case.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim().eq_ignore_ascii_case("x-forwarded-for") {
+            Ok(Self::XForwardedFor)
+        } else if s.trim().eq_ignore_ascii_case("forwarded") {
+            Ok(Self::Forwarded)
+        } else {
+            Err(UnknownForwardedHeader)
+        }
+    }
+}
+
+/// A forwarding header name that is neither `x-forwarded-for` nor `forwarded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the forwarding header must be x-forwarded-for or forwarded")]
+pub struct UnknownForwardedHeader;
+
+/// An IPv6 key prefix longer than 128 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the IPv6 key prefix must be between 0 and 128 bits, not {0}")]
+pub struct InvalidIpv6Prefix(pub u8);
 
 /// Resolves the client address of a request.
 ///
@@ -83,11 +150,22 @@ pub enum ForwardedHeader {
 /// let addr = resolver.resolve(req.headers(), req.extensions()).unwrap();
 /// assert_eq!(addr.ip().to_string(), "203.0.113.7");
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 #[must_use]
 pub struct ClientAddrResolver {
     trusted: Vec<IpNet>,
     header: ForwardedHeader,
+    ipv6_prefix: u8,
+}
+
+impl Default for ClientAddrResolver {
+    fn default() -> Self {
+        Self {
+            trusted: Vec::new(),
+            header: ForwardedHeader::default(),
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+        }
+    }
 }
 
 /// At most this many forwarding hops are examined; a longer chain stops at the
@@ -112,15 +190,34 @@ impl ClientAddrResolver {
         self
     }
 
-    /// Chooses which forwarding header trusted proxies set.
+    /// Names the forwarding header the trusted proxies set (default
+    /// `X-Forwarded-For`). The other one is never read.
     pub fn header(mut self, header: ForwardedHeader) -> Self {
         self.header = header;
         self
     }
 
+    /// The IPv6 prefix per-address state is keyed on (default 64; 128 keys every
+    /// address on its own). See [`ClientAddr::key_ip`].
+    ///
+    /// # Errors
+    /// A prefix over 128.
+    pub fn ipv6_prefix(mut self, bits: u8) -> Result<Self, InvalidIpv6Prefix> {
+        if bits > 128 {
+            return Err(InvalidIpv6Prefix(bits));
+        }
+        self.ipv6_prefix = bits;
+        Ok(self)
+    }
+
     /// The trusted proxy networks.
     pub fn trusted_proxies(&self) -> &[IpNet] {
         &self.trusted
+    }
+
+    /// The forwarding header read from trusted proxies.
+    pub fn forwarded_header(&self) -> ForwardedHeader {
+        self.header
     }
 
     fn is_trusted(&self, ip: IpAddr) -> bool {
@@ -156,16 +253,11 @@ impl ClientAddrResolver {
 
     /// Resolves the client address of a request whose socket peer is `peer`.
     pub fn resolve_from(&self, peer: SocketAddr, headers: &HeaderMap) -> ClientAddr {
-        let direct = ClientAddr::direct(peer);
-        if self.trusted.is_empty() || !self.is_trusted(direct.ip) {
-            return direct;
+        let direct = canonical_ip(peer.ip());
+        if self.trusted.is_empty() || !self.is_trusted(direct) {
+            return ClientAddr::at(direct, peer, false, self.ipv6_prefix);
         }
-        let use_forwarded = match self.header {
-            ForwardedHeader::Forwarded => true,
-            ForwardedHeader::XForwardedFor => false,
-            ForwardedHeader::Any => headers.contains_key(FORWARDED),
-        };
-        let mut candidate = direct.ip;
+        let mut candidate = direct;
         let mut moved = false;
         let mut visit = |hop: Option<IpAddr>| -> bool {
             // Returns true to continue walking left.
@@ -178,16 +270,15 @@ impl ClientAddrResolver {
                 None => false,
             }
         };
-        if use_forwarded {
-            walk_right_to_left(headers, FORWARDED, parse_forwarded_element, &mut visit);
-        } else {
-            walk_right_to_left(headers, "x-forwarded-for", parse_xff_element, &mut visit);
+        match self.header {
+            ForwardedHeader::Forwarded => {
+                walk_right_to_left(headers, FORWARDED, parse_forwarded_element, &mut visit);
+            }
+            ForwardedHeader::XForwardedFor => {
+                walk_right_to_left(headers, "x-forwarded-for", parse_xff_element, &mut visit);
+            }
         }
-        ClientAddr {
-            ip: candidate,
-            peer,
-            forwarded: moved,
-        }
+        ClientAddr::at(candidate, peer, moved, self.ipv6_prefix)
     }
 }
 
@@ -319,18 +410,92 @@ mod tests {
             "forwarded",
             b"for=6.6.6.6, for=\"[2001:db8:cafe::17]:4711\";proto=https, For=\"10.1.1.1:80\";by=10.0.0.1",
         )]);
-        let a = proxies().resolve_from(peer("10.0.0.5:443"), &h);
+        let fwd = proxies().header(ForwardedHeader::Forwarded);
+        let a = fwd.resolve_from(peer("10.0.0.5:443"), &h);
         assert_eq!(a.ip(), ip("2001:db8:cafe::17"));
-        // Forwarded wins over X-Forwarded-For when both are present.
+        // Configured for Forwarded, an X-Forwarded-For is never read.
         let mut h2 = h.clone();
         h2.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
         assert_eq!(
-            proxies().resolve_from(peer("10.0.0.5:443"), &h2).ip(),
+            fwd.resolve_from(peer("10.0.0.5:443"), &h2).ip(),
             ip("2001:db8:cafe::17")
         );
-        // Unless configured otherwise.
-        let xff = proxies().header(ForwardedHeader::XForwardedFor);
-        assert_eq!(xff.resolve_from(peer("10.0.0.5:443"), &h2).ip(), ip("192.0.2.1"));
+        let only_xff = headers(&[("x-forwarded-for", b"192.0.2.1")]);
+        assert_eq!(
+            fwd.resolve_from(peer("10.0.0.5:443"), &only_xff).ip(),
+            ip("10.0.0.5")
+        );
+    }
+
+    #[test]
+    fn a_client_added_forwarded_header_is_not_believed_behind_an_xff_proxy() {
+        // nginx appends the real peer to X-Forwarded-For and passes the client's own
+        // `Forwarded` through untouched: the default reads X-Forwarded-For only.
+        let h = headers(&[
+            ("forwarded", b"for=192.0.2.99"),
+            ("x-forwarded-for", b"203.0.113.7"),
+        ]);
+        let a = proxies().resolve_from(peer("10.0.0.5:443"), &h);
+        assert_eq!(a.ip(), ip("203.0.113.7"));
+        assert_eq!(proxies().forwarded_header(), ForwardedHeader::XForwardedFor);
+        // A Forwarded header alone moves nothing.
+        let h = headers(&[("forwarded", b"for=192.0.2.99")]);
+        assert_eq!(
+            proxies().resolve_from(peer("10.0.0.5:443"), &h).ip(),
+            ip("10.0.0.5")
+        );
+    }
+
+    #[test]
+    fn forwarded_header_names_parse() {
+        assert_eq!("X-Forwarded-For".parse(), Ok(ForwardedHeader::XForwardedFor));
+        assert_eq!(" forwarded ".parse(), Ok(ForwardedHeader::Forwarded));
+        assert_eq!(
+            "x-real-ip".parse::<ForwardedHeader>(),
+            Err(UnknownForwardedHeader)
+        );
+        for h in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+            assert_eq!(h.as_str().parse(), Ok(h));
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_are_keyed_by_their_prefix() {
+        let r = ClientAddrResolver::new();
+        let a = r.resolve_from(peer("[2001:db8:1:2:aaaa:bbbb:cccc:dddd]:1"), &HeaderMap::new());
+        let b = r.resolve_from(peer("[2001:db8:1:2::9]:1"), &HeaderMap::new());
+        assert_eq!(a.ip(), ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"));
+        assert_eq!(a.key_ip(), ip("2001:db8:1:2::"));
+        assert_eq!(a.key_ip(), b.key_ip());
+        let other = r.resolve_from(peer("[2001:db8:1:3::9]:1"), &HeaderMap::new());
+        assert_ne!(a.key_ip(), other.key_ip());
+        assert_eq!(
+            ClientAddr::direct(peer("[2001:db8:1:2::9]:1")).key_ip(),
+            ip("2001:db8:1:2::")
+        );
+        // IPv4 and IPv4-mapped addresses are keyed as they are.
+        let v4 = r.resolve_from(peer("[::ffff:198.51.100.4]:1"), &HeaderMap::new());
+        assert_eq!(v4.key_ip(), ip("198.51.100.4"));
+        // Other prefixes, also for forwarded addresses.
+        let r48 = proxies().ipv6_prefix(48).expect("prefix");
+        let h = headers(&[("x-forwarded-for", b"2001:db8:1:2::9")]);
+        assert_eq!(
+            r48.resolve_from(peer("10.0.0.5:443"), &h).key_ip(),
+            ip("2001:db8:1::")
+        );
+        let each = r.clone().ipv6_prefix(128).expect("prefix");
+        assert_eq!(
+            each.resolve_from(peer("[2001:db8::9]:1"), &HeaderMap::new())
+                .key_ip(),
+            ip("2001:db8::9")
+        );
+        let all = r.clone().ipv6_prefix(0).expect("prefix");
+        assert_eq!(
+            all.resolve_from(peer("[2001:db8::9]:1"), &HeaderMap::new())
+                .key_ip(),
+            ip("::")
+        );
+        assert_eq!(r.ipv6_prefix(129).unwrap_err(), InvalidIpv6Prefix(129));
     }
 
     #[test]

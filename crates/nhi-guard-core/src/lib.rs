@@ -44,6 +44,7 @@ pub mod future;
 pub mod hash;
 mod inventory_toml;
 pub mod metrics;
+pub mod presented;
 pub mod principal;
 pub mod registry;
 pub mod risk_store;

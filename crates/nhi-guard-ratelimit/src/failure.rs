@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use nhi_guard_core::address::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::denial::{DefaultRenderer, Protocol, RenderDenial, SharedRenderer, respond};
 use nhi_guard_core::future::ResponseFuture as GuardFuture;
+use nhi_guard_core::presented::{DEFAULT_API_KEY_HEADER, presented_credential};
 use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision, ceil_secs};
 use nhi_guard_core::{CredentialFingerprint, Denial, GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
@@ -37,6 +38,8 @@ struct FailureConfig {
     by_address: bool,
     by_credential: bool,
     shadow: bool,
+    /// Where API keys are presented (the header identity reads).
+    api_key_header: HeaderName,
     /// Counts only refusals: a request this limit lets through is decided by the
     /// layers behind it.
     metrics: nhi_guard_core::metrics::ControlMetrics,
@@ -50,6 +53,7 @@ impl fmt::Debug for FailureConfig {
             .field("by_address", &self.by_address)
             .field("by_credential", &self.by_credential)
             .field("shadow", &self.shadow)
+            .field("api_key_header", &self.api_key_header)
             .finish_non_exhaustive()
     }
 }
@@ -66,7 +70,8 @@ impl fmt::Debug for FailureConfig {
 ///
 /// The credential key is the fingerprint identity recorded; before identity ran it
 /// is the SHA-256 fingerprint of the bearer token (`Authorization: Bearer …`) or
-/// the `x-api-key` value, which is what the identity layer fingerprints too.
+/// of the API key in [`AuthFailureLimitLayer::api_key_header`] (`x-api-key` by
+/// default), which is what the identity layer fingerprints too.
 ///
 /// ```
 /// use nhi_guard_core::store::Quota;
@@ -94,6 +99,7 @@ impl AuthFailureLimitLayer {
                 by_address: true,
                 by_credential: true,
                 shadow: false,
+                api_key_header: DEFAULT_API_KEY_HEADER,
                 metrics: nhi_guard_core::metrics::ControlMetrics::new(Control::RateLimit),
             }),
         }
@@ -151,6 +157,15 @@ impl AuthFailureLimitLayer {
         self.config_mut().shadow = shadow;
         self
     }
+
+    /// The header API keys are presented in: the one the identity layer reads
+    /// (default `x-api-key`; the `NhiGuard` builder copies identity's). A failure
+    /// counts against the fingerprint of the key in this header.
+    #[must_use]
+    pub fn api_key_header(mut self, name: HeaderName) -> Self {
+        self.config_mut().api_key_header = name;
+        self
+    }
 }
 
 impl<S> Layer<S> for AuthFailureLimitLayer {
@@ -172,26 +187,17 @@ pub struct AuthFailureLimit<S> {
 }
 
 /// The fingerprint of the credential a request presents, as the identity layer
-/// computes it: the bearer token or the `x-api-key` value. The digest is kept in
-/// the context, so identity does not hash the token a second time.
-fn presented_fingerprint(ctx: &SecurityContext, headers: &HeaderMap) -> Option<CredentialFingerprint> {
-    let fingerprint = |v: &http::HeaderValue, credential: &[u8]| {
-        CredentialFingerprint::from_sha256(&ctx.credential_sha256(v, credential))
-    };
-    if let Some(v) = headers.get(http::header::AUTHORIZATION) {
-        let b = v.as_bytes();
-        let token = match b.iter().position(|&c| c == b' ') {
-            Some(sp) => &b[sp + 1..],
-            None => b,
-        };
-        let token = token.trim_ascii();
-        if !token.is_empty() {
-            return Some(fingerprint(v, token));
-        }
-    }
-    let v = headers.get("x-api-key")?;
-    let key = v.as_bytes().trim_ascii();
-    (!key.is_empty()).then(|| fingerprint(v, key))
+/// computes it: the bearer token or the value of the API-key header. The digest is
+/// kept in the context, so identity does not hash the token a second time.
+fn presented_fingerprint(
+    ctx: &SecurityContext,
+    headers: &HeaderMap,
+    api_key_header: &HeaderName,
+) -> Option<CredentialFingerprint> {
+    let (v, credential) = presented_credential(headers, api_key_header)?;
+    Some(CredentialFingerprint::from_sha256(
+        &ctx.credential_sha256(v, credential),
+    ))
 }
 
 fn ip_key(ip: IpAddr) -> ([u8; 16], usize) {
@@ -272,8 +278,8 @@ where
         let cfg = &*self.config;
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
         let keys = Keys {
-            addr: ctx.client_addr().map(|a| ip_key(a.ip())),
-            credential: presented_fingerprint(&ctx, req.headers()),
+            addr: ctx.client_addr().map(|a| ip_key(a.key_ip())),
+            credential: presented_fingerprint(&ctx, req.headers(), &cfg.api_key_header),
         };
         let now = ctx.unix_nanos_by(&*cfg.clock);
         // Would one more failure be admitted? If not, the key is blocked.

@@ -8,13 +8,14 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use nhi_guard_core::denial::Protocol;
-use nhi_guard_core::store::StoreFuture;
+use nhi_guard_core::store::{CheckMode, RateLimitCheck, RateLimitDecision, StoreFuture};
 use nhi_guard_core::{GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::layer::Config;
-use crate::service::{Fields, Meta, Verdict, unavailable, verdict};
+use crate::layer::{Backend, Config};
+use crate::memory::{LocalCheck, MAX_LIMITS};
+use crate::service::{Fields, Meta, Verdict, addr_bytes, quota_for, unavailable, verdict};
 
 /// What the future needs to finish a request after a shared store answered.
 pub(crate) struct Pending<S, ReqB> {
@@ -25,6 +26,72 @@ pub(crate) struct Pending<S, ReqB> {
     pub(crate) meta: Meta,
     pub(crate) n: usize,
     pub(crate) protocol: Protocol,
+    pub(crate) deferred: Option<Box<Deferred>>,
+}
+
+/// Limits that [exempt verified clients](crate::Limit::exempt_verified), left out
+/// on arrival because the request presents a credential: counted against the
+/// client address once the inner service answered, if no client verified.
+pub(crate) struct Deferred {
+    pub(crate) config: Arc<Config>,
+    pub(crate) ctx: SecurityContext,
+    /// Bit `i` set: the layer's limit `i`.
+    pub(crate) mask: u8,
+    pub(crate) cost_override: Option<u32>,
+    pub(crate) group: Option<Arc<str>>,
+}
+
+impl Deferred {
+    /// Counts the request against its address unless a client verified: at once on
+    /// the in-process store, or through the returned future on a shared one.
+    fn charge(self) -> Option<StoreFuture> {
+        if self.ctx.read(|s| s.principal.is_some()) {
+            return None;
+        }
+        let addr = self.ctx.client_addr()?;
+        let cfg = &*self.config;
+        let mut buf = [0u8; 16];
+        let len = addr_bytes(addr.key_ip(), &mut buf);
+        let checks: Vec<LocalCheck<'_>> = cfg
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.mask & (1 << i) != 0)
+            .map(|(_, limit)| LocalCheck {
+                policy: &limit.name,
+                key: &buf[..len],
+                qualifier: b"",
+                quota: quota_for(cfg, limit, None, self.group.as_deref()),
+                cost: self.cost_override.unwrap_or(limit.cost),
+            })
+            .collect();
+        match &cfg.backend {
+            Backend::Local(store) => {
+                let mut out = [RateLimitDecision::default(); MAX_LIMITS];
+                let n = checks.len().min(MAX_LIMITS);
+                store.check_at(
+                    self.ctx.unix_nanos_by(&*cfg.clock),
+                    &checks[..n],
+                    CheckMode::Consume,
+                    &mut out[..n],
+                );
+                None
+            }
+            Backend::Shared(store) => {
+                let owned: Arc<[RateLimitCheck]> = checks
+                    .iter()
+                    .map(|c| RateLimitCheck {
+                        policy: Arc::from(c.policy),
+                        key: c.key.into(),
+                        qualifier: Box::default(),
+                        quota: c.quota,
+                        cost: c.cost,
+                    })
+                    .collect();
+                Some(store.check(owned, CheckMode::Consume))
+            }
+        }
+    }
 }
 
 pin_project! {
@@ -48,6 +115,13 @@ pin_project! {
             #[pin]
             future: F,
             fields: Option<Fields>,
+            deferred: Option<Box<Deferred>>,
+        },
+        // A request that presented a credential and did not verify, counted against
+        // its address on a shared store before its answer goes out.
+        Charging {
+            check: StoreFuture,
+            response: Option<Box<Response<GuardBody<ResB>>>>,
         },
         // Boxed: refusals are the rare path, and the future is moved on every call.
         Ready {
@@ -61,6 +135,7 @@ impl<S, ReqB, F, ResB> fmt::Debug for ResponseFuture<S, ReqB, F, ResB> {
         let state = match &self.state {
             State::Checking { .. } => "checking",
             State::Inner { .. } => "inner",
+            State::Charging { .. } => "charging",
             State::Ready { .. } => "ready",
         };
         f.debug_struct("ResponseFuture").field("state", &state).finish()
@@ -68,11 +143,12 @@ impl<S, ReqB, F, ResB> fmt::Debug for ResponseFuture<S, ReqB, F, ResB> {
 }
 
 impl<S, ReqB, F, ResB> ResponseFuture<S, ReqB, F, ResB> {
-    pub(crate) fn inner(future: F, outcomes: Option<Fields>) -> Self {
+    pub(crate) fn inner(future: F, outcomes: Option<Fields>, deferred: Option<Box<Deferred>>) -> Self {
         Self {
             state: State::Inner {
                 future,
                 fields: outcomes,
+                deferred,
             },
         }
     }
@@ -117,6 +193,7 @@ where
                         meta,
                         n,
                         protocol,
+                        deferred,
                     } = *p;
                     let v = match result {
                         Ok(decisions) if decisions.len() == n => {
@@ -134,6 +211,7 @@ where
                         Verdict::Pass(fields) => State::Inner {
                             future: inner.call(req),
                             fields,
+                            deferred,
                         },
                         Verdict::Reject(res) => State::Ready {
                             response: Some(Box::new(res)),
@@ -141,12 +219,30 @@ where
                     };
                     self.as_mut().project().state.set(next);
                 }
-                StateProj::Inner { future, fields } => {
+                StateProj::Inner {
+                    future,
+                    fields,
+                    deferred,
+                } => {
                     let mut res = ready!(future.poll(cx))?;
                     if let Some(f) = fields.take() {
                         f.apply(res.headers_mut());
                     }
-                    return Poll::Ready(Ok(res.map(GuardBody::inner)));
+                    let res = res.map(GuardBody::inner);
+                    let Some(check) = deferred.take().and_then(|d| d.charge()) else {
+                        return Poll::Ready(Ok(res));
+                    };
+                    self.as_mut().project().state.set(State::Charging {
+                        check,
+                        response: Some(Box::new(res)),
+                    });
+                }
+                StateProj::Charging { check, response } => {
+                    if let Err(e) = ready!(check.as_mut().poll(cx)) {
+                        // The request is answered either way; only its count is lost.
+                        tracing::debug!(target: "nhi_guard::rate_limit", error = %e, "counting an unverified request failed");
+                    }
+                    return Poll::Ready(Ok(response.take().map_or_else(internal_error, |r| *r)));
                 }
                 StateProj::Ready { response } => {
                     return Poll::Ready(Ok(response.take().map_or_else(internal_error, |r| *r)));

@@ -3,9 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderName;
 use nhi_guard_core::address::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
+use nhi_guard_core::presented::DEFAULT_API_KEY_HEADER;
 use nhi_guard_core::registry::SharedRegistry;
 use nhi_guard_core::store::{Quota, RateLimitStore};
 use tower_layer::Layer;
@@ -71,6 +73,11 @@ pub(crate) struct Config {
     pub(crate) needs_parts: bool,
     pub(crate) needs_group: bool,
     pub(crate) needs_principal: bool,
+    /// Some limit is [`Limit::exempt_verified`]: whether a request presents a
+    /// credential matters.
+    pub(crate) has_exempt: bool,
+    /// Where API keys are presented (the header identity reads).
+    pub(crate) api_key_header: HeaderName,
     pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,
 }
 
@@ -85,6 +92,7 @@ impl fmt::Debug for Config {
             .field("route_groups", &self.route_groups)
             .field("shadow", &self.shadow)
             .field("headers_on_allowed", &self.headers_on_allowed)
+            .field("api_key_header", &self.api_key_header)
             .finish_non_exhaustive()
     }
 }
@@ -124,6 +132,8 @@ impl RateLimitLayer {
                 needs_parts: false,
                 needs_group: false,
                 needs_principal: false,
+                has_exempt: false,
+                api_key_header: DEFAULT_API_KEY_HEADER,
                 metrics: nhi_guard_core::metrics::ControlMetrics::new(nhi_guard_core::Control::RateLimit),
             }),
         }
@@ -160,7 +170,18 @@ impl RateLimitLayer {
         if limit.cost == 0 {
             return Err(ConfigError::new("limit.cost", "must be at least 1"));
         }
+        if limit.exempt_verified && !matches!(limit.key, crate::limit::KeyKind::Address) {
+            return Err(ConfigError::new(
+                "limit.exempt_verified",
+                format!(
+                    "`{}` is not a per-address limit; only per-address limits exempt verified clients",
+                    limit.name
+                ),
+            ));
+        }
         let c = self.config_mut();
+        c.has_exempt |= limit.exempt_verified;
+        c.needs_principal |= limit.exempt_verified;
         c.needs_parts |= limit.needs_parts();
         c.needs_principal |= matches!(limit.quota, crate::limit::QuotaSource::Tier)
             || matches!(
@@ -257,6 +278,16 @@ impl RateLimitLayer {
     #[must_use]
     pub fn shadow(mut self, shadow: bool) -> Self {
         self.config_mut().shadow = shadow;
+        self
+    }
+
+    /// The header API keys are presented in: the one the identity layer reads
+    /// (default `x-api-key`; the `NhiGuard` builder copies identity's). Limits that
+    /// [exempt verified clients](Limit::exempt_verified) look for a credential
+    /// there and in `Authorization`.
+    #[must_use]
+    pub fn api_key_header(mut self, name: HeaderName) -> Self {
+        self.config_mut().api_key_header = name;
         self
     }
 

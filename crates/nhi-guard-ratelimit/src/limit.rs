@@ -59,6 +59,9 @@ pub struct Limit {
     pub(crate) quota: QuotaSource,
     pub(crate) cost: u32,
     pub(crate) route_quotas: Vec<(Arc<str>, Quota)>,
+    /// Verified clients neither count nor are refused (the flood shield in front
+    /// of identity).
+    pub(crate) exempt_verified: bool,
 }
 
 impl Limit {
@@ -79,6 +82,7 @@ impl Limit {
             quota,
             cost: 1,
             route_quotas: Vec::new(),
+            exempt_verified: false,
         }
     }
 
@@ -133,6 +137,28 @@ impl Limit {
     #[must_use]
     pub fn cost(mut self, cost: u32) -> Self {
         self.cost = cost;
+        self
+    }
+
+    /// Makes a per-address limit the flood shield in front of authentication, which
+    /// a verified client is never refused by: its own tier governs it.
+    ///
+    /// - A request without a credential is counted on arrival and refused once the
+    ///   address is over the quota (anonymous floods never reach identity).
+    /// - A request that presents a credential (`Authorization`, or the API-key
+    ///   header of [`RateLimitLayer::api_key_header`](crate::RateLimitLayer::api_key_header))
+    ///   is not refused by this limit: identity decides, and the request is counted
+    ///   against the address afterwards only if it did not verify. Repeated bad
+    ///   credentials are refused before verification by the failure-only limit
+    ///   ([`AuthFailureLimitLayer`](crate::AuthFailureLimitLayer)), which belongs
+    ///   beside this one.
+    /// - A request whose client identity already verified (the layer sits inside
+    ///   identity) is neither counted nor refused.
+    ///
+    /// Only per-address limits take it; the layer refuses it on others when built.
+    #[must_use]
+    pub fn exempt_verified(mut self) -> Self {
+        self.exempt_verified = true;
         self
     }
 

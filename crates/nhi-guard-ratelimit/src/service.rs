@@ -10,11 +10,12 @@ use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::denial::{GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, respond};
+use nhi_guard_core::presented::presented_credential;
 use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision, ceil_secs};
 use nhi_guard_core::{ClientId, Denial, GuardBody, Principal, SecurityContext};
 use tower_service::Service;
 
-use crate::future::{Pending, ResponseFuture};
+use crate::future::{Deferred, Pending, ResponseFuture};
 use crate::layer::{Backend, Config};
 use crate::limit::{KeyKind, Limit, QuotaSource, RequestCost};
 use crate::memory::{LocalCheck, MAX_LIMITS};
@@ -55,7 +56,7 @@ impl<S> RateLimit<S> {
 }
 
 /// The verified client, as far as the limits need it.
-struct Who {
+pub(crate) struct Who {
     id: ClientId,
     tier_quota: Quota,
 }
@@ -73,7 +74,7 @@ fn who_of(cfg: &Config, p: &Principal) -> Who {
 
 static ANY_ROUTE: &str = "*";
 
-fn route_group(cfg: &Config, path: &str, ctx: &SecurityContext) -> Arc<str> {
+pub(crate) fn route_group(cfg: &Config, path: &str, ctx: &SecurityContext) -> Arc<str> {
     for (prefix, name) in &cfg.route_groups {
         if prefix.is_empty()
             || (path.starts_with(&**prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
@@ -85,7 +86,7 @@ fn route_group(cfg: &Config, path: &str, ctx: &SecurityContext) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(ANY_ROUTE))
 }
 
-fn quota_for(cfg: &Config, limit: &Limit, who: Option<&Who>, group: Option<&str>) -> Quota {
+pub(crate) fn quota_for(cfg: &Config, limit: &Limit, who: Option<&Who>, group: Option<&str>) -> Quota {
     if let Some(g) = group
         && let Some((_, q)) = limit.route_quotas.iter().find(|(n, _)| &**n == g)
     {
@@ -327,7 +328,7 @@ fn push_digits(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&buf[i..]);
 }
 
-fn addr_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> usize {
+pub(crate) fn addr_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> usize {
     match ip {
         IpAddr::V4(v4) => {
             buf[..4].copy_from_slice(&v4.octets());
@@ -394,7 +395,13 @@ impl<S> RateLimit<S> {
             req = Request::from_parts(parts, body);
         }
         let mut addr = [0u8; 16];
-        let addr_len = ctx.client_addr().map(|a| addr_bytes(a.ip(), &mut addr));
+        let addr_len = ctx.client_addr().map(|a| addr_bytes(a.key_ip(), &mut addr));
+        // Limits that exempt verified clients skip a verified one, and count one
+        // that presents a credential only after identity ran, if it did not verify.
+        let credentialed = cfg.has_exempt
+            && who.is_none()
+            && presented_credential(req.headers(), &cfg.api_key_header).is_some();
+        let mut deferred: u8 = 0;
 
         let placeholder = cfg.default_quota;
         let mut checks = [LocalCheck {
@@ -407,6 +414,12 @@ impl<S> RateLimit<S> {
         let mut meta = [(0, placeholder); N];
         let mut n = 0;
         for (i, limit) in cfg.limits.iter().enumerate().take(N) {
+            if limit.exempt_verified && (who.is_some() || credentialed) {
+                if credentialed && addr_len.is_some() {
+                    deferred |= 1 << i;
+                }
+                continue;
+            }
             let (key, qualifier): (&[u8], &[u8]) = match &limit.key {
                 KeyKind::Address => match addr_len {
                     Some(len) => (&addr[..len], b""),
@@ -440,6 +453,15 @@ impl<S> RateLimit<S> {
             n += 1;
         }
 
+        let deferred = (deferred != 0).then(|| {
+            Box::new(Deferred {
+                config: self.config.clone(),
+                ctx: ctx.clone(),
+                mask: deferred,
+                cost_override,
+                group: group.clone(),
+            })
+        });
         match &cfg.backend {
             Backend::Local(store) => {
                 let mut out = [RateLimitDecision::default(); N];
@@ -453,7 +475,9 @@ impl<S> RateLimit<S> {
                     );
                 }
                 match verdict(cfg, &ctx, &meta[..n], &out[..n], req.headers()) {
-                    Verdict::Pass(outcomes) => ResponseFuture::inner(self.inner.call(req), outcomes),
+                    Verdict::Pass(outcomes) => {
+                        ResponseFuture::inner(self.inner.call(req), outcomes, deferred)
+                    }
                     Verdict::Reject(res) => ResponseFuture::ready(res),
                 }
             }
@@ -461,7 +485,7 @@ impl<S> RateLimit<S> {
                 if n == 0 {
                     ctx.allow();
                     self.config.metrics.allow();
-                    return ResponseFuture::inner(self.inner.call(req), None);
+                    return ResponseFuture::inner(self.inner.call(req), None, deferred);
                 }
                 let owned: Arc<[RateLimitCheck]> = checks[..n]
                     .iter()
@@ -493,6 +517,7 @@ impl<S> RateLimit<S> {
                         },
                         n,
                         protocol,
+                        deferred,
                     },
                 )
             }

@@ -201,6 +201,64 @@ async fn one_credential_tried_from_many_addresses_is_blocked_by_fingerprint() {
     assert_eq!(calls.load(Ordering::SeqCst), 4);
 }
 
+/// Refuses every key in `x-partner-key` and records the failure under the key's
+/// fingerprint, as identity configured with `api_key_header("x-partner-key")` does.
+fn partner_key_identity(
+    calls: Arc<AtomicUsize>,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone {
+    service_fn(move |req: Request<Body>| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        let ctx = req
+            .extensions()
+            .get::<SecurityContext>()
+            .cloned()
+            .expect("context");
+        let key = req.headers().get("x-partner-key").map(|v| v.as_bytes().to_vec());
+        async move {
+            let d = Denial::invalid_token(Control::Identity, "api_key_unknown", "unknown key");
+            ctx.update(|s| {
+                s.identity_failure = Some("api_key_unknown");
+                s.credential_fingerprint = key.as_deref().map(CredentialFingerprint::of);
+            });
+            ctx.deny(&d);
+            let mut res = Response::new(Body::from("no"));
+            *res.status_mut() = StatusCode::UNAUTHORIZED;
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+#[tokio::test]
+async fn keys_in_the_configured_api_key_header_are_blocked_before_identity() {
+    let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let send = |svc: &_, peer: String| {
+        let mut r = Request::builder()
+            .header("x-partner-key", "nhik_guessed")
+            .body(Body::default())
+            .expect("request");
+        r.extensions_mut()
+            .insert(PeerAddr(peer.parse::<SocketAddr>().expect("addr")));
+        tower::util::Oneshot::new(Clone::clone(svc), r)
+    };
+    for (configured, expected) in [(true, 429), (false, 401)] {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut limit = layer(&clock).by_address(false);
+        if configured {
+            limit = limit.api_key_header(http::HeaderName::from_static("x-partner-key"));
+        }
+        let svc = limit.layer(partner_key_identity(calls.clone()));
+        for i in 0..3 {
+            let res = send(&svc, format!("198.51.100.{i}:1")).await.expect("ok");
+            assert_eq!(res.status(), 401);
+        }
+        // A fourth address with the same key: refused before identity only when
+        // the limit reads the header identity reads.
+        let res = send(&svc, "198.51.100.99:1".into()).await.expect("ok");
+        assert_eq!(res.status(), expected, "configured: {configured}");
+        assert_eq!(calls.load(Ordering::SeqCst), if configured { 3 } else { 4 });
+    }
+}
+
 #[tokio::test]
 async fn shadow_mode_only_records() {
     let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(1_800_000_000));

@@ -755,3 +755,204 @@ async fn follows_paused_tokio_time() {
     assert_eq!(statuses(&mut svc).await, 200);
     assert_eq!(statuses(&mut svc).await, 429);
 }
+
+/// Stands in for identity behind an address limit: a `good` key (in `header`)
+/// verifies as client `fleet`, any other key is refused with 401, and a request
+/// without a key passes as anonymous.
+fn verifying_identity(
+    header: &'static str,
+) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone + Send {
+    service_fn(move |req: Request<Body>| {
+        let ctx = req
+            .extensions()
+            .get::<SecurityContext>()
+            .cloned()
+            .expect("context");
+        let key = req.headers().get(header).map(|v| v.as_bytes().to_vec());
+        async move {
+            let mut res = Response::new(Body::from("ok"));
+            match key.as_deref() {
+                Some(b"good") => ctx.set_principal(principal(
+                    "fleet",
+                    "bulk",
+                    Tier {
+                        per_second: 1000,
+                        burst: 2000,
+                    },
+                )),
+                Some(_) => *res.status_mut() = StatusCode::UNAUTHORIZED,
+                None => {}
+            }
+            Ok::<_, Infallible>(res)
+        }
+    })
+}
+
+async fn from_address<S>(svc: &mut S, key: Option<(&str, &str)>) -> StatusCode
+where
+    S: Service<Request<Body>, Response = Response<GuardBody<Body>>, Error = Infallible>,
+{
+    let mut req = Request::builder().uri("/orders");
+    if let Some((name, value)) = key {
+        req = req.header(name, value);
+    }
+    let mut req = req.body(Body::default()).expect("request");
+    req.extensions_mut()
+        .insert(PeerAddr("203.0.113.50:4000".parse().expect("addr")));
+    svc.ready()
+        .await
+        .expect("ready")
+        .call(req)
+        .await
+        .expect("infallible")
+        .status()
+}
+
+#[tokio::test]
+async fn an_exempting_address_limit_never_refuses_a_verified_client() {
+    let clock = clock();
+    let local = RateLimitLayer::new();
+    let shared = RateLimitLayer::new().shared_store(Arc::new(
+        InMemoryStore::new().with_clock(Arc::new(clock.clone()) as SharedClock),
+    ));
+    for (backend, layer) in [("local", local), ("shared", shared)] {
+        let mut svc = layer
+            .clock(Arc::new(clock.clone()))
+            .limit(Limit::per_address("per-address", quota(1, 5)).exempt_verified())
+            .expect("limit")
+            .layer(verifying_identity("x-api-key"));
+        // A NAT'd fleet far above the address quota: never refused, never counted.
+        for i in 0..50 {
+            let s = from_address(&mut svc, Some(("x-api-key", "good"))).await;
+            assert_eq!(s, StatusCode::OK, "{backend}: verified request {i}");
+        }
+        // So anonymous traffic from that address still has its whole burst ...
+        for i in 0..3 {
+            assert_eq!(
+                from_address(&mut svc, None).await,
+                StatusCode::OK,
+                "{backend}: anonymous {i}"
+            );
+        }
+        // ... and bad credentials count against it once identity refused them,
+        // without being refused by the address limit themselves.
+        for i in 0..4 {
+            let s = from_address(&mut svc, Some(("x-api-key", "guess"))).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{backend}: bad key {i}");
+        }
+        // Burst of 5 spent (3 anonymous + 2 failures; the rest found it spent):
+        // anonymous requests are refused on arrival, verified ones still pass.
+        assert_eq!(
+            from_address(&mut svc, None).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{backend}"
+        );
+        assert_eq!(
+            from_address(&mut svc, Some(("x-api-key", "good"))).await,
+            StatusCode::OK,
+            "{backend}"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            from_address(&mut svc, None).await,
+            StatusCode::OK,
+            "{backend}: recovered"
+        );
+        assert_eq!(
+            from_address(&mut svc, None).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{backend}"
+        );
+        clock.advance(Duration::from_secs(10));
+    }
+}
+
+#[tokio::test]
+async fn an_exempting_address_limit_reads_the_configured_api_key_header() {
+    let clock = clock();
+    let build = |header: Option<&'static str>| {
+        let mut layer = RateLimitLayer::new()
+            .clock(Arc::new(clock.clone()))
+            .limit(Limit::per_address("per-address", quota(1, 2)).exempt_verified())
+            .expect("limit");
+        if let Some(h) = header {
+            layer = layer.api_key_header(http::HeaderName::from_static(h));
+        }
+        layer.layer(verifying_identity("x-partner-key"))
+    };
+    // Configured like identity: the fleet's keys are credentials.
+    let mut svc = build(Some("x-partner-key"));
+    for _ in 0..10 {
+        assert_eq!(
+            from_address(&mut svc, Some(("x-partner-key", "good"))).await,
+            StatusCode::OK
+        );
+    }
+    // Left at `x-api-key`, the same requests look anonymous and are refused.
+    let mut svc = build(None);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            from_address(&mut svc, Some(("x-partner-key", "good")))
+                .await
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 429, 429]);
+}
+
+#[tokio::test]
+async fn inside_identity_an_exempting_limit_skips_verified_clients() {
+    let mut svc = RateLimitLayer::new()
+        .clock(Arc::new(clock()))
+        .limit(Limit::per_address("per-address", quota(1, 1)).exempt_verified())
+        .expect("limit")
+        .layer(ok_service());
+    let p = principal(
+        "fleet",
+        "bulk",
+        Tier {
+            per_second: 1000,
+            burst: 2000,
+        },
+    );
+    for _ in 0..5 {
+        let (res, _) = send(&mut svc, Req::to("/").from("192.0.2.9:1").by(&p)).await;
+        assert_eq!(res.status(), 200);
+    }
+    let (res, _) = send(&mut svc, Req::to("/").from("192.0.2.9:1")).await;
+    assert_eq!(res.status(), 200);
+    let (res, _) = send(&mut svc, Req::to("/").from("192.0.2.9:1")).await;
+    assert_eq!(res.status(), 429);
+}
+
+#[test]
+fn only_address_limits_exempt_verified_clients() {
+    let err = RateLimitLayer::new()
+        .limit(Limit::per_client("per-client").exempt_verified())
+        .expect_err("per-client");
+    assert_eq!(err.field(), "limit.exempt_verified");
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_one_address_key_per_64() {
+    let mut svc = RateLimitLayer::new()
+        .clock(Arc::new(clock()))
+        .limit(Limit::per_address("per-address", quota(1, 2)))
+        .expect("limit")
+        .layer(ok_service());
+    // Rotating addresses inside one /64 resets nothing.
+    let mut statuses = Vec::new();
+    for peer in [
+        "[2001:db8:1:2::1]:1",
+        "[2001:db8:1:2::2]:1",
+        "[2001:db8:1:2:ffff::3]:1",
+    ] {
+        let (res, _) = send(&mut svc, Req::to("/").from(peer)).await;
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    // The next /64 is another key.
+    let (res, _) = send(&mut svc, Req::to("/").from("[2001:db8:1:3::1]:1")).await;
+    assert_eq!(res.status(), 200);
+}

@@ -206,7 +206,7 @@ impl Engine {
             Some(a) => f.set_addr_facts(a),
             None => {
                 if let Some(a) = ctx.client_addr() {
-                    f = f.with_addr(&self.hasher, a.ip());
+                    f = f.with_addr(&self.hasher, a.key_ip());
                 }
             }
         }
