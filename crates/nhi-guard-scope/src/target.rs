@@ -139,7 +139,12 @@ impl PathCheck {
         // The empty text before the leading '/' is not a segment.
         let mut i = usize::from(b.first() == Some(&b'/'));
         let mut start = i;
-        while let Some(&c) = b.get(i) {
+        loop {
+            // Ordinary bytes cost one table look-up each.
+            while i < b.len() && !SPECIAL[usize::from(b[i])] {
+                i += 1;
+            }
+            let Some(&c) = b.get(i) else { break };
             match c {
                 b'/' => {
                     inner_segment(&b[start..i])?;
@@ -147,7 +152,7 @@ impl PathCheck {
                     start = i;
                 }
                 b'\\' => return Err(Ambiguity::Backslash),
-                b'%' => {
+                _ => {
                     let (Some(hi), Some(lo)) = (b.get(i + 1).and_then(hex), b.get(i + 2).and_then(hex))
                     else {
                         return Err(Ambiguity::BadPercentEncoding);
@@ -164,7 +169,6 @@ impl PathCheck {
                     }
                     i += 3;
                 }
-                _ => i += 1,
             }
         }
         // The last segment may be empty (a trailing slash), never a dot segment.
@@ -174,6 +178,15 @@ impl PathCheck {
         Ok(())
     }
 }
+
+/// The bytes that need a closer look: `/`, `%` and `\`.
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'/' as usize] = true;
+    t[b'%' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 /// A segment followed by a separator: neither empty nor a dot segment.
 #[inline]
