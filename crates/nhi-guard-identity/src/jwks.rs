@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -56,109 +57,442 @@ pub struct FetchError(pub String);
 /// The boxed future a [`JwksFetcher`] returns.
 pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<FetchResponse, FetchError>> + Send + 'a>>;
 
-/// Fetches documents over HTTP. The default, [`HttpFetcher`], speaks plain HTTP/1.1
-/// (loopback issuers, sidecars, in-cluster endpoints); implement this trait over
-/// your HTTPS client (reqwest, hyper-rustls) for a public issuer.
+/// Fetches documents over HTTP(S). The default, [`HttpFetcher`], speaks `https`
+/// (public issuers) and plain `http` (loopback and in-cluster issuers); implement
+/// this trait to fetch through another client (a proxy, a service mesh API).
 pub trait JwksFetcher: Send + Sync + fmt::Debug + 'static {
     /// GETs `url`, sending `If-None-Match: etag` when given.
     fn fetch<'a>(&'a self, url: &'a Uri, etag: Option<&'a str>) -> FetchFuture<'a>;
 }
 
-/// The built-in HTTP/1.1 fetcher (hyper-util's client), with a timeout and a body
-/// limit. It speaks plain `http`; with the `rustls` feature and
-/// [`HttpFetcher::with_tls`] it speaks `https` too.
+type HttpsClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// How a fetcher reaches the issuer.
+#[derive(Clone)]
+enum Transport {
+    /// `https` and `http` over one pooled client.
+    Tls(HttpsClient),
+    /// Plain `http` only; `https` URLs are refused with this reason (no trust
+    /// anchors, or rustls refused the configuration).
+    PlainOnly(Client<HttpConnector, Empty<Bytes>>, Arc<str>),
+}
+
+/// The built-in fetcher: HTTP/1.1 over hyper-util's pooled client, `https` through
+/// rustls (aws-lc-rs provider) and plain `http`, with a timeout and a body limit
+/// ([`MAX_DOCUMENT_BYTES`]).
+///
+/// [`HttpFetcher::new`] (what [`RemoteKeys::new`] and [`RemoteKeys::discover`]
+/// use) trusts the platform's certificate store, read by `rustls-native-certs`:
+/// the system bundle, or only the PEM file named by `SSL_CERT_FILE` (and the
+/// directories of `SSL_CERT_DIR`) when set, as OpenSSL does.
+/// [`HttpFetcher::builder`] adds trust anchors of your own (a private CA) or drops
+/// the platform's.
+///
+/// A fetcher left without any trust anchor (the platform store could not be
+/// loaded, for example in a container image without a CA bundle, and none was
+/// added) still builds and still fetches plain `http`; each `https` fetch then
+/// fails with an error that says why and how to add anchors.
+///
+/// A certificate that does not chain to a trusted anchor is refused with an error
+/// naming the host and saying the certificate is not trusted.
+///
+/// An issuer whose certificate comes from a private CA (a PEM bundle), discovered
+/// with a fetcher trusting that CA as well as the platform's:
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use nhi_guard_identity::{HttpFetcher, JwksConfig, RemoteKeys};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = JwksConfig::default();
+/// let pem = std::fs::read("/etc/nhi-guard/issuer-ca.pem")?;
+/// let fetcher = HttpFetcher::builder()
+///     .timeout(config.timeout)
+///     .add_root_certificates_pem(&pem)?
+///     .build();
+/// let keys = RemoteKeys::discover_with_fetcher("https://auth.internal", config, Arc::new(fetcher)).await?;
+/// keys.refresh().await?;
+/// keys.spawn_refresh();
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct HttpFetcher {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    transport: Transport,
     timeout: Duration,
-    #[cfg(feature = "rustls")]
-    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for HttpFetcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let https: &dyn fmt::Debug = match &self.transport {
+            Transport::Tls(_) => &"enabled",
+            Transport::PlainOnly(_, reason) => reason,
+        };
         f.debug_struct("HttpFetcher")
             .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+            .field("https", https)
+            .finish()
+    }
+}
+
+impl Default for HttpFetcher {
+    /// As [`HttpFetcher::new`] with a 5 s timeout.
+    fn default() -> Self {
+        Self::builder().build()
     }
 }
 
 impl HttpFetcher {
-    /// A fetcher giving up after `timeout` (connect, headers and body together).
+    /// A fetcher giving up after `timeout` (connect, TLS handshake, headers and body
+    /// together), trusting the platform's certificate store. Same as
+    /// `HttpFetcher::builder().timeout(timeout).build()`.
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(timeout));
+        Self::builder().timeout(timeout).build()
+    }
+
+    /// A builder: timeout and trust anchors.
+    pub fn builder() -> HttpFetcherBuilder {
+        HttpFetcherBuilder::new()
+    }
+
+    /// A fetcher speaking `https` with a rustls configuration of your own (its
+    /// verifier decides which issuers are trusted: private roots, pinning, client
+    /// certificates). Its ALPN list is replaced by HTTP/1.1's (none), as the
+    /// fetcher speaks HTTP/1.1.
+    pub fn with_tls(timeout: Duration, tls: Arc<rustls::ClientConfig>) -> Self {
+        let mut tls = Arc::unwrap_or_clone(tls);
+        tls.alpn_protocols.clear();
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            transport: Transport::Tls(https_client(timeout, tls)),
             timeout,
-            #[cfg(feature = "rustls")]
-            tls: None,
         }
     }
+}
 
-    /// A fetcher that also speaks `https`, verifying the issuer's certificate with
-    /// `tls` (its root certificates decide which issuers are trusted). One
-    /// connection per fetch: key sets are fetched minutes apart.
-    #[cfg(feature = "rustls")]
-    pub fn with_tls(timeout: Duration, tls: Arc<tokio_rustls::rustls::ClientConfig>) -> Self {
+fn http_connector(timeout: Duration) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(timeout));
+    connector.enforce_http(false);
+    connector
+}
+
+fn client_builder() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    // Key sets are fetched minutes apart: an idle connection is dropped after 30 s
+    // instead of being found dead on the next fetch.
+    builder
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1);
+    builder
+}
+
+fn https_client(timeout: Duration, tls: rustls::ClientConfig) -> HttpsClient {
+    let connector = HttpsConnector::from((http_connector(timeout), Arc::new(tls)));
+    client_builder().build(connector)
+}
+
+/// Builds an [`HttpFetcher`]: its timeout and the trust anchors `https` issuers are
+/// verified against.
+///
+/// By default the anchors are the platform's certificate store (see
+/// [`HttpFetcher`]); [`add_root_certificates_pem`](Self::add_root_certificates_pem)
+/// adds more (a private CA), [`platform_roots(false)`](Self::platform_roots) leaves
+/// only those.
+#[derive(Clone)]
+#[must_use]
+pub struct HttpFetcherBuilder {
+    timeout: Duration,
+    platform_roots: bool,
+    extra_roots: rustls::RootCertStore,
+}
+
+impl fmt::Debug for HttpFetcherBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpFetcherBuilder")
+            .field("timeout", &self.timeout)
+            .field("platform_roots", &self.platform_roots)
+            .field("extra_roots", &self.extra_roots.len())
+            .finish()
+    }
+}
+
+impl Default for HttpFetcherBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpFetcherBuilder {
+    /// Timeout 5 s, the platform's trust anchors.
+    pub fn new() -> Self {
         Self {
-            tls: Some(tls),
-            ..Self::new(timeout)
+            timeout: Duration::from_secs(5),
+            platform_roots: true,
+            extra_roots: rustls::RootCertStore::empty(),
         }
     }
 
-    #[cfg(feature = "rustls")]
-    async fn send_https(
-        &self,
-        tls: &Arc<tokio_rustls::rustls::ClientConfig>,
-        req: Request<Empty<Bytes>>,
-    ) -> Result<FetchResponse, FetchError> {
-        use tokio_rustls::rustls::pki_types::ServerName;
-        let err = |e: &dyn fmt::Display| FetchError(e.to_string());
-        let host = req
-            .uri()
-            .host()
-            .ok_or_else(|| FetchError("https url without host".into()))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let port = req.uri().port_u16().unwrap_or(443);
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| err(&e))?;
-        let name = ServerName::try_from(host.clone()).map_err(|e| err(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| err(&e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| err(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let (mut parts, body) = req.into_parts();
-        let authority = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or(host);
-        parts.headers.insert(
-            header::HOST,
-            http::HeaderValue::try_from(authority).map_err(|e| err(&e))?,
-        );
-        parts.uri = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| err(&e))?;
-        let res = sender
-            .send_request(Request::from_parts(parts, body))
-            .await
-            .map_err(|e| err(&e))?;
-        read_response(res).await
+    /// Gives up on a fetch after `timeout`: connect, TLS handshake, headers and body
+    /// together (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
+
+    /// Whether the platform's certificate store is trusted (default `true`). With
+    /// `false`, only the anchors added with
+    /// [`add_root_certificates_pem`](Self::add_root_certificates_pem) are.
+    pub fn platform_roots(mut self, enabled: bool) -> Self {
+        self.platform_roots = enabled;
+        self
+    }
+
+    /// Trusts every certificate (`-----BEGIN CERTIFICATE-----` section) of `pem` as
+    /// a root, in addition to the platform's. Other sections (keys) are ignored.
+    ///
+    /// # Errors
+    /// When `pem` is not valid PEM, holds no certificate, or holds a certificate
+    /// that is not a usable X.509 trust anchor. The error says which.
+    pub fn add_root_certificates_pem(mut self, pem: &[u8]) -> Result<Self, FetcherConfigError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject as _;
+
+        let mut added = 0usize;
+        for (i, cert) in CertificateDer::pem_slice_iter(pem).enumerate() {
+            let cert = cert.map_err(|e| {
+                FetcherConfigError::new(
+                    FetcherConfigErrorKind::InvalidPem,
+                    format!("root certificates: PEM section {} is not valid: {e}", i + 1),
+                )
+            })?;
+            self.extra_roots.add(cert).map_err(|e| {
+                FetcherConfigError::new(
+                    FetcherConfigErrorKind::InvalidCertificate,
+                    format!(
+                        "root certificates: certificate {} is not a usable trust anchor: {e}",
+                        i + 1
+                    ),
+                )
+            })?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(FetcherConfigError::new(
+                FetcherConfigErrorKind::NoCertificate,
+                "root certificates: no `BEGIN CERTIFICATE` section in the PEM data".into(),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The fetcher. Loads the platform's certificate store now (when enabled).
+    ///
+    /// Never fails: without any trust anchor the fetcher still fetches plain
+    /// `http`, and each `https` fetch fails saying why (see [`HttpFetcher`]).
+    pub fn build(self) -> HttpFetcher {
+        let mut roots = self.extra_roots;
+        let added = roots.len();
+        let mut platform_error = None;
+        if self.platform_roots {
+            let loaded = rustls_native_certs::load_native_certs();
+            let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+            let (platform, ignored) = roots.add_parsable_certificates(loaded.certs);
+            tracing::debug!(
+                target: TARGET,
+                platform,
+                ignored,
+                added,
+                errors = ?errors,
+                "JWKS fetcher trust anchors loaded"
+            );
+            if platform == 0 {
+                let why = if errors.is_empty() {
+                    String::from("it holds no certificate")
+                } else {
+                    errors.join("; ")
+                };
+                platform_error = Some(why);
+            }
+        }
+        let transport = if roots.is_empty() {
+            let reason = match &platform_error {
+                Some(why) => format!(
+                    "https is unavailable: no trust anchors (the platform certificate store \
+                     could not be loaded: {why}; and no root certificate was added): set \
+                     SSL_CERT_FILE to a PEM bundle or add the issuer's CA with \
+                     HttpFetcherBuilder::add_root_certificates_pem"
+                ),
+                None => String::from(
+                    "https is unavailable: no trust anchors (the platform store is disabled \
+                     and no root certificate was added with \
+                     HttpFetcherBuilder::add_root_certificates_pem)",
+                ),
+            };
+            if self.platform_roots {
+                tracing::warn!(target: TARGET, reason = %reason, "JWKS fetcher without trust anchors");
+            }
+            Transport::PlainOnly(
+                client_builder().build(http_connector(self.timeout)),
+                reason.into(),
+            )
+        } else {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+            {
+                Ok(config) => Transport::Tls(https_client(
+                    self.timeout,
+                    config.with_root_certificates(roots).with_no_client_auth(),
+                )),
+                Err(e) => Transport::PlainOnly(
+                    client_builder().build(http_connector(self.timeout)),
+                    format!("https is unavailable: rustls refused the configuration: {e}").into(),
+                ),
+            }
+        };
+        HttpFetcher {
+            transport,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// An invalid [`HttpFetcherBuilder`] setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FetcherConfigError {
+    kind: FetcherConfigErrorKind,
+    message: String,
+}
+
+impl FetcherConfigError {
+    fn new(kind: FetcherConfigErrorKind, message: String) -> Self {
+        Self { kind, message }
+    }
+
+    /// What was wrong.
+    pub fn kind(&self) -> FetcherConfigErrorKind {
+        self.kind
+    }
+}
+
+/// The kind of a [`FetcherConfigError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FetcherConfigErrorKind {
+    /// The PEM data does not parse.
+    InvalidPem,
+    /// The PEM data holds no certificate.
+    NoCertificate,
+    /// A certificate is not a usable X.509 trust anchor.
+    InvalidCertificate,
+}
+
+/// `scheme://host[:port]/path` of `url`: never its userinfo or query, which may
+/// carry a secret. For logs and errors.
+pub(crate) struct Redacted<'a>(pub(crate) &'a Uri);
+
+impl fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = self.0;
+        if let Some(scheme) = url.scheme_str() {
+            write!(f, "{scheme}://")?;
+        }
+        if let Some(host) = url.host() {
+            f.write_str(host)?;
+        }
+        if let Some(port) = url.port_u16() {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(url.path())
+    }
+}
+
+/// A URL text that may not parse, for an error: [`Redacted`] when it parses, else
+/// the text cut before any `?` and without anything up to an `@` in the authority.
+fn redacted_text(text: &str) -> String {
+    if let Ok(url) = text.parse::<Uri>() {
+        return Redacted(&url).to_string();
+    }
+    let text = text.split(['?', '#']).next().unwrap_or_default();
+    let (scheme, rest) = text.split_once("://").map_or(("", text), |(s, r)| (s, r));
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+/// `host[:port]` of `url`, naming the server in an error.
+fn host_port(url: &Uri) -> String {
+    metrics_host(url)
+}
+
+/// The rustls error somewhere in `e`'s chain (through `io::Error` wrappers, whose
+/// `source` skips the error they wrap).
+fn find_tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    for _ in 0..16 {
+        let e = cur?;
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cur = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
+/// `e` and its sources, each once (an `io::Error` displays the error it wraps).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = String::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    for _ in 0..16 {
+        let Some(e) = cur else { break };
+        let text = e.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        cur = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    out
+}
+
+/// A client error as a sentence naming the server: a refused certificate says it
+/// is not trusted and how to trust its CA.
+fn describe_request_error(url: &Uri, e: &hyper_util::client::legacy::Error) -> FetchError {
+    let host = host_port(url);
+    if let Some(tls) = find_tls_error(e) {
+        return FetchError(match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => format!(
+                "TLS handshake with {host} failed: the server's certificate is not trusted \
+                 ({tls}): it does not chain to a trusted root; add the issuer's CA with \
+                 SSL_CERT_FILE or HttpFetcherBuilder::add_root_certificates_pem"
+            ),
+            rustls::Error::InvalidCertificate(_) => {
+                format!("TLS handshake with {host} failed: the server's certificate is not trusted ({tls})")
+            }
+            _ => format!("TLS handshake with {host} failed: {tls}"),
+        });
+    }
+    if e.is_connect() {
+        let cause = std::error::Error::source(e).map_or_else(|| e.to_string(), error_chain);
+        return FetchError(format!("connecting to {host} failed: {cause}"));
+    }
+    FetchError(format!("request to {host} failed: {}", error_chain(e)))
 }
 
 async fn read_response<B>(res: http::Response<B>) -> Result<FetchResponse, FetchError>
@@ -192,32 +526,33 @@ impl JwksFetcher for HttpFetcher {
             if let Some(tag) = etag {
                 req = req.header(header::IF_NONE_MATCH, tag);
             }
-            let req = req.body(Empty::new()).map_err(|e| FetchError(e.to_string()))?;
+            let req = req
+                .body(Empty::new())
+                .map_err(|e| FetchError(format!("{}: {e}", Redacted(url))))?;
             let work = async {
-                match url.scheme_str() {
-                    Some("http") => {
-                        let res = self
-                            .client
-                            .request(req)
-                            .await
-                            .map_err(|e| FetchError(e.to_string()))?;
-                        read_response(res).await
+                let res = match (url.scheme_str(), &self.transport) {
+                    (Some("http" | "https"), Transport::Tls(client)) => client.request(req).await,
+                    (Some("http"), Transport::PlainOnly(client, _)) => client.request(req).await,
+                    (Some("https"), Transport::PlainOnly(_, reason)) => {
+                        return Err(FetchError(format!("{}: {reason}", Redacted(url))));
                     }
-                    #[cfg(feature = "rustls")]
-                    Some("https") if self.tls.is_some() => match &self.tls {
-                        Some(tls) => self.send_https(tls, req).await,
-                        None => Err(FetchError("no TLS configuration".into())),
-                    },
-                    other => Err(FetchError(format!(
-                        "scheme {:?} not supported: plain http is built in; https needs the `rustls` \
-                         feature and HttpFetcher::with_tls, or your own JwksFetcher",
-                        other.unwrap_or("")
-                    ))),
-                }
+                    (other, _) => {
+                        return Err(FetchError(format!(
+                            "{}: scheme {:?} not supported (http or https)",
+                            Redacted(url),
+                            other.unwrap_or("")
+                        )));
+                    }
+                };
+                read_response(res.map_err(|e| describe_request_error(url, &e))?).await
             };
-            tokio::time::timeout(self.timeout, work)
-                .await
-                .map_err(|_| FetchError(format!("timed out after {:?}", self.timeout)))?
+            tokio::time::timeout(self.timeout, work).await.map_err(|_| {
+                FetchError(format!(
+                    "fetching from {} timed out after {:?}",
+                    host_port(url),
+                    self.timeout
+                ))
+            })?
         })
     }
 }
@@ -323,7 +658,7 @@ pub struct RemoteKeys {
 impl fmt::Debug for RemoteKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteKeys")
-            .field("url", &self.url)
+            .field("url", &format_args!("{}", Redacted(&self.url)))
             .field("keys", &self.current.load().keys.len())
             .finish_non_exhaustive()
     }
@@ -350,7 +685,7 @@ impl RemoteKeys {
     ) -> Result<Arc<Self>, FetchError> {
         let url: Uri = jwks_url
             .parse()
-            .map_err(|e| FetchError(format!("jwks url {jwks_url:?}: {e}")))?;
+            .map_err(|e| FetchError(format!("jwks url {:?}: {e}", redacted_text(jwks_url))))?;
         let metrics_host = metrics_host(&url);
         Ok(Arc::new(Self {
             url,
@@ -371,11 +706,13 @@ impl RemoteKeys {
 
     /// Discovers the JWKS URL from the issuer's metadata: RFC 8414
     /// (`/.well-known/oauth-authorization-server`), then OpenID Connect
-    /// (`/.well-known/openid-configuration`). The metadata's `issuer` must equal
-    /// `issuer`.
+    /// (`/.well-known/openid-configuration`), fetched with the built-in
+    /// [`HttpFetcher`] (`https` against the platform's trust anchors, or plain
+    /// `http`). The metadata's `issuer` must equal `issuer` exactly, and the
+    /// `jwks_uri` of an `https` issuer must be `https` too.
     ///
     /// # Errors
-    /// When neither document can be fetched or names a `jwks_uri`.
+    /// When neither document can be fetched or names an acceptable `jwks_uri`.
     pub async fn discover(issuer: &str, config: JwksConfig) -> Result<Arc<Self>, FetchError> {
         let fetcher: Arc<dyn JwksFetcher> = Arc::new(HttpFetcher::new(config.timeout));
         Self::discover_with_fetcher(issuer, config, fetcher).await
@@ -401,10 +738,16 @@ impl RemoteKeys {
             .increment(1);
             match fetched {
                 Ok(jwks_uri) => {
-                    tracing::info!(target: TARGET, issuer, metadata = %url, jwks_uri = %jwks_uri, "issuer metadata discovered");
-                    return Self::with_fetcher(&jwks_uri, config, fetcher);
+                    tracing::info!(
+                        target: TARGET,
+                        issuer = %redacted_text(issuer),
+                        metadata = %Redacted(&url),
+                        jwks_uri = %Redacted(&jwks_uri),
+                        "issuer metadata discovered"
+                    );
+                    return Self::with_fetcher(&jwks_uri.to_string(), config, fetcher);
                 }
-                Err(e) => errors.push(format!("{url}: {e}")),
+                Err(e) => errors.push(format!("{}: {e}", Redacted(&url))),
             }
         }
         Err(FetchError(format!("discovery failed: {}", errors.join("; "))))
@@ -478,7 +821,7 @@ impl RemoteKeys {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .unknown_kid_fetches += 1;
-        tracing::info!(target: TARGET, url = %self.url, "unknown kid: refetching the key set");
+        tracing::info!(target: TARGET, url = %Redacted(&self.url), "unknown kid: refetching the key set");
         let _ = self.fetch_locked().await;
     }
 
@@ -504,7 +847,7 @@ impl RemoteKeys {
                     confirmed: Some(self.config.clock.now()),
                     etag: snap.etag.clone(),
                 }));
-                tracing::debug!(target: TARGET, url = %self.url, "key set not modified");
+                tracing::debug!(target: TARGET, url = %Redacted(&self.url), "key set not modified");
                 self.count_fetch("not_modified");
                 Ok(self.interval(max_age))
             }
@@ -513,7 +856,7 @@ impl RemoteKeys {
                     self.bump(|_| {});
                     tracing::info!(
                         target: TARGET,
-                        url = %self.url,
+                        url = %Redacted(&self.url),
                         keys = keys.len(),
                         skipped = skipped.len(),
                         "key set fetched"
@@ -535,7 +878,7 @@ impl RemoteKeys {
         if let Err(e) = &outcome {
             self.bump(|s| s.failures += 1);
             self.count_fetch("error");
-            tracing::warn!(target: TARGET, url = %self.url, error = %e, "key set fetch failed; keeping the previous set");
+            tracing::warn!(target: TARGET, url = %Redacted(&self.url), error = %e, "key set fetch failed; keeping the previous set");
         }
         self.attempts.fetch_add(1, Ordering::AcqRel);
         outcome
@@ -609,7 +952,7 @@ fn metrics_host(url: &Uri) -> String {
     }
 }
 
-async fn fetch_metadata(fetcher: &dyn JwksFetcher, url: &Uri, issuer: &str) -> Result<String, FetchError> {
+async fn fetch_metadata(fetcher: &dyn JwksFetcher, url: &Uri, issuer: &str) -> Result<Uri, FetchError> {
     let body = match fetcher.fetch(url, None).await? {
         FetchResponse::Document { body, .. } => body,
         FetchResponse::NotModified { .. } => return Err(FetchError("unexpected 304".into())),
@@ -620,10 +963,41 @@ async fn fetch_metadata(fetcher: &dyn JwksFetcher, url: &Uri, issuer: &str) -> R
             "metadata `issuer` does not match the configured issuer".into(),
         ));
     }
-    doc.get("jwks_uri")
+    let jwks_uri = doc
+        .get("jwks_uri")
         .and_then(|v| v.as_str())
-        .map(str::to_owned)
-        .ok_or_else(|| FetchError("metadata has no `jwks_uri`".into()))
+        .ok_or_else(|| FetchError("metadata has no `jwks_uri`".into()))?;
+    jwks_uri_for(issuer, jwks_uri)
+}
+
+/// The metadata's `jwks_uri`, if acceptable for `issuer`: an absolute `http` or
+/// `https` URL, and `https` when the issuer is (a downgrade would let anyone on the
+/// path replace the keys the issuer's TLS protects).
+fn jwks_uri_for(issuer: &str, jwks_uri: &str) -> Result<Uri, FetchError> {
+    let uri: Uri = jwks_uri.parse().map_err(|e| {
+        FetchError(format!(
+            "metadata `jwks_uri` {:?} is not a URL: {e}",
+            redacted_text(jwks_uri)
+        ))
+    })?;
+    let scheme = uri.scheme_str();
+    if !matches!(scheme, Some("http" | "https")) || uri.host().is_none() {
+        return Err(FetchError(format!(
+            "metadata `jwks_uri` {} is not an absolute http(s) URL",
+            Redacted(&uri)
+        )));
+    }
+    let issuer_https = issuer
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    if issuer_https && scheme != Some("https") {
+        return Err(FetchError(format!(
+            "metadata `jwks_uri` {} downgrades the https issuer {} to plain http: refused",
+            Redacted(&uri),
+            redacted_text(issuer)
+        )));
+    }
+    Ok(uri)
 }
 
 #[cfg(test)]

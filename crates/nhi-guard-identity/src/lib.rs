@@ -11,6 +11,10 @@
 //!   refused, size and lifetime limits. Keys are static ([`KeySet`]) or fetched by
 //!   the JWKS manager ([`RemoteKeys`]: `max-age` / `ETag` refresh, single-flight
 //!   refetch on unknown `kid` with a cooldown, stale keys while the issuer is down).
+//!   Discovery and key sets are fetched over `https` out of the box ([`HttpFetcher`]:
+//!   rustls with the aws-lc-rs provider, the platform's trust anchors honouring
+//!   `SSL_CERT_FILE`, extra PEM anchors through [`HttpFetcher::builder`]) or plain
+//!   `http` for loopback and in-cluster issuers.
 //!   Verified tokens are cached by the SHA-256 of their bytes until `exp`.
 //! - **API keys** (`X-API-Key` or `Authorization: ApiKey`), looked up by SHA-256.
 //! - **mTLS client certificates** ([`PeerCertificates`] in the request): the SPIFFE
@@ -56,7 +60,9 @@
 //! # });
 //! ```
 //!
-//! A customised setup trusting a token issuer whose keys come from its JWKS:
+//! A customised setup trusting a token issuer whose keys come from its JWKS,
+//! discovered over https (the platform's trust anchors; see [`HttpFetcher::builder`]
+//! to add a private CA):
 //!
 //! ```no_run
 //! use nhi_guard_core::{InMemoryRegistry, Inventory};
@@ -64,15 +70,20 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let registry = InMemoryRegistry::from_toml_file("clients.toml")?;
-//! let keys = RemoteKeys::discover("http://auth.internal:8080", JwksConfig::default()).await?;
+//! let keys = RemoteKeys::discover("https://auth.example.com", JwksConfig::default()).await?;
 //! keys.refresh().await?;
 //! keys.spawn_refresh();
 //! let layer = IdentityLayer::builder(registry)
-//!     .issuer(Issuer::new("http://auth.internal:8080").audience("orders-api").remote_keys(keys))
+//!     .issuer(Issuer::new("https://auth.example.com").audience("orders-api").remote_keys(keys))
 //!     .order([Credential::Bearer, Credential::ClientCertificate])
 //!     .build()?;
 //! # let _ = layer; Ok(()) }
 //! ```
+//!
+//! Cargo features: `demo` (`DemoIssuer`: a throw-away
+//! signing key for examples) and `rustls` (`AddPeerCertificatesLayer`: the client
+//! chain of a tokio-rustls server connection into each request). TLS for fetching
+//! keys needs no feature.
 
 mod cache;
 #[cfg(feature = "demo")]
@@ -86,13 +97,15 @@ mod service;
 
 #[cfg(feature = "demo")]
 pub use crate::demo::{DemoError, DemoIssuer};
-pub use crate::jwks::{HttpFetcher, JwksConfig, JwksFetcher, RemoteKeys};
+pub use crate::jwks::{HttpFetcher, HttpFetcherBuilder, JwksConfig, JwksFetcher, RemoteKeys};
 pub use crate::jwt::{ClientIdClaim, Issuer, KeySource, MAX_LEEWAY};
 pub use crate::keys::{KeySet, VerifyingKey};
 pub use crate::layer::{ConfigError, Credential, IdentityLayer, IdentityLayerBuilder};
 pub use crate::mtls::{CertificateDetails, PeerCertificates};
 pub use crate::service::{Identity, ResponseFuture};
 pub use jsonwebtoken::Algorithm;
+/// The rustls version of [`HttpFetcher::with_tls`] and the mTLS glue.
+pub use rustls;
 
 pub use nhi_guard_core::{Principal, SecurityContext};
 
