@@ -17,8 +17,11 @@
 //! `metrics-exporter-prometheus`) before the first request.
 //!
 //! Cargo features: `identity`, `scope`, `ratelimit`, `risk`, `audit` (default: all
-//! five; the [`NhiGuard`] builder needs all of them) and `redis` (shared state across
-//! replicas).
+//! five; the [`NhiGuard`] builder needs all of them), `redis` (shared state across
+//! replicas), `rustls` (identity's glue reading client certificates from a
+//! tokio-rustls server connection, for mTLS), `tonic` (client addresses from tonic's
+//! connect info) and `demo` (identity's `DemoIssuer`, a throw-away signing key for
+//! examples). Fetching an issuer's keys over https needs no feature.
 
 #[cfg(all(
     feature = "identity",
