@@ -5,15 +5,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use nhi_guard_audit::AuditLayer;
+use nhi_guard_core::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::denial::DefaultRenderer;
 use nhi_guard_core::registry::SharedRegistry;
-use nhi_guard_core::{ClientAddrResolver, ScopeSet};
 use nhi_guard_identity::{IdentityLayer, IdentityLayerBuilder};
 use nhi_guard_ratelimit::{AuthFailureLimitLayer, RateLimitLayer};
 use nhi_guard_risk::{RiskEdgeLayer, RiskLayer};
 use nhi_guard_scope::ScopeLayer;
-use nhi_guard_scope::policy::Access;
+use nhi_guard_scope::report::warn_unreachable_rules;
 use tower::layer::util::Stack;
 use tower::util::Either;
 use tower_layer::Layer;
@@ -73,7 +73,7 @@ impl NhiGuard {
             risk: None,
             rate_limit: None,
             scope: None,
-            check_policy_scopes: true,
+            check_policy_scopes: false,
             realm: None,
         }
     }
@@ -215,9 +215,13 @@ impl NhiGuardBuilder {
         self
     }
 
-    /// Whether `build` refuses a scope policy that names a scope no client in the
-    /// inventory can ever hold (default: on). Turn off when the inventory is filled
-    /// after start-up.
+    /// Whether `build` refuses a scope policy with a rule no client in the inventory
+    /// can pass (default: off). Either way each such rule is logged as a warning,
+    /// counted in the `nhi_guard_scope_unreachable_rules` gauge, and listed by the
+    /// least-privilege report given the policy: a route added before its first
+    /// client is onboarded, or after its last one left, must not stop a service
+    /// from starting. Turn it on for a fixed inventory where such a rule can only
+    /// be a mistake (a misspelt scope).
     pub fn check_policy_scopes(mut self, on: bool) -> Self {
         self.check_policy_scopes = on;
         self
@@ -227,8 +231,9 @@ impl NhiGuardBuilder {
     ///
     /// # Errors
     /// [`BuildError`] naming the control and the field: risk or scope without
-    /// identity, a client whose tier is not defined, a policy scope that no client
-    /// can hold, and the controls' own configuration errors.
+    /// identity, a client whose tier is not defined, a policy rule no client can
+    /// pass (only with [`NhiGuardBuilder::check_policy_scopes`]), and the controls'
+    /// own configuration errors.
     pub fn build(self) -> Result<NhiGuardLayer, BuildError> {
         let clients = self.registry.clients();
         for c in &clients {
@@ -260,34 +265,21 @@ impl NhiGuardBuilder {
                 ));
             }
         }
-        if let (true, Some(scope)) = (self.check_policy_scopes, &self.scope)
-            && let Some(policy) = scope.policy()
-        {
-            let holdable = clients
-                .iter()
-                .fold(ScopeSet::empty(), |acc, c| acc.union(c.scopes()));
-            for rule in policy.rules() {
-                let Access::Scopes { all_of, any_of, .. } = rule.access() else {
-                    continue;
-                };
-                let never = all_of.difference(&holdable);
-                let unreachable = if !never.is_empty() {
-                    Some(never.to_string())
-                } else if !any_of.is_empty() && !any_of.intersects(&holdable) {
-                    Some(format!("one of {any_of}"))
-                } else {
-                    None
-                };
-                if let Some(scopes) = unreachable {
-                    return Err(BuildError::new(
-                        "scope",
-                        "policy",
-                        format!(
-                            "rule {} requires {scopes}, which no client in the inventory can hold",
-                            rule.label()
-                        ),
-                    ));
-                }
+        if let Some(policy) = self.scope.as_ref().and_then(ScopeLayer::policy) {
+            // A route before its first client, or after its last: a warning (log
+            // line, gauge, least-privilege report), a refusal only when asked.
+            let unreachable = warn_unreachable_rules(policy, &*self.registry);
+            if self.check_policy_scopes
+                && let Some(r) = unreachable.first()
+            {
+                return Err(BuildError::new(
+                    "scope",
+                    "policy",
+                    format!(
+                        "rule {} requires {}, which no client in the inventory can hold",
+                        r.rule, r.missing
+                    ),
+                ));
             }
         }
 
@@ -412,5 +404,62 @@ impl<S> Layer<S> for NhiGuardLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         self.layers.layer(Boxed(inner))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use nhi_guard_core::ScopeSet;
+    use nhi_guard_core::registry::{ClientRecord, InMemoryRegistry, Inventory};
+    use nhi_guard_identity::IdentityLayer;
+    use nhi_guard_scope::{Policy, Require, ScopeLayer};
+
+    use super::NhiGuard;
+
+    /// A policy with a route no client can call yet (its scope is held by nobody).
+    fn stack(strict: Option<bool>) -> Result<super::NhiGuardLayer, super::BuildError> {
+        let registry = Arc::new(InMemoryRegistry::new(
+            Inventory::builder()
+                .client(
+                    ClientRecord::builder(
+                        "reporting-bot",
+                        "analytics@example.com",
+                        "Nightly report",
+                        SystemTime::now() + Duration::from_secs(86_400),
+                    )
+                    .scopes(ScopeSet::parse("orders:read").expect("scopes"))
+                    .build()
+                    .expect("record"),
+                )
+                .build()
+                .expect("inventory"),
+        ));
+        let policy = Policy::builder()
+            .get("/orders", Require::all_of("orders:read"))
+            .post("/refunds", Require::all_of("refunds:write"))
+            .build()
+            .expect("policy");
+        let mut builder = NhiGuard::builder(registry.clone())
+            .identity(IdentityLayer::builder(registry))
+            .scope(ScopeLayer::new(policy));
+        if let Some(on) = strict {
+            builder = builder.check_policy_scopes(on);
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn a_rule_no_client_can_pass_is_a_warning_unless_strict() {
+        assert!(stack(None).is_ok(), "the default only warns");
+        assert!(stack(Some(false)).is_ok());
+        let err = stack(Some(true)).expect_err("strict");
+        assert_eq!((err.control(), err.field()), ("scope", "policy"));
+        assert!(
+            err.to_string().contains("POST /refunds requires refunds:write"),
+            "{err}"
+        );
     }
 }

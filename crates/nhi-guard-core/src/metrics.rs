@@ -24,6 +24,7 @@
 //! | `nhi_guard_store_fallbacks_total` | counter | `store`, `policy` | requests decided without the shared store because it failed: `policy` is `fail_open`, `fail_closed` or `fallback_local` |
 //! | `nhi_guard_risk_score` | histogram | | the score (0–100) of every request the risk layer assessed |
 //! | `nhi_guard_audit_queue_depth` | gauge | | records waiting in the audit writer's queue, set by the writer at each batch |
+//! | `nhi_guard_scope_unreachable_rules` | gauge | | scope policy rules no client in the inventory can pass (a route before its first client, or a misspelt scope), set at start-up and on each inventory reload |
 //! | `nhi_guard_audit_dropped_total` | counter | `reason` | audit records not written: `queue_full` (overflow policy `drop`) or `shutdown` (offered after the writer stopped) |
 //!
 //! `control` is [`Control::as_str`]: `identity`, `scope`, `rate_limit`, `risk`, or a
@@ -93,6 +94,8 @@ pub const STORE_FALLBACKS_TOTAL: &str = "nhi_guard_store_fallbacks_total";
 pub const RISK_SCORE: &str = "nhi_guard_risk_score";
 /// Records waiting in the audit writer's queue.
 pub const AUDIT_QUEUE_DEPTH: &str = "nhi_guard_audit_queue_depth";
+/// Scope policy rules that no client in the inventory can pass.
+pub const SCOPE_UNREACHABLE_RULES: &str = "nhi_guard_scope_unreachable_rules";
 /// Audit records not written, by `reason` (`queue_full`, `shutdown`).
 pub const AUDIT_DROPPED_TOTAL: &str = "nhi_guard_audit_dropped_total";
 
@@ -144,6 +147,11 @@ pub fn describe() {
     describe_histogram!(
         RISK_SCORE,
         "Risk score (0-100) of every request the risk layer assessed"
+    );
+    describe_gauge!(
+        SCOPE_UNREACHABLE_RULES,
+        Unit::Count,
+        "Scope policy rules that no client in the inventory can pass"
     );
     describe_gauge!(
         AUDIT_QUEUE_DEPTH,

@@ -43,6 +43,8 @@ use nhi_guard_core::usage::{ClientUsage, ScopeUsageStore, SharedUsageStore, Usag
 use nhi_guard_core::{ClientId, ScopeSet, SystemClock, rfc3339};
 use serde::Serialize;
 
+use crate::policy::{Access, Policy};
+
 /// One scope a client exercised.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -110,6 +112,67 @@ pub struct InventoryReport {
     pub unused_since: String,
     /// One entry per client, sorted by id.
     pub clients: Vec<ClientReport>,
+    /// Rules of the policy (when the report knows it, [`ReportService::policy`])
+    /// that no client in the inventory can pass today, in policy order.
+    pub unreachable_rules: Vec<UnreachableRule>,
+}
+
+/// A policy rule whose scopes no client in the inventory holds: nobody can call
+/// the route until a client is granted them. Normal for a route added before its
+/// first client is onboarded, or after its last one left; worth a look otherwise
+/// (a scope misspelt in the policy or the inventory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UnreachableRule {
+    /// The rule: its name, or `METHODS pattern`.
+    pub rule: String,
+    /// What no client holds: the scopes of `all_of` nobody has, or `one of …`.
+    pub missing: String,
+}
+
+/// The rules of `policy` that no client of `clients` can pass, in policy order.
+pub fn unreachable_rules(policy: &Policy, clients: &[Arc<ClientRecord>]) -> Vec<UnreachableRule> {
+    let holdable = clients
+        .iter()
+        .fold(ScopeSet::empty(), |acc, c| acc.union(c.scopes()));
+    policy
+        .rules()
+        .iter()
+        .filter_map(|rule| {
+            let Access::Scopes { all_of, any_of, .. } = rule.access() else {
+                return None;
+            };
+            let never = all_of.difference(&holdable);
+            let missing = if !never.is_empty() {
+                never.to_string()
+            } else if !any_of.is_empty() && !any_of.intersects(&holdable) {
+                format!("one of {any_of}")
+            } else {
+                return None;
+            };
+            Some(UnreachableRule {
+                rule: rule.label().to_owned(),
+                missing,
+            })
+        })
+        .collect()
+}
+
+/// Checks `policy` against the clients `registry` holds now: logs a warning per
+/// unreachable rule, sets the `nhi_guard_scope_unreachable_rules` gauge, and
+/// returns the rules. Run it at start-up and after every inventory reload.
+pub fn warn_unreachable_rules(policy: &Policy, registry: &dyn ClientRegistry) -> Vec<UnreachableRule> {
+    let rules = unreachable_rules(policy, &registry.clients());
+    for r in &rules {
+        tracing::warn!(
+            target: "nhi_guard::scope",
+            rule = %r.rule,
+            missing = %r.missing,
+            "no client in the inventory can pass this policy rule yet"
+        );
+    }
+    metrics::gauge!(nhi_guard_core::metrics::SCOPE_UNREACHABLE_RULES).set(rules.len() as f64);
+    rules
 }
 
 fn days_left(expires: SystemTime, now: SystemTime) -> i64 {
@@ -182,15 +245,17 @@ pub async fn inventory_report(
     since: SystemTime,
 ) -> Result<InventoryReport, UsageStoreError> {
     let warning = registry.expiry_warning();
-    let mut clients = Vec::new();
-    for record in registry.clients() {
+    let records = registry.clients();
+    let mut clients = Vec::with_capacity(records.len());
+    for record in &records {
         let usage = store.usage(record.id()).await?;
-        clients.push(client_report(&record, &usage, now, since, warning));
+        clients.push(client_report(record, &usage, now, since, warning));
     }
     Ok(InventoryReport {
         generated_at: rfc3339(now),
         unused_since: rfc3339(since),
         clients,
+        unreachable_rules: Vec::new(),
     })
 }
 
@@ -202,6 +267,7 @@ pub struct ReportService {
     store: SharedUsageStore,
     clock: SharedClock,
     window: Duration,
+    policy: Option<Arc<Policy>>,
 }
 
 impl std::fmt::Debug for ReportService {
@@ -210,6 +276,7 @@ impl std::fmt::Debug for ReportService {
             .field("registry", &self.registry)
             .field("store", &self.store)
             .field("window", &self.window)
+            .field("policy", &self.policy.as_ref().map(|p| p.rules().len()))
             .finish_non_exhaustive()
     }
 }
@@ -226,7 +293,16 @@ impl ReportService {
             store,
             clock: Arc::new(SystemClock),
             window: DEFAULT_UNUSED_WINDOW,
+            policy: None,
         }
+    }
+
+    /// The scope policy: each report lists its rules that no client in the
+    /// inventory can pass ([`InventoryReport::unreachable_rules`]).
+    #[must_use]
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
     }
 
     /// The clock ("now" of the report).
@@ -259,7 +335,11 @@ impl ReportService {
     /// # Errors
     /// The usage store's error.
     pub async fn report_since(&self, since: SystemTime) -> Result<InventoryReport, UsageStoreError> {
-        inventory_report(&*self.registry, &*self.store, self.clock.now(), since).await
+        let mut report = inventory_report(&*self.registry, &*self.store, self.clock.now(), since).await?;
+        if let Some(policy) = &self.policy {
+            report.unreachable_rules = unreachable_rules(policy, &self.registry.clients());
+        }
+        Ok(report)
     }
 
     /// Answers a request for the report with the query `since=<RFC 3339>` or

@@ -235,3 +235,63 @@ async fn admin_clients_handler_behind_the_admin_scope() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(body["missing_scopes"], json!(["admin"]));
 }
+
+/// Rules nobody can pass are listed (by the report given the policy) and counted,
+/// and follow the inventory when it is replaced.
+#[tokio::test]
+async fn rules_no_client_can_pass_are_reported_and_follow_the_inventory() {
+    use nhi_guard_core::registry::{ClientRecord, ClientRegistry, Inventory};
+    use nhi_guard_scope::report::{unreachable_rules, warn_unreachable_rules};
+
+    let policy = Policy::builder()
+        .get("/orders/{id}", Require::all_of("orders:read"))
+        .post("/exports", Require::all_of("exports:run orders:read"))
+        .get("/reports", Require::any_of("reports:read reports:admin"))
+        .public(Method::GET, "/healthz")
+        .build()
+        .expect("policy");
+    let registry = Arc::new(InMemoryRegistry::new(common::inventory()));
+    let reports = ReportService::new(registry.clone(), Arc::new(InMemoryUsageStore::new()))
+        .clock(Arc::new(ManualClock::at(t0())))
+        .policy(policy.clone());
+    let report = serde_json::to_value(reports.report().await.expect("report")).expect("json");
+    assert_eq!(
+        report["unreachable_rules"],
+        json!([
+            { "rule": "POST /exports", "missing": "exports:run" },
+            { "rule": "GET /reports", "missing": "one of reports:admin reports:read" },
+        ])
+    );
+
+    // A client holding the scopes arrives: nothing is unreachable any more.
+    let mut onboarded = Inventory::builder();
+    for c in registry.clients() {
+        onboarded = onboarded.client((*c).clone());
+    }
+    let exporter = ClientRecord::builder("exporter", "data@example.com", "Exports", t0() + DAY * 90)
+        .scopes(nhi_guard_core::ScopeSet::parse("exports:run reports:read").expect("scopes"))
+        .build()
+        .expect("record");
+    registry.replace(onboarded.client(exporter).build().expect("inventory"));
+    let report = serde_json::to_value(reports.report().await.expect("report")).expect("json");
+    assert_eq!(report["unreachable_rules"], json!([]));
+    assert!(unreachable_rules(&policy, &registry.clients()).is_empty());
+
+    // The warning path counts them in the gauge.
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let empty = Arc::new(InMemoryRegistry::new(
+        Inventory::builder().build().expect("empty"),
+    ));
+    let found = metrics::with_local_recorder(&recorder, || warn_unreachable_rules(&policy, &*empty));
+    assert_eq!(found.len(), 3);
+    let snapshot = nhi_guard_testkit::metrics::Snapshot::take(&snapshotter);
+    assert_eq!(
+        snapshot.get(
+            metrics_util::MetricKind::Gauge,
+            nhi_guard_core::metrics::SCOPE_UNREACHABLE_RULES,
+            &[]
+        ),
+        Some(&metrics_util::debugging::DebugValue::Gauge(3.0.into()))
+    );
+}
