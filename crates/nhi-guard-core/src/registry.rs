@@ -1169,6 +1169,9 @@ pub trait ClientRegistry: Send + Sync + fmt::Debug + 'static {
     /// safely: a reload that breaks a requirement shows as refused requests
     /// instead of a failed reload.
     ///
+    /// A requirement stays registered for the registry's lifetime; registering an
+    /// equal one again changes nothing.
+    ///
     /// # Errors
     /// The inventory served now does not meet the requirement.
     fn require(&self, requirement: InventoryRequirement) -> Result<(), InventoryError> {
