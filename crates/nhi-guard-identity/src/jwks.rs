@@ -407,12 +407,10 @@ impl fmt::Display for Redacted<'_> {
     }
 }
 
-/// A URL text that may not parse, for an error: [`Redacted`] when it parses, else
-/// the text cut before any `?` and without anything up to an `@` in the authority.
+/// A URL as configured or received, for logs and errors: the text cut before any
+/// `?` or `#` and without userinfo (anything up to an `@` in the authority), so
+/// that it reads as given otherwise (no `/` added to an issuer).
 fn redacted_text(text: &str) -> String {
-    if let Ok(url) = text.parse::<Uri>() {
-        return Redacted(&url).to_string();
-    }
     let text = text.split(['?', '#']).next().unwrap_or_default();
     let (scheme, rest) = text.split_once("://").map_or(("", text), |(s, r)| (s, r));
     let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
@@ -479,8 +477,8 @@ fn describe_request_error(url: &Uri, e: &hyper_util::client::legacy::Error) -> F
         return FetchError(match tls {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => format!(
                 "TLS handshake with {host} failed: the server's certificate is not trusted \
-                 ({tls}): it does not chain to a trusted root; add the issuer's CA with \
-                 SSL_CERT_FILE or HttpFetcherBuilder::add_root_certificates_pem"
+                 ({tls}): its CA is not among the trusted roots; add it with SSL_CERT_FILE or \
+                 HttpFetcherBuilder::add_root_certificates_pem"
             ),
             rustls::Error::InvalidCertificate(_) => {
                 format!("TLS handshake with {host} failed: the server's certificate is not trusted ({tls})")
@@ -958,10 +956,16 @@ async fn fetch_metadata(fetcher: &dyn JwksFetcher, url: &Uri, issuer: &str) -> R
         FetchResponse::NotModified { .. } => return Err(FetchError("unexpected 304".into())),
     };
     let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| FetchError(e.to_string()))?;
-    if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
-        return Err(FetchError(
-            "metadata `issuer` does not match the configured issuer".into(),
-        ));
+    match doc.get("issuer").and_then(|v| v.as_str()) {
+        Some(named) if named == issuer => {}
+        Some(named) => {
+            return Err(FetchError(format!(
+                "metadata `issuer` {:?} does not match the configured issuer {:?}",
+                redacted_text(named),
+                redacted_text(issuer)
+            )));
+        }
+        None => return Err(FetchError("metadata has no `issuer`".into())),
     }
     let jwks_uri = doc
         .get("jwks_uri")
@@ -1016,6 +1020,123 @@ mod tests {
         assert_eq!(max_age(&h), Some(Duration::ZERO));
         h.clear();
         assert_eq!(max_age(&h), None);
+    }
+
+    #[test]
+    fn urls_in_logs_and_errors_never_show_userinfo_or_query() {
+        let url: Uri = "https://svc:hunter2@issuer.test:8443/t/jwks.json?sig=s3cret"
+            .parse()
+            .expect("url");
+        assert_eq!(Redacted(&url).to_string(), "https://issuer.test:8443/t/jwks.json");
+        assert_eq!(
+            redacted_text("https://svc:hunter2@issuer.test/t?sig=s3cret#f"),
+            "https://issuer.test/t"
+        );
+        assert_eq!(redacted_text("https://issuer.test"), "https://issuer.test");
+        assert_eq!(redacted_text("not a url?sig=s3cret"), "not a url");
+
+        let keys = RemoteKeys::with_fetcher(
+            "https://svc:hunter2@issuer.test/jwks.json?sig=s3cret",
+            JwksConfig::default(),
+            Arc::new(HttpFetcher::builder().platform_roots(false).build()),
+        )
+        .expect("keys");
+        let debug = format!("{keys:?}");
+        assert!(debug.contains("https://issuer.test/jwks.json"), "{debug}");
+        assert!(!debug.contains("hunter2") && !debug.contains("s3cret"), "{debug}");
+        let err = RemoteKeys::with_fetcher(
+            "https://svc:hunter2@issuer.test/ bad?sig=s3cret",
+            JwksConfig::default(),
+            Arc::new(HttpFetcher::builder().platform_roots(false).build()),
+        )
+        .expect_err("does not parse")
+        .to_string();
+        assert!(!err.contains("hunter2") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn jwks_uri_may_not_downgrade_an_https_issuer() {
+        let err = jwks_uri_for("https://issuer.test", "http://issuer.test/keys")
+            .expect_err("downgrade")
+            .to_string();
+        assert!(err.contains("downgrades"), "{err}");
+        assert!(
+            err.contains("http://issuer.test/keys") && err.contains("https://issuer.test"),
+            "names both: {err}"
+        );
+        assert!(jwks_uri_for("HTTPS://issuer.test", "http://issuer.test/keys").is_err());
+        assert!(jwks_uri_for("https://issuer.test", "https://keys.test/jwks").is_ok());
+        assert!(jwks_uri_for("http://127.0.0.1:8080", "http://127.0.0.1:8080/keys").is_ok());
+        assert!(jwks_uri_for("http://127.0.0.1:8080", "https://keys.test/jwks").is_ok());
+        assert!(jwks_uri_for("https://issuer.test", "/keys").is_err());
+        assert!(jwks_uri_for("https://issuer.test", "ftp://issuer.test/keys").is_err());
+    }
+
+    #[test]
+    fn root_certificates_pem_errors_say_what_is_wrong() {
+        let kind = |pem: &[u8]| {
+            HttpFetcher::builder()
+                .add_root_certificates_pem(pem)
+                .map(|_| ())
+                .map_err(|e| (e.kind(), e.to_string()))
+        };
+        let (k, msg) = kind(b"not PEM at all").expect_err("no certificate");
+        assert_eq!(k, FetcherConfigErrorKind::NoCertificate, "{msg}");
+        let (k, msg) =
+            kind(b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n").expect_err("bad base64");
+        assert_eq!(k, FetcherConfigErrorKind::InvalidPem, "{msg}");
+        let (k, msg) = kind(b"-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n")
+            .expect_err("not a certificate");
+        assert_eq!(k, FetcherConfigErrorKind::InvalidCertificate, "{msg}");
+        assert!(msg.contains("certificate 1"), "{msg}");
+
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).expect("ca").pem();
+        // A bundle: the certificate plus a key section, which is ignored.
+        let bundle = format!("{ca}{}", key.serialize_pem());
+        let builder = HttpFetcher::builder()
+            .add_root_certificates_pem(bundle.as_bytes())
+            .expect("valid");
+        assert_eq!(builder.extra_roots.len(), 1);
+    }
+
+    #[test]
+    fn a_rustls_error_is_found_through_io_wrappers() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let outer: Box<dyn std::error::Error + Send + Sync> = Box::new(std::io::Error::other(inner));
+        let found = find_tls_error(&*outer).expect("found");
+        assert!(matches!(
+            found,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        ));
+        assert_eq!(error_chain(&*outer), "invalid peer certificate: UnknownIssuer");
+        let plain = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(find_tls_error(&plain).is_none());
+    }
+
+    #[tokio::test]
+    async fn without_anchors_https_is_refused_before_connecting() {
+        let fetcher = HttpFetcher::builder().platform_roots(false).build();
+        assert!(format!("{fetcher:?}").contains("no trust anchors"));
+        // Port 9 on loopback: nothing is contacted, the fetch fails first.
+        let url: Uri = "https://127.0.0.1:9/jwks.json".parse().expect("url");
+        let err = fetcher.fetch(&url, None).await.expect_err("refused").to_string();
+        assert!(err.contains("no trust anchors"), "{err}");
+        let url: Uri = "ftp://127.0.0.1:9/jwks.json".parse().expect("url");
+        let err = fetcher.fetch(&url, None).await.expect_err("refused").to_string();
+        assert!(err.contains("not supported"), "{err}");
+
+        // Plain http is fetched; a refused connection names the host and the cause.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = closed.local_addr().expect("addr");
+        drop(closed);
+        let url: Uri = format!("http://{addr}/jwks.json").parse().expect("url");
+        let err = fetcher.fetch(&url, None).await.expect_err("refused").to_string();
+        assert!(err.starts_with(&format!("connecting to {addr} failed: ")), "{err}");
+        assert!(err.contains("refused"), "{err}");
     }
 
     #[test]
