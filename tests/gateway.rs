@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use nhi_guard::core::address::PeerAddr;
+use nhi_guard::core::address::{ForwardedHeader, PeerAddr};
 use nhi_guard::core::clock::ManualClock;
 use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
 use tower::ServiceExt;
@@ -34,34 +34,90 @@ fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 fn defaults_and_invalid_values_name_the_variable() {
     let c = config::from_lookup(lookup(&[])).expect("defaults");
     assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-    assert!(c.clients.is_none() && c.issuer.is_none() && c.redis_url.is_none() && c.audit_log.is_none());
+    assert!(c.clients.is_none() && c.issuers.is_empty() && c.redis_url.is_none() && c.audit_log.is_none());
+    assert!(c.ca_file.is_none() && c.jwks_url.is_none());
     assert_eq!(c.risk_mode, config::RiskMode::Enforce);
     assert_eq!(c.audience, "nhi-guard-demo");
+    assert_eq!(c.forwarded_header, ForwardedHeader::XForwardedFor);
+    assert_eq!(c.ipv6_prefix, 64);
+    assert_eq!((c.address_limit.burst(), c.address_limit.emission_nanos()), (200, 10_000_000));
+    assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    let inventory = ("NHI_GUARD_CLIENTS", "clients.toml");
     for (var, value) in [
         ("NHI_GUARD_LISTEN", "localhost"),
         ("NHI_GUARD_CLIENTS", ""),
         ("NHI_GUARD_TRUSTED_PROXIES", "10.0.0.0/8, nope"),
+        ("NHI_GUARD_FORWARDED_HEADER", "x-real-ip"),
+        ("NHI_GUARD_IPV6_PREFIX", "129"),
         ("NHI_GUARD_ISSUER", "not a url"),
+        ("NHI_GUARD_ISSUER", "https://a.example.com, nope"),
+        ("NHI_GUARD_ISSUER", " , "),
+        ("NHI_GUARD_ISSUER", "https://a.example.com,https://a.example.com"),
+        ("NHI_GUARD_CA_FILE", " "),
         ("NHI_GUARD_AUDIENCE", " "),
         ("NHI_GUARD_REDIS_URL", "127.0.0.1:6379"),
         ("NHI_GUARD_AUDIT_LOG", ""),
         ("NHI_GUARD_RISK_MODE", "loud"),
+        ("NHI_GUARD_ADDRESS_LIMIT", "100"),
+        ("NHI_GUARD_ADDRESS_LIMIT", "0:10"),
+        ("NHI_GUARD_ADDRESS_LIMIT", "10:x"),
+        ("NHI_GUARD_SHUTDOWN_GRACE", "-1"),
+        ("NHI_GUARD_SHUTDOWN_GRACE", "soon"),
     ] {
-        let err = config::from_lookup(lookup(&[(var, value)])).expect_err(var);
-        assert!(err.starts_with(var), "{err}");
+        let err = config::from_lookup(lookup(&[inventory, (var, value)])).expect_err(var);
+        assert!(err.starts_with(var), "{var}={value:?}: {err}");
     }
     let err =
         config::from_lookup(lookup(&[("NHI_GUARD_JWKS_URL", "http://127.0.0.1:1/jwks")])).expect_err("jwks");
     assert!(err.starts_with("NHI_GUARD_JWKS_URL"), "{err}");
+    // One JWKS URL cannot serve two issuers.
+    let err = config::from_lookup(lookup(&[
+        inventory,
+        ("NHI_GUARD_ISSUER", "https://a.example.com,https://b.example.com"),
+        ("NHI_GUARD_JWKS_URL", "https://a.example.com/jwks"),
+    ]))
+    .expect_err("jwks with two issuers");
+    assert!(err.starts_with("NHI_GUARD_JWKS_URL"), "{err}");
     let c = config::from_lookup(lookup(&[
+        inventory,
         ("NHI_GUARD_TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1"),
+        ("NHI_GUARD_FORWARDED_HEADER", "Forwarded"),
+        ("NHI_GUARD_IPV6_PREFIX", "/56"),
         ("NHI_GUARD_RISK_MODE", "shadow"),
-        ("NHI_GUARD_ISSUER", "http://127.0.0.1:9999/"),
+        ("NHI_GUARD_ISSUER", "http://127.0.0.1:9999/, https://idp.example.com/tenant"),
+        ("NHI_GUARD_CA_FILE", "/etc/nhi/ca.pem"),
+        ("NHI_GUARD_ADDRESS_LIMIT", "1000:1500"),
+        ("NHI_GUARD_SHUTDOWN_GRACE", "0"),
     ]))
     .expect("ok");
     assert_eq!(c.trusted_proxies.len(), 2);
+    assert_eq!(c.forwarded_header, ForwardedHeader::Forwarded);
+    assert_eq!(c.ipv6_prefix, 56);
     assert_eq!(c.risk_mode, config::RiskMode::Shadow);
-    assert_eq!(c.issuer.as_deref(), Some("http://127.0.0.1:9999"));
+    assert_eq!(c.issuers, ["http://127.0.0.1:9999", "https://idp.example.com/tenant"]);
+    assert_eq!(c.ca_file.as_deref(), Some(std::path::Path::new("/etc/nhi/ca.pem")));
+    assert_eq!((c.address_limit.burst(), c.address_limit.emission_nanos()), (1500, 1_000_000));
+    assert_eq!(c.shutdown_grace, Duration::ZERO);
+}
+
+/// The demo inventory's API keys are printed in the README: it serves only the demo
+/// issuer on a loopback address, and any other set-up must name its inventory.
+#[test]
+fn the_published_demo_inventory_serves_only_the_local_demo() {
+    assert!(config::from_lookup(lookup(&[])).expect("local demo").demo_inventory_allowed());
+    assert!(config::from_lookup(lookup(&[("NHI_GUARD_LISTEN", "[::1]:0")])).is_ok());
+    for vars in [
+        &[("NHI_GUARD_ISSUER", "https://idp.example.com")][..],
+        &[("NHI_GUARD_LISTEN", "0.0.0.0:8080")][..],
+        &[("NHI_GUARD_LISTEN", "10.1.2.3:8080")][..],
+    ] {
+        let err = config::from_lookup(lookup(vars)).expect_err("demo inventory refused");
+        assert!(err.starts_with("NHI_GUARD_CLIENTS is not set"), "{err}");
+        assert!(err.contains("set NHI_GUARD_CLIENTS"), "{err}");
+        let mut with_inventory = vars.to_vec();
+        with_inventory.push(("NHI_GUARD_CLIENTS", "clients.toml"));
+        assert!(config::from_lookup(lookup(&with_inventory)).is_ok(), "{vars:?}");
+    }
 }
 
 #[test]

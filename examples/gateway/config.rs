@@ -3,8 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
+use nhi_guard::core::address::ForwardedHeader;
+use nhi_guard::core::store::Quota;
 
 /// Everything the gateway reads from its environment.
 #[derive(Debug, Clone)]
@@ -15,10 +18,21 @@ pub(crate) struct Config {
     pub(crate) clients: Option<PathBuf>,
     /// `NHI_GUARD_TRUSTED_PROXIES`: comma-separated CIDRs whose forwarding headers are believed.
     pub(crate) trusted_proxies: Vec<IpNet>,
-    /// `NHI_GUARD_ISSUER`: an external token issuer; without it a demo issuer runs in-process.
-    pub(crate) issuer: Option<String>,
-    /// `NHI_GUARD_JWKS_URL`: the issuer's JWKS (default: discovered from the issuer).
+    /// `NHI_GUARD_FORWARDED_HEADER`: the one forwarding header the trusted proxies set
+    /// (`x-forwarded-for`, the default, or `forwarded`).
+    pub(crate) forwarded_header: ForwardedHeader,
+    /// `NHI_GUARD_IPV6_PREFIX`: the prefix IPv6 clients are limited and scored by
+    /// (default 64).
+    pub(crate) ipv6_prefix: u8,
+    /// `NHI_GUARD_ISSUER`: external token issuers, comma-separated, each discovered;
+    /// empty: a demo issuer runs in-process.
+    pub(crate) issuers: Vec<String>,
+    /// `NHI_GUARD_JWKS_URL`: the issuer's JWKS (default: discovered from the issuer;
+    /// only with a single issuer).
     pub(crate) jwks_url: Option<String>,
+    /// `NHI_GUARD_CA_FILE`: a PEM bundle of extra trust anchors for the issuers and
+    /// their JWKS (besides the platform's).
+    pub(crate) ca_file: Option<PathBuf>,
     /// `NHI_GUARD_AUDIENCE`: the `aud` tokens must carry (default `nhi-guard-demo`).
     pub(crate) audience: String,
     /// `NHI_GUARD_REDIS_URL`: share rate-limit and risk state through Redis.
@@ -27,6 +41,20 @@ pub(crate) struct Config {
     pub(crate) audit_log: Option<PathBuf>,
     /// `NHI_GUARD_RISK_MODE`: `enforce` (default), `shadow` or `off`.
     pub(crate) risk_mode: RiskMode,
+    /// `NHI_GUARD_ADDRESS_LIMIT`: `PER_SECOND:BURST` of the flood shield in front of
+    /// identity (default `100:200`); verified clients are limited by their tier.
+    pub(crate) address_limit: Quota,
+    /// `NHI_GUARD_SHUTDOWN_GRACE`: seconds requests in flight get to finish after
+    /// SIGTERM / SIGINT (default 10).
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Whether the built-in demo inventory (whose API keys are published in the
+    /// README) may serve: only with the demo issuer, on a loopback listen address.
+    pub(crate) fn demo_inventory_allowed(&self) -> bool {
+        self.issuers.is_empty() && self.listen.ip().is_loopback()
+    }
 }
 
 /// How the risk layer runs.
@@ -78,15 +106,65 @@ pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config
             })
             .collect::<Result<_, _>>()?,
     };
-    let issuer = get("NHI_GUARD_ISSUER")
-        .map(|v| url("NHI_GUARD_ISSUER", v))
-        .transpose()?;
+    let forwarded_header = match get("NHI_GUARD_FORWARDED_HEADER") {
+        None => ForwardedHeader::XForwardedFor,
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("NHI_GUARD_FORWARDED_HEADER={v:?} must be x-forwarded-for or forwarded"))?,
+    };
+    let ipv6_prefix = match get("NHI_GUARD_IPV6_PREFIX") {
+        None => 64,
+        Some(v) => v
+            .trim()
+            .trim_start_matches('/')
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 128)
+            .ok_or_else(|| format!("NHI_GUARD_IPV6_PREFIX={v:?} is not a prefix length from 0 to 128"))?,
+    };
+    let issuers = match get("NHI_GUARD_ISSUER") {
+        None => Vec::new(),
+        Some(v) => {
+            let list: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| url("NHI_GUARD_ISSUER", s.to_owned()))
+                .collect::<Result<_, _>>()?;
+            if list.is_empty() {
+                return Err("NHI_GUARD_ISSUER is set but names no issuer".into());
+            }
+            if let Some(dup) = list
+                .iter()
+                .enumerate()
+                .find_map(|(i, a)| list[..i].contains(a).then_some(a))
+            {
+                return Err(format!("NHI_GUARD_ISSUER names {dup} twice"));
+            }
+            list
+        }
+    };
     let jwks_url = get("NHI_GUARD_JWKS_URL")
         .map(|v| url("NHI_GUARD_JWKS_URL", v))
         .transpose()?;
-    if jwks_url.is_some() && issuer.is_none() {
-        return Err("NHI_GUARD_JWKS_URL needs NHI_GUARD_ISSUER (the demo issuer serves its own keys)".into());
+    match (&jwks_url, issuers.len()) {
+        (Some(_), 0) => {
+            return Err(
+                "NHI_GUARD_JWKS_URL needs NHI_GUARD_ISSUER (the demo issuer serves its own keys)".into(),
+            );
+        }
+        (Some(_), n) if n > 1 => {
+            return Err(format!(
+                "NHI_GUARD_JWKS_URL names one key set, but NHI_GUARD_ISSUER lists {n} issuers; unset it and let each issuer's keys be discovered"
+            ));
+        }
+        _ => {}
     }
+    let ca_file = match get("NHI_GUARD_CA_FILE") {
+        None => None,
+        Some(v) if v.trim().is_empty() => return Err("NHI_GUARD_CA_FILE is set but empty".into()),
+        Some(v) => Some(PathBuf::from(v)),
+    };
     let audience = match get("NHI_GUARD_AUDIENCE") {
         None => "nhi-guard-demo".to_owned(),
         Some(v) if v.trim().is_empty() => return Err("NHI_GUARD_AUDIENCE is set but empty".into()),
@@ -118,15 +196,58 @@ pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config
             ));
         }
     };
-    Ok(Config {
+    let address_limit = match get("NHI_GUARD_ADDRESS_LIMIT") {
+        None => Quota::per_second(100)
+            .and_then(|q| q.with_burst(200))
+            .map_err(|e| format!("default address limit: {e}"))?,
+        Some(v) => v
+            .trim()
+            .split_once(':')
+            .and_then(|(rate, burst)| Some((rate.trim().parse().ok()?, burst.trim().parse().ok()?)))
+            .and_then(|(rate, burst)| Quota::per_second(rate).and_then(|q| q.with_burst(burst)).ok())
+            .ok_or_else(|| {
+                format!(
+                    "NHI_GUARD_ADDRESS_LIMIT={v:?} must be PER_SECOND:BURST, both at least 1, such as 100:200"
+                )
+            })?,
+    };
+    let shutdown_grace = match get("NHI_GUARD_SHUTDOWN_GRACE") {
+        None => Duration::from_secs(10),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|s| *s <= 3600)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                format!("NHI_GUARD_SHUTDOWN_GRACE={v:?} is not a number of seconds from 0 to 3600")
+            })?,
+    };
+    let config = Config {
         listen,
         clients,
         trusted_proxies,
-        issuer,
+        forwarded_header,
+        ipv6_prefix,
+        issuers,
         jwks_url,
+        ca_file,
         audience,
         redis_url,
         audit_log,
         risk_mode,
-    })
+        address_limit,
+        shutdown_grace,
+    };
+    if config.clients.is_none() && !config.demo_inventory_allowed() {
+        let why = if config.issuers.is_empty() {
+            format!("the listen address {} is not loopback", config.listen)
+        } else {
+            "an external issuer is configured".to_owned()
+        };
+        return Err(format!(
+            "NHI_GUARD_CLIENTS is not set and {why}: the built-in demo inventory (whose API keys are published) serves only with the demo issuer on a loopback address; set NHI_GUARD_CLIENTS to your client inventory (TOML)"
+        ));
+    }
+    Ok(config)
 }

@@ -1,5 +1,6 @@
 //! The gateway's security stack: every control, configured from [`Config`].
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,12 +9,14 @@ use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, JsonLinesFile, Trac
 use nhi_guard::core::ClientAddrResolver;
 use nhi_guard::core::clock::SharedClock;
 use nhi_guard::core::metrics as guard_metrics;
-use nhi_guard::core::registry::InMemoryRegistry;
+use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
 use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
-use nhi_guard::identity::{DemoIssuer, IdentityLayer, Issuer, JwksConfig, RemoteKeys};
+use nhi_guard::identity::{
+    DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys,
+};
 use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryStore, Limit, RateLimitLayer};
 use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, Route};
-use nhi_guard::scope::report::ReportService;
+use nhi_guard::scope::report::{ReportService, warn_unreachable_rules};
 use nhi_guard::scope::{InMemoryUsageStore, Policy, Require, ScopeLayer, SharedUsageStore};
 use nhi_guard::{NhiGuard, NhiGuardLayer};
 
@@ -75,10 +78,17 @@ pub(crate) fn install_metrics() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-fn quota(per_second: u32, burst: u32) -> Quota {
-    Quota::per_second(per_second)
-        .and_then(|q| q.with_burst(burst))
-        .expect("constant quotas are valid")
+/// The fetcher of issuer metadata and key sets: http, and https against the
+/// platform's trust anchors plus those of `NHI_GUARD_CA_FILE`.
+fn jwks_fetcher(config: &Config) -> Result<Arc<dyn JwksFetcher>, String> {
+    let mut builder = HttpFetcher::builder().timeout(JwksConfig::default().timeout);
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("NHI_GUARD_CA_FILE={}: {e}", path.display()))?;
+        builder = builder
+            .add_root_certificates_pem(&pem)
+            .map_err(|e| format!("NHI_GUARD_CA_FILE={}: {e}", path.display()))?;
+    }
+    Ok(Arc::new(builder.build()))
 }
 
 /// Builds the stack. `public_url` is the gateway's own address (the demo issuer's
@@ -90,41 +100,49 @@ pub(crate) async fn build(
     public_url: &str,
     clock: SharedClock,
 ) -> Result<Guard, String> {
-    let resolver = ClientAddrResolver::new().trust_proxies(config.trusted_proxies.iter().copied());
+    let resolver = ClientAddrResolver::new()
+        .trust_proxies(config.trusted_proxies.iter().copied())
+        .header(config.forwarded_header)
+        .ipv6_prefix(config.ipv6_prefix)
+        .map_err(|e| format!("NHI_GUARD_IPV6_PREFIX: {e}"))?;
 
-    // Identity: an external issuer (JWKS fetched and refreshed) or the demo issuer.
-    let (issuer, demo) = match &config.issuer {
-        Some(iss) => {
+    // Identity: external issuers (JWKS discovered, fetched and refreshed over http
+    // or https) or the demo issuer.
+    let mut identity = IdentityLayer::builder(registry.clone());
+    let demo = if config.issuers.is_empty() {
+        let demo =
+            DemoIssuer::new(public_url, config.audience.as_str()).map_err(|e| format!("demo issuer: {e}"))?;
+        identity = identity.issuer(demo.issuer());
+        Some(demo)
+    } else {
+        let fetcher = jwks_fetcher(config)?;
+        for iss in &config.issuers {
             let keys = match &config.jwks_url {
-                Some(url) => RemoteKeys::new(url, JwksConfig::default())
+                Some(url) => RemoteKeys::with_fetcher(url, JwksConfig::default(), fetcher.clone())
                     .map_err(|e| format!("NHI_GUARD_JWKS_URL: {e}"))?,
-                None => RemoteKeys::discover(iss, JwksConfig::default())
+                None => RemoteKeys::discover_with_fetcher(iss, JwksConfig::default(), fetcher.clone())
                     .await
-                    .map_err(|e| format!("NHI_GUARD_ISSUER: discovery failed: {e}"))?,
+                    .map_err(|e| format!("NHI_GUARD_ISSUER: {iss}: {e}"))?,
             };
             if let Err(e) = keys.refresh().await {
-                tracing::warn!(error = %e, "first JWKS fetch failed; retrying in the background");
+                tracing::warn!(issuer = %iss, error = %e, "first JWKS fetch failed; retrying in the background");
             }
             keys.spawn_refresh();
-            (
+            identity = identity.issuer(
                 Issuer::new(iss.as_str())
                     .audience(config.audience.as_str())
                     .remote_keys(keys),
-                None,
-            )
+            );
         }
-        None => {
-            let demo = DemoIssuer::new(public_url, config.audience.as_str())
-                .map_err(|e| format!("demo issuer: {e}"))?;
-            (demo.issuer(), Some(demo))
-        }
+        None
     };
-    let identity = IdentityLayer::builder(registry.clone()).issuer(issuer);
 
     // Scope, with the usage store behind the least-privilege report.
     let usage: SharedUsageStore = Arc::new(InMemoryUsageStore::default());
     let scope = ScopeLayer::new(policy()).usage_store(usage.clone());
-    let reports = ReportService::new(registry.clone(), usage).clock(clock.clone());
+    let reports = ReportService::new(registry.clone(), usage)
+        .clock(clock.clone())
+        .policy(policy());
 
     // Rate limits: by address before authentication, failed authentications, and
     // per client at its inventory tier after.
@@ -140,8 +158,11 @@ pub(crate) async fn build(
         )),
         None => None,
     };
+    // The flood shield in front of identity: anonymous traffic and failed
+    // credentials count per address; a verified client is governed by its tier
+    // alone, however many of its calls share one address (NAT, batch host, sidecar).
     let mut address_limit = RateLimitLayer::new()
-        .limit(Limit::per_address("per-address", quota(100, 200)))
+        .limit(Limit::per_address("per-address", config.address_limit).exempt_verified())
         .map_err(|e| e.to_string())?;
     let mut client_limit = RateLimitLayer::new()
         .limit(Limit::per_client("per-client"))
@@ -237,29 +258,79 @@ pub(crate) async fn build(
 }
 
 /// Serves `router` (recording each connection's peer address for the client-address
-/// resolver) until Ctrl-C, then writes every audit record still queued.
+/// resolver) until SIGTERM or SIGINT; then stops accepting connections, lets the
+/// requests in flight finish for up to `grace`, and writes every audit record still
+/// queued and the log's final checkpoint.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     guard: &Guard,
     program: &str,
+    grace: Duration,
 ) -> Result<(), String> {
-    let served = axum::serve(
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopping = stop.clone();
+    let server = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    .with_graceful_shutdown(async move { stopping.notified().await })
+    .into_future();
+    tokio::pin!(server);
+    let signals = stop_signal()?;
+    let served = tokio::select! {
+        served = &mut server => served,
+        signal = signals => {
+            tracing::info!(signal, grace_secs = grace.as_secs(), "stopping: no new connections, finishing requests in flight");
+            stop.notify_one();
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(grace_secs = grace.as_secs(), "grace period over: closing the connections still open");
+                    Ok(())
+                }
+            }
+        }
+    }
     .map_err(|e| format!("server error: {e}"));
-    if let Err(e) = guard.audit.shutdown().await {
-        eprintln!("{program}: audit flush failed: {e}");
+    // Dropping the server closes what the grace period left open; the audit
+    // records of every answered request are queued by now.
+    drop(server);
+    match guard.audit.shutdown().await {
+        Ok(stats) => tracing::info!(written = stats.written, "audit log flushed and sealed"),
+        Err(e) => eprintln!("{program}: audit flush failed: {e}"),
     }
     served
 }
 
-/// Re-reads `NHI_GUARD_CLIENTS` on SIGHUP; a bad file leaves the current inventory.
+/// Resolves with the name of the first stop signal: SIGTERM (Kubernetes, systemd,
+/// Docker) or SIGINT (Ctrl-C). The handlers are installed before it returns, so a
+/// signal arriving before the future is polled is not lost.
+fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>, String> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    })
+}
+
+/// Re-reads `NHI_GUARD_CLIENTS` on SIGHUP. The new inventory is swapped in
+/// atomically (requests in flight finish with the one they started with); a file
+/// that does not load, or breaks what the controls require of it (with several
+/// issuers, every client names its own), leaves the current one. Policy rules no
+/// client of the new inventory can pass are logged and counted, never refused.
 pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std::path::PathBuf>) {
     #[cfg(unix)]
     if let Some(path) = path {
@@ -267,9 +338,13 @@ pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
                 return;
             };
+            let policy = policy();
             while hup.recv().await.is_some() {
                 match registry.reload_from_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "inventory reloaded"),
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), clients = registry.clients().len(), "inventory reloaded");
+                        warn_unreachable_rules(&policy, &*registry);
+                    }
                     Err(e) => tracing::error!(error = %e, "inventory reload failed; keeping the current one"),
                 }
             }
@@ -291,11 +366,15 @@ pub(crate) fn init_tracing() {
         .init();
 }
 
-/// The inventory from `NHI_GUARD_CLIENTS`, or the built-in demo inventory.
+/// The inventory from `NHI_GUARD_CLIENTS`, or the built-in demo inventory (only
+/// with the demo issuer on a loopback address: its keys are published).
 pub(crate) fn load_registry(config: &Config) -> Result<Arc<InMemoryRegistry>, String> {
     Ok(Arc::new(match &config.clients {
         Some(path) => InMemoryRegistry::from_toml_file(path)
             .map_err(|e| format!("NHI_GUARD_CLIENTS={}: {e}", path.display()))?,
-        None => InMemoryRegistry::new(crate::app::demo_inventory(std::time::SystemTime::now())),
+        None if config.demo_inventory_allowed() => {
+            InMemoryRegistry::new(crate::app::demo_inventory(std::time::SystemTime::now()))
+        }
+        None => return Err("NHI_GUARD_CLIENTS is not set: the demo inventory serves only the demo issuer on a loopback address".into()),
     }))
 }
