@@ -1135,7 +1135,10 @@ mod tests {
         drop(closed);
         let url: Uri = format!("http://{addr}/jwks.json").parse().expect("url");
         let err = fetcher.fetch(&url, None).await.expect_err("refused").to_string();
-        assert!(err.starts_with(&format!("connecting to {addr} failed: ")), "{err}");
+        assert!(
+            err.starts_with(&format!("connecting to {addr} failed: ")),
+            "{err}"
+        );
         assert!(err.contains("refused"), "{err}");
     }
 
