@@ -289,6 +289,11 @@ impl NhiGuardBuilder {
             .realm
             .as_ref()
             .map(|r| DefaultRenderer::new().realm(r.clone()));
+        // The limits in front of identity look for credentials where it does.
+        let api_key_header = self
+            .identity
+            .as_ref()
+            .and_then(|b| b.api_key_header_name().cloned());
         let identity = match self.identity {
             Some(mut b) => Some({
                 if let Some(r) = &renderer {
@@ -318,6 +323,9 @@ impl NhiGuardBuilder {
             if let Some(r) = &renderer {
                 l = l.renderer(r.clone());
             }
+            if let Some(h) = &api_key_header {
+                l = l.api_key_header(h.clone());
+            }
             l.clock(clock.clone())
                 .client_addr_resolver(resolver.clone())
                 .registry(self.registry.clone())
@@ -341,6 +349,9 @@ impl NhiGuardBuilder {
                                 Maybe(self.failure_limit.map(|mut f| {
                                     if let Some(r) = &renderer {
                                         f = f.renderer(r.clone());
+                                    }
+                                    if let Some(h) = &api_key_header {
+                                        f = f.api_key_header(h.clone());
                                     }
                                     f.clock(clock.clone()).client_addr_resolver(resolver.clone())
                                 })),

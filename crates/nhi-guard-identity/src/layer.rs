@@ -204,6 +204,13 @@ impl IdentityLayerBuilder {
         self
     }
 
+    /// The header API keys are read from, when the name given is valid (an invalid
+    /// one fails `build`). The `NhiGuard` builder hands it to the limits in front of
+    /// identity, so they see the same credentials identity does.
+    pub fn api_key_header_name(&self) -> Option<&HeaderName> {
+        self.api_key_header.as_ref().ok()
+    }
+
     /// Whether `Authorization: ApiKey <key>` is accepted too (default: yes).
     pub fn api_key_in_authorization(mut self, on: bool) -> Self {
         self.api_key_in_authorization = on;
