@@ -37,6 +37,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use nhi_guard::core::clock::ManualClock;
 use nhi_guard::core::registry::InMemoryRegistry;
+use nhi_guard_testkit::temp::{TempDir, TempFile};
 use tokio::sync::{Notify, mpsc};
 
 const FIVE_MB: usize = 5 * 1024 * 1024;
@@ -91,6 +92,8 @@ struct Upstream {
     release: Arc<Notify>,
     /// `?notify`: the length of the request body's first chunk, as soon as it arrives.
     first_chunk: Arc<Mutex<Option<mpsc::UnboundedSender<usize>>>>,
+    /// Notified when a request body breaks off before its end.
+    aborted: Arc<Notify>,
 }
 
 impl Upstream {
@@ -102,6 +105,7 @@ impl Upstream {
             seen: Arc::default(),
             release: Arc::default(),
             first_chunk: Arc::default(),
+            aborted: Arc::default(),
         };
         let router = Router::new().fallback(record).with_state(up.clone());
         tokio::spawn(async move {
@@ -147,6 +151,7 @@ async fn record(State(up): State<Upstream>, req: Request) -> axum::response::Res
     let (mut len, mut sum) = (0, Checksum::new());
     while let Some(chunk) = stream.next().await {
         let Ok(chunk) = chunk else {
+            up.aborted.notify_one();
             return (StatusCode::BAD_REQUEST, "body error").into_response();
         };
         if len == 0
@@ -208,13 +213,27 @@ struct Edge {
     base: String,
     guard: guard::Guard,
     client: Client<HttpConnector, Body>,
+    audit_log: TempFile,
     _clock: ManualClock,
 }
 
 async fn edge(upstream: &str) -> Edge {
-    let config = config::from_lookup(|_| None).expect("defaults");
-    let upstream = proxy::Upstream::from_lookup(|k| (k == "NHI_GUARD_UPSTREAM").then(|| upstream.to_owned()))
-        .expect("upstream");
+    edge_with(upstream, &[]).await
+}
+
+/// An edge proxy configured from `vars` (besides `NHI_GUARD_UPSTREAM` and the
+/// audit log, a JSON Lines file of its own), read as `main.rs` reads them.
+async fn edge_with(upstream: &str, vars: &[(&str, &str)]) -> Edge {
+    let audit_log = TempDir::unique("nhi-guard-edge-proxy").file("audit.jsonl");
+    let audit = audit_log.to_string_lossy().into_owned();
+    let lookup = |k: &str| match k {
+        "NHI_GUARD_UPSTREAM" => Some(upstream.to_owned()),
+        "NHI_GUARD_AUDIT_LOG" => Some(audit.clone()),
+        _ => vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()),
+    };
+    let config = config::from_lookup(lookup).expect("defaults");
+    let upstream = proxy::Upstream::from_lookup(lookup).expect("upstream");
+    let limits = proxy::Limits::from_lookup(lookup).expect("limits");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let clock = ManualClock::now();
@@ -223,8 +242,8 @@ async fn edge(upstream: &str) -> Edge {
         .await
         .expect("the stack builds");
     let jwks = guard.demo.as_ref().map(|d| Arc::from(d.jwks_json()));
-    let router =
-        proxy::routes(proxy::Proxy::new(upstream), jwks, Some(metrics_handle())).layer(guard.layer.clone());
+    let router = proxy::routes(proxy::Proxy::new(upstream, limits), jwks, Some(metrics_handle()))
+        .layer(guard.layer.clone());
     tokio::spawn(async move {
         let _ = axum::serve(
             listener,
@@ -236,6 +255,7 @@ async fn edge(upstream: &str) -> Edge {
         base,
         guard,
         client: Client::builder(TokioExecutor::new()).build_http(),
+        audit_log,
         _clock: clock,
     }
 }
@@ -282,8 +302,26 @@ impl Edge {
     }
 
     async fn finish(self) {
-        self.guard.audit.shutdown().await.expect("audit flushed");
+        self.records().await;
     }
+
+    /// Flushes the audit log and returns its records.
+    async fn records(self) -> Vec<serde_json::Value> {
+        self.guard.audit.shutdown().await.expect("audit flushed");
+        std::fs::read_to_string(&*self.audit_log)
+            .expect("audit log")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON record"))
+            .collect()
+    }
+}
+
+/// The audit record of the request `id`.
+fn record_of<'a>(records: &'a [serde_json::Value], id: &str) -> &'a serde_json::Value {
+    records
+        .iter()
+        .find(|r| r["metadata"]["uid"] == id)
+        .unwrap_or_else(|| panic!("no audit record for {id}"))
 }
 
 fn key(client: &str) -> &'static str {
@@ -732,4 +770,465 @@ async fn an_http_1_0_upstream_is_answered_as_http_1_1() {
     let body = res.into_body().collect().await.expect("body").to_bytes();
     assert_eq!(&body[..], b"old but fine");
     edge.finish().await;
+}
+
+fn problem(r: &Reply) -> serde_json::Value {
+    assert_eq!(header(&r.headers, "content-type"), ["application/problem+json"]);
+    r.json()
+}
+
+/// A path the upstream could route somewhere the policy never looked is refused
+/// by the guard's scope control: 400, audited, never forwarded.
+#[tokio::test]
+async fn ambiguous_paths_are_refused_audited_and_never_forwarded() {
+    let up = Upstream::start().await;
+    let edge = edge(&format!("http://{}", up.addr)).await;
+    // inventory-sync may read /inventory/{sku}; it holds no admin scope.
+    let auth = [("x-api-key", key("inventory-sync"))];
+    let mut refused = Vec::new();
+    for path in [
+        "/inventory/..%2Fadmin%2Fclients",
+        "/inventory/%2e%2E/admin/clients",
+        "/inventory/sku/../../admin/clients",
+        "/inventory/..;/admin/clients",
+        "/inventory/./sku-1",
+        "/inventory//sku-1",
+        "/inventory/sku%5C..%5Cadmin",
+        "/inventory/..\\admin",
+        "/inventory/%61dmin",
+    ] {
+        let r = edge.send("GET", path, &auth, Body::empty()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}");
+        let body = problem(&r);
+        assert_eq!(
+            (&body["control"], &body["reason"], &body["type"]),
+            (
+                &serde_json::json!("scope"),
+                &serde_json::json!("request_target_ambiguous"),
+                &serde_json::json!("urn:nhi-guard:problem:request-target-ambiguous")
+            ),
+            "{path}"
+        );
+        assert!(r.headers.get("www-authenticate").is_none());
+        refused.push(body["request_id"].as_str().expect("request id").to_owned());
+    }
+    assert_eq!(up.count(), 0, "no ambiguous path may reach the upstream");
+
+    // The normalised path is judged and forwarded as always.
+    let r = edge.send("GET", "/inventory/sku-1", &auth, Body::empty()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.last().uri, "/inventory/sku-1");
+
+    let records = edge.records().await;
+    for id in &refused {
+        let record = record_of(&records, id);
+        let nhi = &record["unmapped"]["nhi_guard"];
+        assert_eq!(
+            (&nhi["decision"], &nhi["control"], &nhi["reason"]),
+            (
+                &serde_json::json!("denied"),
+                &serde_json::json!("scope"),
+                &serde_json::json!("request_target_ambiguous")
+            ),
+            "{record}"
+        );
+        assert_eq!(record["http_response"]["code"], 400);
+    }
+}
+
+#[tokio::test]
+async fn method_overrides_are_refused_and_audited() {
+    let up = Upstream::start().await;
+    let edge = edge(&format!("http://{}", up.addr)).await;
+    let mut refused = Vec::new();
+    for (name, shown) in [
+        ("x-http-method-override", "X-HTTP-Method-Override"),
+        ("X-HTTP-Method", "X-HTTP-Method"),
+        ("x-method-override", "X-Method-Override"),
+    ] {
+        // Allowed as a POST; the override would make it a DELETE upstream.
+        let r = edge
+            .send(
+                "POST",
+                "/orders",
+                &[("x-api-key", key("inventory-sync")), (name, "DELETE")],
+                Body::from("{}"),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{name}");
+        let body = problem(&r);
+        assert_eq!(body["control"], "edge_proxy");
+        assert_eq!(body["reason"], "method_override_refused");
+        assert_eq!(body["type"], "urn:nhi-guard:problem:method-override-refused");
+        assert_eq!(
+            body["detail"],
+            format!("{shown} is not forwarded: send the request with the method itself")
+        );
+        refused.push(body["request_id"].as_str().expect("request id").to_owned());
+    }
+    assert_eq!(up.count(), 0);
+    let r = edge
+        .send(
+            "POST",
+            "/orders",
+            &[("x-api-key", key("inventory-sync"))],
+            Body::from("{}"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let records = edge.records().await;
+    for id in &refused {
+        let nhi = &record_of(&records, id)["unmapped"]["nhi_guard"];
+        assert_eq!(
+            (&nhi["decision"], &nhi["control"], &nhi["reason"]),
+            (
+                &serde_json::json!("denied"),
+                &serde_json::json!("edge_proxy"),
+                &serde_json::json!("method_override_refused")
+            )
+        );
+    }
+}
+
+/// Headers the proxy sets, headers upstreams read as if a proxy had set them, and
+/// any name with `_` (which CGI-style servers read as the `-` name) never reach the
+/// upstream as the client sent them.
+#[tokio::test]
+async fn headers_a_client_could_smuggle_are_stripped() {
+    let up = Upstream::start().await;
+    let edge = edge(&format!("http://{}", up.addr)).await;
+    let r = edge
+        .send(
+            "GET",
+            "/orders",
+            &[
+                ("x-api-key", key("reporting-bot")),
+                // CGI reads these as X-API-Key / X-NHI-Client-ID / X-NHI-Scopes.
+                ("X_API_KEY", key("ops-console")),
+                ("X_NHI_CLIENT_ID", "ops-console"),
+                ("x_nhi_scopes", "admin"),
+                ("x-custom_name", "dropped"),
+                ("x-forwarded-for", "203.0.113.9"),
+                ("x-forwarded-host", "admin.internal"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-port", "443"),
+                ("x-forwarded-prefix", "/admin"),
+                ("forwarded", "for=203.0.113.9;host=admin.internal;proto=https"),
+                ("x-real-ip", "203.0.113.9"),
+                ("x-client-ip", "203.0.113.9"),
+                ("true-client-ip", "203.0.113.9"),
+                ("x-original-url", "/admin/clients"),
+                ("x-original-uri", "/admin/clients"),
+                ("x-rewrite-url", "/admin/clients"),
+                ("x-custom", "kept"),
+            ],
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let h = up.last().headers;
+    for name in [
+        "x_api_key",
+        "x_nhi_client_id",
+        "x_nhi_scopes",
+        "x-custom_name",
+        "x-api-key",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-original-url",
+        "x-original-uri",
+        "x-rewrite-url",
+    ] {
+        assert!(h.get(name).is_none(), "{name} reached the upstream: {h:?}");
+    }
+    let names: Vec<&str> = h.keys().map(http::HeaderName::as_str).collect();
+    assert!(!names.iter().any(|n| n.contains('_')), "{names:?}");
+    // What the proxy sets, once, with its own values.
+    assert_eq!(header(&h, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(header(&h, "x-nhi-client-id"), ["reporting-bot"]);
+    assert_eq!(header(&h, "x-nhi-scopes"), ["orders:read"]);
+    assert_eq!(header(&h, "x-custom"), ["kept"]);
+    edge.finish().await;
+}
+
+/// An upstream that accepts connections and never answers.
+async fn silent_upstream() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0; 16 * 1024];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_that_never_answers_is_a_504_problem() {
+    let addr = silent_upstream().await;
+    // A short response timeout so the test does not wait the default 30 s.
+    let edge = edge_with(
+        &format!("http://{addr}"),
+        &[("NHI_GUARD_UPSTREAM_TIMEOUT", "0.3")],
+    )
+    .await;
+    // A guard against a hang, not a timed assertion.
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        edge.send(
+            "GET",
+            "/orders",
+            &[("x-api-key", key("inventory-sync"))],
+            Body::empty(),
+        ),
+    )
+    .await
+    .expect("the proxy answered instead of waiting on the upstream");
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    let body = problem(&r);
+    assert_eq!(
+        (
+            body["status"].as_u64(),
+            body["title"].as_str(),
+            body["detail"].as_str()
+        ),
+        (
+            Some(504),
+            Some("Gateway Timeout"),
+            Some("the upstream did not answer in time")
+        )
+    );
+    assert!(is_request_id(body["request_id"].as_str().expect("request id")));
+    edge.finish().await;
+}
+
+/// A listener whose accept queue is full: the kernel drops further connection
+/// attempts, so a connect to it neither succeeds nor fails.
+async fn unaccepting_upstream() -> (SocketAddr, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let listener = socket.listen(0).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    // Fill the queue (a backlog of 0 holds one connection).
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(conn)) => fillers.push(conn),
+            _ => break,
+        }
+    }
+    std::mem::forget(listener);
+    (addr, fillers)
+}
+
+#[tokio::test]
+async fn an_upstream_that_does_not_accept_in_time_is_a_504_problem() {
+    let (addr, _fillers) = unaccepting_upstream().await;
+    let edge = edge_with(
+        &format!("http://{addr}"),
+        &[("NHI_GUARD_UPSTREAM_CONNECT_TIMEOUT", "0.3")],
+    )
+    .await;
+    // A guard against a hang, not a timed assertion.
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        edge.send(
+            "GET",
+            "/orders",
+            &[("x-api-key", key("inventory-sync"))],
+            Body::empty(),
+        ),
+    )
+    .await
+    .expect("the proxy answered instead of waiting on the upstream");
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    let body = problem(&r);
+    assert_eq!(body["detail"], "the upstream did not accept a connection in time");
+    edge.finish().await;
+}
+
+const CAP: usize = 1024 * 1024;
+
+/// A declared length above the cap is refused before any connection; at the cap
+/// it passes.
+#[tokio::test]
+async fn a_content_length_above_the_cap_is_a_413_before_connecting() {
+    let up = Upstream::start().await;
+    let cap = CAP.to_string();
+    let edge = edge_with(
+        &format!("http://{}", up.addr),
+        &[("NHI_GUARD_MAX_BODY_BYTES", cap.as_str())],
+    )
+    .await;
+    let auth = ("x-api-key", key("inventory-sync"));
+
+    // As curl sends a large body: the headers, then the body only after
+    // `100 Continue`, which never comes.
+    let r = raw_request(
+        &edge.base,
+        &format!(
+            "POST /orders HTTP/1.1\r\nhost: edge\r\n{}: {}\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            auth.0,
+            auth.1,
+            CAP + 1
+        ),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 413 "), "{r}");
+    assert!(r.contains("content-type: application/problem+json"), "{r}");
+    let body: serde_json::Value =
+        serde_json::from_str(r.split("\r\n\r\n").nth(1).expect("body")).expect("json body");
+    assert_eq!(body["control"], "edge_proxy");
+    assert_eq!(body["reason"], "request_body_too_large");
+    assert_eq!(
+        body["detail"],
+        format!("The request body is larger than {CAP} bytes")
+    );
+    let refused = body["request_id"].as_str().expect("request id").to_owned();
+    assert_eq!(up.count(), 0, "refused before connecting");
+
+    // A client that sends the body at once gets the same answer.
+    let r = edge
+        .send("POST", "/orders", &[auth], Body::from(content(0, 4 * CAP)))
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(problem(&r)["reason"], "request_body_too_large");
+    assert_eq!(up.count(), 0, "refused before connecting");
+
+    // Exactly the cap is forwarded whole.
+    let r = edge
+        .send("POST", "/orders", &[auth], Body::from(content(0, CAP)))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(up.last().body_len, CAP);
+
+    let records = edge.records().await;
+    let record = record_of(&records, &refused);
+    let nhi = &record["unmapped"]["nhi_guard"];
+    assert_eq!(
+        (&nhi["control"], &nhi["reason"]),
+        (
+            &serde_json::json!("edge_proxy"),
+            &serde_json::json!("request_body_too_large")
+        )
+    );
+    assert_eq!(record["http_response"]["code"], 413);
+}
+
+/// Sends `head` on a fresh connection and reads the response until the server
+/// closes or the body's declared length has arrived.
+async fn raw_request(base: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if len.is_some_and(|n| body.len() >= n) {
+                return text.into_owned();
+            }
+        }
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return text.into_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A chunked body that grows past the cap: the upstream request is aborted and
+/// the client gets 413.
+#[tokio::test]
+async fn a_chunked_body_past_the_cap_aborts_the_upstream_request_with_413() {
+    let up = Upstream::start().await;
+    let cap = CAP.to_string();
+    let edge = edge_with(
+        &format!("http://{}", up.addr),
+        &[("NHI_GUARD_MAX_BODY_BYTES", cap.as_str())],
+    )
+    .await;
+    let auth = [("x-api-key", key("inventory-sync"))];
+
+    // The cap in 64 KiB chunks, one byte more, then nothing (the client waits for
+    // the answer instead of racing it with more data).
+    let chunks = futures_util::stream::iter((0..CAP).step_by(CHUNK))
+        .map(|at| Ok::<_, Infallible>(content(at, CHUNK.min(CAP - at))))
+        .chain(futures_util::stream::once(async { Ok(Bytes::from_static(b"!")) }))
+        .chain(futures_util::stream::pending());
+    let r = edge
+        .send("POST", "/orders", &auth, Body::from_stream(chunks))
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let body = problem(&r);
+    assert_eq!(body["reason"], "request_body_too_large");
+    assert_eq!(body["control"], "edge_proxy");
+    let refused = body["request_id"].as_str().expect("request id").to_owned();
+    // The upstream saw the request start and its body break off, never its end.
+    tokio::time::timeout(Duration::from_secs(30), up.aborted.notified())
+        .await
+        .expect("the upstream request was aborted");
+    assert!(up.seen.lock().expect("lock").is_empty());
+
+    // Within the cap, a chunked body streams through whole.
+    let chunks = futures_util::stream::iter((0..CAP).step_by(CHUNK))
+        .map(|at| Ok::<_, Infallible>(content(at, CHUNK.min(CAP - at))));
+    let r = edge
+        .send("POST", "/orders", &auth, Body::from_stream(chunks))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (up.last().body_len, up.last().checksum),
+        (CAP, Checksum::of_content(CAP))
+    );
+
+    let records = edge.records().await;
+    let nhi = &record_of(&records, &refused)["unmapped"]["nhi_guard"];
+    assert_eq!(nhi["reason"], "request_body_too_large");
+}
+
+#[test]
+fn the_limit_variables_have_defaults_and_bad_values_name_them() {
+    let d = proxy::Limits::from_lookup(|_| None).expect("defaults");
+    assert_eq!(d.connect_timeout, Duration::from_secs(5));
+    assert_eq!(d.response_timeout, Duration::from_secs(30));
+    assert_eq!(d.max_body_bytes, 10 * 1024 * 1024);
+
+    let set = proxy::Limits::from_lookup(|k| match k {
+        "NHI_GUARD_UPSTREAM_CONNECT_TIMEOUT" => Some("0.5".into()),
+        "NHI_GUARD_UPSTREAM_TIMEOUT" => Some(" 120 ".into()),
+        "NHI_GUARD_MAX_BODY_BYTES" => Some("1048576".into()),
+        _ => None,
+    })
+    .expect("valid values");
+    assert_eq!(set.connect_timeout, Duration::from_millis(500));
+    assert_eq!(set.response_timeout, Duration::from_secs(120));
+    assert_eq!(set.max_body_bytes, 1024 * 1024);
+
+    for var in ["NHI_GUARD_UPSTREAM_CONNECT_TIMEOUT", "NHI_GUARD_UPSTREAM_TIMEOUT"] {
+        for bad in ["", "0", "-1", "five", "NaN", "inf", "1e30", "5s"] {
+            let err = proxy::Limits::from_lookup(|k| (k == var).then(|| bad.to_owned())).expect_err(bad);
+            assert!(err.starts_with(&format!("{var}=")), "{err}");
+        }
+    }
+    for bad in ["", "0", "-1", "10MiB", "1.5", "99999999999999999999999"] {
+        let err = proxy::Limits::from_lookup(|k| (k == "NHI_GUARD_MAX_BODY_BYTES").then(|| bad.to_owned()))
+            .expect_err(bad);
+        assert!(err.starts_with("NHI_GUARD_MAX_BODY_BYTES="), "{err}");
+    }
 }

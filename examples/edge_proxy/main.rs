@@ -9,10 +9,21 @@
 //!
 //! - `NHI_GUARD_UPSTREAM`: where allowed requests go, `http://host:port` with an
 //!   optional path prefix (default `http://127.0.0.1:9000`);
-//! - every variable of the `gateway` example: `NHI_GUARD_LISTEN` (default
-//!   `127.0.0.1:8080`), `NHI_GUARD_CLIENTS` (re-read on SIGHUP), `NHI_GUARD_ISSUER`,
-//!   `NHI_GUARD_JWKS_URL`, `NHI_GUARD_AUDIENCE`, `NHI_GUARD_REDIS_URL`,
-//!   `NHI_GUARD_AUDIT_LOG`, `NHI_GUARD_RISK_MODE`, `NHI_GUARD_TRUSTED_PROXIES`.
+//! - `NHI_GUARD_UPSTREAM_CONNECT_TIMEOUT`: seconds (decimals allowed) a connection
+//!   to the upstream may take to open (default 5);
+//! - `NHI_GUARD_UPSTREAM_TIMEOUT`: seconds the proxy waits for the upstream's
+//!   response headers while nothing moves (default 30); each chunk of request body
+//!   the upstream takes restarts the wait, so a long upload is not cut off while it
+//!   flows;
+//! - `NHI_GUARD_MAX_BODY_BYTES`: the largest request body forwarded, in bytes
+//!   (default 10485760, 10 MiB);
+//! - every variable of the `gateway` example (the README's table): `NHI_GUARD_LISTEN`
+//!   (default `127.0.0.1:8080`), `NHI_GUARD_CLIENTS` (re-read on SIGHUP),
+//!   `NHI_GUARD_ISSUER`, `NHI_GUARD_JWKS_URL`, `NHI_GUARD_AUDIENCE`,
+//!   `NHI_GUARD_CA_FILE`, `NHI_GUARD_REDIS_URL`, `NHI_GUARD_AUDIT_LOG`,
+//!   `NHI_GUARD_RISK_MODE`, `NHI_GUARD_TRUSTED_PROXIES`,
+//!   `NHI_GUARD_FORWARDED_HEADER`, `NHI_GUARD_IPV6_PREFIX`,
+//!   `NHI_GUARD_ADDRESS_LIMIT`, `NHI_GUARD_SHUTDOWN_GRACE`.
 //!
 //! An invalid value stops start-up with a message naming the variable. The routes
 //! are protected by the gateway's scope policy (`GET /orders` needs `orders:read`,
@@ -39,16 +50,46 @@
 //! The identity headers are absent on public routes called without a credential.
 //! Values are visible ASCII; any other byte, and `%`, is percent-encoded.
 //!
-//! Removed before forwarding: every `x-nhi-*` header the client sent (so an upstream
-//! can trust them), the credential (`Authorization`, `X-API-Key`: secrets stay at
-//! the edge), `Host` (set to the upstream's), `Forwarded`, the client's
-//! `X-Forwarded-For`, and the hop-by-hop fields of RFC 9110 §7.6.1 (`Connection` and
-//! the fields it names, `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`,
-//! `Upgrade`) plus `Proxy-Authorization` / `Proxy-Authenticate`. Hop-by-hop fields
-//! are removed from the response as well; its body is streamed back as it arrives.
+//! Removed before forwarding:
 //!
-//! When the upstream cannot be reached the client gets `502 Bad Gateway` as
-//! `application/problem+json`.
+//! - every field the proxy sets or that upstreams read as if a proxy had set it, so
+//!   an upstream can trust them: `x-nhi-*`, `x-forwarded-*` (`X-Forwarded-For`,
+//!   `-Host`, `-Proto`, ...), `Forwarded`, `X-Real-IP`, `X-Client-IP`,
+//!   `True-Client-IP`, and `X-Original-URL`, `X-Original-URI`, `X-Rewrite-URL`
+//!   (which some frameworks route by instead of the path the policy judged);
+//! - every field whose name contains `_`: CGI-style servers read `X_API_KEY` or
+//!   `X_NHI_CLIENT_ID` as the `-` names, which would smuggle them past these rules;
+//! - the credential (`Authorization`, `X-API-Key`: secrets stay at the edge) and
+//!   `Host` (set to the upstream's);
+//! - the hop-by-hop fields of RFC 9110 §7.6.1 (`Connection` and the fields it
+//!   names, `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`,
+//!   `Upgrade`) plus `Proxy-Authorization` / `Proxy-Authenticate`. Hop-by-hop
+//!   fields are removed from the response as well; its body is streamed back as it
+//!   arrives.
+//!
+//! # What is refused here
+//!
+//! The upstream sees only what the policy judged. Answered by the proxy as
+//! `application/problem+json`, recorded as the request's denial (the audit record
+//! names the control and the reason), never forwarded:
+//!
+//! - `400 request_target_ambiguous` (control `scope`): a path an upstream could
+//!   read differently from the policy: dot segments (`..`, `%2e%2E`), `//`, a
+//!   backslash, encoded `/`, `\` or unreserved characters;
+//! - `400 method_override_refused` (control `edge_proxy`): an
+//!   `X-HTTP-Method-Override`, `X-HTTP-Method` or `X-Method-Override` header. The
+//!   policy judged the request's own method; stripping the header instead would
+//!   silently turn the client's intended `DELETE` into the `POST` it sent, so the
+//!   client is told to send the method itself;
+//! - `413 request_body_too_large` (control `edge_proxy`): a `Content-Length` above
+//!   `NHI_GUARD_MAX_BODY_BYTES`, before any connection to the upstream; a chunked
+//!   body that grows past it aborts the upstream request (answered 413 unless the
+//!   upstream already answered).
+//!
+//! When the upstream refuses the connection the client gets `502 Bad Gateway`; when
+//! it does not accept it within the connect timeout, or does not answer within the
+//! response timeout, `504 Gateway Timeout`; both as `application/problem+json`
+//! with the request id.
 
 #![allow(clippy::print_stdout)]
 
@@ -85,6 +126,7 @@ async fn run() -> Result<(), String> {
     let get = |k: &str| std::env::var(k).ok();
     let config = config::from_lookup(get)?;
     let upstream = proxy::Upstream::from_lookup(get)?;
+    let limits = proxy::Limits::from_lookup(get)?;
     let registry = guard::load_registry(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -96,21 +138,25 @@ async fn run() -> Result<(), String> {
     let metrics = guard::install_metrics()?;
     let guard = guard::build(&config, registry.clone(), &base, Arc::new(SystemClock)).await?;
     let jwks = guard.demo.as_ref().map(|d| Arc::from(d.jwks_json()));
-    let router =
-        proxy::routes(proxy::Proxy::new(upstream.clone()), jwks, Some(metrics)).layer(guard.layer.clone());
+    let router = proxy::routes(proxy::Proxy::new(upstream.clone(), limits), jwks, Some(metrics))
+        .layer(guard.layer.clone());
     guard::reload_on_sighup(registry.clone(), config.clients.clone());
 
     println!("listening on {base}");
-    println!("forwarding allowed requests to {upstream}");
+    println!("forwarding allowed requests to {upstream} ({limits})");
     if !config.trusted_proxies.is_empty() {
         let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
-        println!("believing Forwarded / X-Forwarded-For from {}", nets.join(", "));
+        println!(
+            "believing {} from {}",
+            config.forwarded_header.as_str(),
+            nets.join(", ")
+        );
     }
     if let Some(demo) = &guard.demo {
         print_demo(&base, demo);
     }
 
-    guard::serve(listener, router, &guard, "edge_proxy").await
+    guard::serve(listener, router, &guard, "edge_proxy", config.shutdown_grace).await
 }
 
 fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
