@@ -429,6 +429,7 @@ fn refuse(ctx: Option<&SecurityContext>, headers: &HeaderMap, denial: Denial) ->
     refuse_with(ctx, Protocol::of(headers), denial)
 }
 
+/// As [`refuse`], for a request whose headers have moved on.
 fn refuse_with(ctx: Option<&SecurityContext>, protocol: Protocol, mut denial: Denial) -> Response {
     if let Some(ctx) = ctx {
         denial = denial.with_request_id(ctx.request_id());
