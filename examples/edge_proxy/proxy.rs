@@ -171,7 +171,9 @@ pub(crate) struct Limits {
     pub(crate) connect_timeout: Duration,
     /// `NHI_GUARD_UPSTREAM_TIMEOUT`: the longest the proxy waits for the upstream's
     /// response headers while nothing moves; each chunk of request body the
-    /// upstream takes restarts it (504 after).
+    /// upstream takes restarts it (504 after). Progress is looked at once per
+    /// period, so after the last chunk the wait is between one and two periods;
+    /// without a body it is exactly one.
     pub(crate) response_timeout: Duration,
     /// `NHI_GUARD_MAX_BODY_BYTES`: the largest request body forwarded (413 above).
     pub(crate) max_body_bytes: usize,
