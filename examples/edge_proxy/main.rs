@@ -152,7 +152,8 @@ async fn run() -> Result<(), String> {
             nets.join(", ")
         );
     }
-    if let Some(demo) = &guard.demo {
+    // The demo's keys and tokens name the demo inventory's clients.
+    if let (Some(demo), None) = (&guard.demo, &config.clients) {
         print_demo(&base, demo);
     }
 

@@ -268,34 +268,36 @@ pub(crate) async fn serve(
     program: &str,
     grace: Duration,
 ) -> Result<(), String> {
+    let signals = stop_signal()?;
     let stop = Arc::new(tokio::sync::Notify::new());
     let stopping = stop.clone();
-    let server = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stopping.notified().await })
-    .into_future();
-    tokio::pin!(server);
-    let signals = stop_signal()?;
-    let served = tokio::select! {
-        served = &mut server => served,
-        signal = signals => {
-            tracing::info!(signal, grace_secs = grace.as_secs(), "stopping: no new connections, finishing requests in flight");
-            stop.notify_one();
-            match tokio::time::timeout(grace, &mut server).await {
-                Ok(served) => served,
-                Err(_) => {
-                    tracing::warn!(grace_secs = grace.as_secs(), "grace period over: closing the connections still open");
-                    Ok(())
+    // The block owns the server: leaving it closes whatever connections the grace
+    // period left open, before the audit log is sealed.
+    let served = {
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stopping.notified().await })
+        .into_future();
+        tokio::pin!(server);
+        tokio::select! {
+            served = &mut server => served,
+            signal = signals => {
+                tracing::info!(signal, grace_secs = grace.as_secs(), "stopping: no new connections, finishing requests in flight");
+                stop.notify_one();
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        tracing::warn!(grace_secs = grace.as_secs(), "grace period over: closing the connections still open");
+                        Ok(())
+                    }
                 }
             }
         }
     }
     .map_err(|e| format!("server error: {e}"));
-    // Dropping the server closes what the grace period left open; the audit
-    // records of every answered request are queued by now.
-    drop(server);
+    // The audit records of every answered request are queued by now.
     match guard.audit.shutdown().await {
         Ok(stats) => tracing::info!(written = stats.written, "audit log flushed and sealed"),
         Err(e) => eprintln!("{program}: audit flush failed: {e}"),

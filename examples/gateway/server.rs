@@ -47,7 +47,8 @@ pub(crate) async fn run(get: impl Fn(&str) -> Option<String>) -> Result<(), Stri
             nets.join(", ")
         );
     }
-    if let Some(demo) = &guard.demo {
+    // The demo's keys and tokens name the demo inventory's clients.
+    if let (Some(demo), None) = (&guard.demo, &config.clients) {
         print_demo(&base, demo);
     }
 

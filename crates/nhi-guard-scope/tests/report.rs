@@ -272,7 +272,9 @@ async fn rules_no_client_can_pass_are_reported_and_follow_the_inventory() {
         .scopes(nhi_guard_core::ScopeSet::parse("exports:run reports:read").expect("scopes"))
         .build()
         .expect("record");
-    registry.replace(onboarded.client(exporter).build().expect("inventory"));
+    registry
+        .replace(onboarded.client(exporter).build().expect("inventory"))
+        .expect("replace");
     let report = serde_json::to_value(reports.report().await.expect("report")).expect("json");
     assert_eq!(report["unreachable_rules"], json!([]));
     assert!(unreachable_rules(&policy, &registry.clients()).is_empty());
