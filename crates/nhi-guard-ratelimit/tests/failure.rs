@@ -279,3 +279,33 @@ async fn shadow_mode_only_records() {
     assert_eq!(shadow.len(), 1);
     assert_eq!(shadow[0].reason, "too_many_failed_authentications");
 }
+
+#[tokio::test]
+async fn failures_from_rotating_ipv6_addresses_count_against_their_64() {
+    let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let svc = layer(&clock).by_credential(false).layer(identity(calls.clone()));
+    // A new address of the same /64 for every guess.
+    for i in 1..=3 {
+        let res = svc
+            .clone()
+            .oneshot(req(&format!("[2001:db8:77:1::{i}]:1"), &format!("guess-{i}")))
+            .await
+            .expect("ok");
+        assert_eq!(res.status(), 401);
+    }
+    let res = svc
+        .clone()
+        .oneshot(req("[2001:db8:77:1:ffff::9]:1", "guess-4"))
+        .await
+        .expect("ok");
+    assert_eq!(res.status(), 429, "the /64 spent its failures");
+    // The neighbouring /64 is another key.
+    let res = svc
+        .clone()
+        .oneshot(req("[2001:db8:77:2::1]:1", "good-1"))
+        .await
+        .expect("ok");
+    assert_eq!(res.status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+}

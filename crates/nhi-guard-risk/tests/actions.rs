@@ -336,6 +336,39 @@ async fn block_over_http_and_grpc_is_sticky_until_it_lapses() {
 }
 
 #[tokio::test]
+async fn a_block_on_an_ipv6_client_holds_for_its_whole_64() {
+    let h = Harness::new(Mode::Enforce);
+    h.dial.set(85);
+    assert_eq!(
+        h.send("[2001:db8:5:1::1]", Cred::None, false).await.0.status(),
+        403
+    );
+    h.dial.set(0);
+    // Another address of the same /64: the same key, still blocked.
+    let (res, ctx) = h.send("[2001:db8:5:1:abcd::2]", Cred::None, false).await;
+    assert_eq!(res.status(), 403);
+    let hit = ctx.read(|s| s.risk.clone()).expect("assessment");
+    assert!(
+        hit.signals[0].reason.contains("addr:2001:db8:5:1::"),
+        "{}",
+        hit.signals[0].reason
+    );
+    let keys: Vec<String> = h
+        .layer
+        .operator()
+        .active()
+        .iter()
+        .map(|d| d.key.to_string())
+        .collect();
+    assert_eq!(keys, ["addr:2001:db8:5:1::"]);
+    // The next /64 is not.
+    assert_eq!(
+        h.send("[2001:db8:5:2::1]", Cred::None, false).await.0.status(),
+        200
+    );
+}
+
+#[tokio::test]
 async fn operator_lists_and_lifts_blocks() {
     let h = Harness::new(Mode::Enforce);
     h.dial.set(90);
