@@ -40,7 +40,10 @@ fn defaults_and_invalid_values_name_the_variable() {
     assert_eq!(c.audience, "nhi-guard-demo");
     assert_eq!(c.forwarded_header, ForwardedHeader::XForwardedFor);
     assert_eq!(c.ipv6_prefix, 64);
-    assert_eq!((c.address_limit.burst(), c.address_limit.emission_nanos()), (200, 10_000_000));
+    assert_eq!(
+        (c.address_limit.burst(), c.address_limit.emission_nanos()),
+        (200, 10_000_000)
+    );
     assert_eq!(c.shutdown_grace, Duration::from_secs(10));
     let inventory = ("NHI_GUARD_CLIENTS", "clients.toml");
     for (var, value) in [
@@ -84,7 +87,10 @@ fn defaults_and_invalid_values_name_the_variable() {
         ("NHI_GUARD_FORWARDED_HEADER", "Forwarded"),
         ("NHI_GUARD_IPV6_PREFIX", "/56"),
         ("NHI_GUARD_RISK_MODE", "shadow"),
-        ("NHI_GUARD_ISSUER", "http://127.0.0.1:9999/, https://idp.example.com/tenant"),
+        (
+            "NHI_GUARD_ISSUER",
+            "http://127.0.0.1:9999/, https://idp.example.com/tenant",
+        ),
         ("NHI_GUARD_CA_FILE", "/etc/nhi/ca.pem"),
         ("NHI_GUARD_ADDRESS_LIMIT", "1000:1500"),
         ("NHI_GUARD_SHUTDOWN_GRACE", "0"),
@@ -94,9 +100,18 @@ fn defaults_and_invalid_values_name_the_variable() {
     assert_eq!(c.forwarded_header, ForwardedHeader::Forwarded);
     assert_eq!(c.ipv6_prefix, 56);
     assert_eq!(c.risk_mode, config::RiskMode::Shadow);
-    assert_eq!(c.issuers, ["http://127.0.0.1:9999", "https://idp.example.com/tenant"]);
-    assert_eq!(c.ca_file.as_deref(), Some(std::path::Path::new("/etc/nhi/ca.pem")));
-    assert_eq!((c.address_limit.burst(), c.address_limit.emission_nanos()), (1500, 1_000_000));
+    assert_eq!(
+        c.issuers,
+        ["http://127.0.0.1:9999", "https://idp.example.com/tenant"]
+    );
+    assert_eq!(
+        c.ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/nhi/ca.pem"))
+    );
+    assert_eq!(
+        (c.address_limit.burst(), c.address_limit.emission_nanos()),
+        (1500, 1_000_000)
+    );
     assert_eq!(c.shutdown_grace, Duration::ZERO);
 }
 
@@ -104,7 +119,11 @@ fn defaults_and_invalid_values_name_the_variable() {
 /// issuer on a loopback address, and any other set-up must name its inventory.
 #[test]
 fn the_published_demo_inventory_serves_only_the_local_demo() {
-    assert!(config::from_lookup(lookup(&[])).expect("local demo").demo_inventory_allowed());
+    assert!(
+        config::from_lookup(lookup(&[]))
+            .expect("local demo")
+            .demo_inventory_allowed()
+    );
     assert!(config::from_lookup(lookup(&[("NHI_GUARD_LISTEN", "[::1]:0")])).is_ok());
     for vars in [
         &[("NHI_GUARD_ISSUER", "https://idp.example.com")][..],
@@ -569,4 +588,41 @@ async fn metrics_are_served_to_the_admin_scope_only() {
         "a demo key leaked into the metrics"
     );
     gw.finish().await;
+}
+
+/// reporting-bot's `bulk` tier allows 200/s with bursts of 400; the gateway's
+/// per-address flood shield allows 100/s with bursts of 200. The tier decides.
+#[tokio::test]
+async fn a_client_inside_its_tier_is_not_refused_by_the_address_limit() {
+    let gw = gateway("tier-not-address", &[]).await;
+    let bot = key("reporting-bot");
+    for i in 0..600 {
+        gw.clock.advance(Duration::from_millis(5));
+        let r = gw.send("GET", "/orders", Some(bot), "127.0.0.21:40000").await;
+        assert_eq!(r.status, StatusCode::OK, "request {i} at 200/s: {}", r.body);
+    }
+    // Anonymous requests from that same address still meet the shield.
+    let mut anonymous = Vec::new();
+    for _ in 0..210 {
+        anonymous.push(
+            gw.send("GET", "/orders", None, "127.0.0.21:40000")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert!(anonymous[..200].iter().all(|s| *s == 401), "{anonymous:?}");
+    assert_eq!(anonymous[200..], [429; 10]);
+    // The setting moves the shield.
+    let gw = gateway("address-limit-setting", &[("NHI_GUARD_ADDRESS_LIMIT", "1:3")]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(
+            gw.send("GET", "/healthz", None, "127.0.0.22:40000")
+                .await
+                .status
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
 }

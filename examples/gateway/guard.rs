@@ -359,7 +359,10 @@ pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std
 /// Logs to stderr at `RUST_LOG` (default `info`); stdout stays for the
 /// `listening on` line and the demo commands.
 pub(crate) fn init_tracing() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        // Colour codes only for a terminal, not in a journal or a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
