@@ -258,9 +258,10 @@ async fn an_https_issuer_is_trusted_through_nhi_guard_ca_file() {
         ("NHI_GUARD_AUDIT_LOG", &files.path("audit.jsonl")),
     ];
     let gw = Gateway::start(&vars).await.expect("the gateway starts");
-    // Discovery and the first key fetch went over TLS at start-up.
+    // Discovery and the first key fetch went over TLS at start-up (the background
+    // refresh may have fetched the keys again already).
     assert_eq!(issuer.hits(DISCOVERY), 1);
-    assert_eq!(issuer.hits(JWKS), 1);
+    assert!(issuer.hits(JWKS) >= 1);
 
     let client = http_client(None);
     let r = orders(&client, &gw, &issuer.token("orders-sync")).await;
