@@ -122,7 +122,14 @@ pub(crate) async fn build(
                     .map_err(|e| format!("NHI_GUARD_JWKS_URL: {e}"))?,
                 None => RemoteKeys::discover_with_fetcher(iss, JwksConfig::default(), fetcher.clone())
                     .await
-                    .map_err(|e| format!("NHI_GUARD_ISSUER: {iss}: {e}"))?,
+                    .map_err(|e| {
+                        let hint = if e.to_string().contains("not trusted") {
+                            "; if a private CA issued its certificate, set NHI_GUARD_CA_FILE to that CA's PEM bundle"
+                        } else {
+                            ""
+                        };
+                        format!("NHI_GUARD_ISSUER: {iss}: {e}{hint}")
+                    })?,
             };
             if let Err(e) = keys.refresh().await {
                 tracing::warn!(issuer = %iss, error = %e, "first JWKS fetch failed; retrying in the background");
@@ -247,7 +254,13 @@ pub(crate) async fn build(
     if let Some(risk) = risk {
         builder = builder.risk(risk);
     }
-    let layer = builder.build().map_err(|e| e.to_string())?;
+    let layer = builder
+        .build()
+        .map_err(|e| match (&config.clients, e.control(), e.field()) {
+            // The inventory breaks what the configured issuers require of it.
+            (Some(path), "identity", "registry") => format!("NHI_GUARD_CLIENTS={}: {e}", path.display()),
+            _ => e.to_string(),
+        })?;
     Ok(Guard {
         layer,
         audit: audit_handle,

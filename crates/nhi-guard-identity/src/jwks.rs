@@ -651,6 +651,9 @@ pub struct RemoteKeys {
     attempts: AtomicU64,
     last_unknown_kid_fetch: Mutex<Option<SystemTime>>,
     stats: Mutex<JwksStats>,
+    /// When the background refresh fetches next: the interval the last fetch asked
+    /// for (or the retry interval after a failure), from its end.
+    next_refresh: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl fmt::Debug for RemoteKeys {
@@ -699,6 +702,7 @@ impl RemoteKeys {
             attempts: AtomicU64::new(0),
             last_unknown_kid_fetch: Mutex::new(None),
             stats: Mutex::new(JwksStats::default()),
+            next_refresh: Mutex::new(None),
         }))
     }
 
@@ -878,6 +882,9 @@ impl RemoteKeys {
             self.count_fetch("error");
             tracing::warn!(target: TARGET, url = %Redacted(&self.url), error = %e, "key set fetch failed; keeping the previous set");
         }
+        let wait = outcome.as_ref().map_or(self.config.retry, |interval| *interval);
+        *self.next_refresh.lock().unwrap_or_else(PoisonError::into_inner) =
+            tokio::time::Instant::now().checked_add(wait);
         self.attempts.fetch_add(1, Ordering::AcqRel);
         outcome
     }
@@ -906,19 +913,23 @@ impl RemoteKeys {
     }
 
     /// Starts the background refresh on the current tokio runtime: fetch, wait
-    /// for `max-age` (bounded) or the retry interval after a failure, repeat. The
-    /// task ends when the last handle to these keys is dropped.
+    /// for `max-age` (bounded) or the retry interval after a failure, repeat. A set
+    /// already fetched (by [`RemoteKeys::refresh`] at start-up, or a refetch for an
+    /// unknown `kid`) is not fetched again before the interval that fetch asked
+    /// for. The task ends when the last handle to these keys is dropped.
     pub fn spawn_refresh(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let weak: Weak<Self> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let Some(this) = weak.upgrade() else { return };
-                let wait = match this.refresh().await {
-                    Ok(interval) => interval,
-                    Err(_) => this.config.retry,
-                };
+                let due = *this.next_refresh.lock().unwrap_or_else(PoisonError::into_inner);
                 drop(this);
-                tokio::time::sleep(wait).await;
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due).await;
+                }
+                let Some(this) = weak.upgrade() else { return };
+                // The outcome sets the next due time; a failure is logged and counted.
+                let _ = this.refresh().await;
             }
         })
     }

@@ -358,6 +358,28 @@ impl JwksFetcher for CountingFetcher {
 }
 
 #[tokio::test(start_paused = true)]
+async fn background_refresh_after_a_first_fetch_waits_for_its_max_age() {
+    let fetcher = Arc::new(CountingFetcher {
+        body: jwks(&[&TestKey::es256("k1")]).to_string(),
+        calls: Mutex::new(0),
+    });
+    let remote = RemoteKeys::with_fetcher(
+        "http://issuer.invalid/jwks",
+        JwksConfig::default(),
+        fetcher.clone(),
+    )
+    .unwrap();
+    // Start-up: one fetch to fail loudly, then the background refresh.
+    assert_eq!(remote.refresh().await.unwrap(), Duration::from_secs(600));
+    let _task = remote.spawn_refresh();
+    tokio::time::sleep(Duration::from_secs(599)).await;
+    assert_eq!(*fetcher.calls.lock().unwrap(), 1, "not fetched again at once");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(*fetcher.calls.lock().unwrap(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn background_refresh_follows_max_age_and_stops_when_dropped() {
     let fetcher = Arc::new(CountingFetcher {
         body: jwks(&[&TestKey::es256("k1")]).to_string(),
