@@ -136,7 +136,7 @@ fn bench(c: &mut Criterion) {
     };
     let by_address = || {
         RateLimitLayer::new()
-            .limit(Limit::per_address("per-address", quota()))
+            .limit(Limit::per_address("per-address", quota()).exempt_verified())
             .unwrap()
     };
     let layered = |b: nhi_guard::NhiGuardBuilder| app().layer(b.build().unwrap());
@@ -175,7 +175,7 @@ fn bench(c: &mut Criterion) {
             "rate limit alone (per address)",
             app().layer(
                 RateLimitLayer::new()
-                    .limit(Limit::per_address("per-address", quota()))
+                    .limit(Limit::per_address("per-address", quota()).exempt_verified())
                     .unwrap(),
             ),
         ),

@@ -122,7 +122,7 @@ pub(crate) fn full_stack(
     let mut b = NhiGuard::builder(registry.clone())
         .address_rate_limit(
             RateLimitLayer::new()
-                .limit(Limit::per_address("per-address", quota()))
+                .limit(Limit::per_address("per-address", quota()).exempt_verified())
                 .unwrap(),
         )
         .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
