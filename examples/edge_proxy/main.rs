@@ -144,13 +144,8 @@ async fn run() -> Result<(), String> {
 
     println!("listening on {base}");
     println!("forwarding allowed requests to {upstream} ({limits})");
-    if !config.trusted_proxies.is_empty() {
-        let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
-        println!(
-            "believing {} from {}",
-            config.forwarded_header.as_str(),
-            nets.join(", ")
-        );
+    if let Some(line) = config.trusted_proxies_line() {
+        println!("{line}");
     }
     // The demo's keys and tokens name the demo inventory's clients.
     if let (Some(demo), None) = (&guard.demo, &config.clients) {

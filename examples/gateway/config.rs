@@ -55,6 +55,19 @@ impl Config {
     pub(crate) fn demo_inventory_allowed(&self) -> bool {
         self.issuers.is_empty() && self.listen.ip().is_loopback()
     }
+
+    /// The start-up line naming the trusted proxies and the header believed from
+    /// them, when there are any.
+    pub(crate) fn trusted_proxies_line(&self) -> Option<String> {
+        (!self.trusted_proxies.is_empty()).then(|| {
+            let nets: Vec<String> = self.trusted_proxies.iter().map(ToString::to_string).collect();
+            format!(
+                "believing {} from {}",
+                self.forwarded_header.as_str(),
+                nets.join(", ")
+            )
+        })
+    }
 }
 
 /// How the risk layer runs.

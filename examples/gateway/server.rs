@@ -39,13 +39,8 @@ pub(crate) async fn run(get: impl Fn(&str) -> Option<String>) -> Result<(), Stri
     guard::reload_on_sighup(registry.clone(), config.clients.clone());
 
     println!("listening on {base}");
-    if !config.trusted_proxies.is_empty() {
-        let nets: Vec<String> = config.trusted_proxies.iter().map(ToString::to_string).collect();
-        println!(
-            "believing {} from {}",
-            config.forwarded_header.as_str(),
-            nets.join(", ")
-        );
+    if let Some(line) = config.trusted_proxies_line() {
+        println!("{line}");
     }
     // The demo's keys and tokens name the demo inventory's clients.
     if let (Some(demo), None) = (&guard.demo, &config.clients) {

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -22,6 +21,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::memory::{InMemoryStore, LocalCheck};
+use crate::service::addr_bytes;
 
 /// The policy name of the per-address failure limit.
 pub const FAILURES_BY_ADDRESS: &str = "auth-failures-by-address";
@@ -200,21 +200,6 @@ fn presented_fingerprint(
     ))
 }
 
-fn ip_key(ip: IpAddr) -> ([u8; 16], usize) {
-    let mut buf = [0u8; 16];
-    let len = match ip {
-        IpAddr::V4(v4) => {
-            buf[..4].copy_from_slice(&v4.octets());
-            4
-        }
-        IpAddr::V6(v6) => {
-            buf.copy_from_slice(&v6.octets());
-            16
-        }
-    };
-    (buf, len)
-}
-
 struct Keys {
     addr: Option<([u8; 16], usize)>,
     credential: Option<CredentialFingerprint>,
@@ -278,7 +263,11 @@ where
         let cfg = &*self.config;
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
         let keys = Keys {
-            addr: ctx.client_addr().map(|a| ip_key(a.key_ip())),
+            addr: ctx.client_addr().map(|a| {
+                let mut buf = [0u8; 16];
+                let len = addr_bytes(a.key_ip(), &mut buf);
+                (buf, len)
+            }),
             credential: presented_fingerprint(&ctx, req.headers(), &cfg.api_key_header),
         };
         let now = ctx.unix_nanos_by(&*cfg.clock);
