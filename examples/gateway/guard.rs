@@ -195,6 +195,8 @@ pub(crate) async fn build(
         Some(mode) => {
             let mut layer = RiskLayer::new()
                 .mode(mode)
+                // The bulk tier's clients read and reserve in volume by contract.
+                .bulk_tier("bulk")
                 .route(
                     Route::new("GET", "/inventory/{sku}")
                         .map_err(|e| e.to_string())?

@@ -396,6 +396,13 @@ pub async fn simulate(
         ..Report::default()
     };
     let debug = std::env::var_os("SIM_DEBUG").is_some();
+    if debug {
+        // The risk layer's decisions, with their signals, on stderr.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("nhi_guard::risk=info")
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     while let Some(r) = queue.pop_front() {
         let down = outage.is_some_and(|(from, to)| (from..to).contains(&r.at));
         world.outage.store(down, Ordering::Relaxed);

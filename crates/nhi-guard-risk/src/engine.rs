@@ -149,6 +149,8 @@ pub(crate) struct Engine {
     pub(crate) repeat_points: u32,
     /// Filled from the configuration only: the unkeyed hasher is safe for lookups.
     pub(crate) tiers: HashMap<Box<str>, f32, FxBuildHasher>,
+    /// Tiers entitled to volume (see [`crate::RiskLayer::bulk_tier`]).
+    pub(crate) bulk_tiers: Vec<Box<str>>,
     pub(crate) sticky: Arc<MemoryRiskStore>,
     pub(crate) shared: Option<Shared>,
     pub(crate) mode: Mode,
@@ -173,6 +175,7 @@ impl fmt::Debug for Engine {
             .field("throttle_interval", &self.throttle_interval)
             .field("max_age", &self.max_age)
             .field("tiers", &self.tiers)
+            .field("bulk_tiers", &self.bulk_tiers)
             .field("shared", &self.shared)
             .field("mode", &self.mode)
             .field("clock", &self.clock)
@@ -233,6 +236,7 @@ impl Engine {
             if !self.tiers.is_empty() {
                 f.tier_multiplier = self.tiers.get(p.tier_name()).copied().unwrap_or(1.0);
             }
+            f.bulk = self.bulk_tiers.iter().any(|t| **t == *p.tier_name());
             let now = f.now;
             f.credential_class = match p.credential() {
                 CredentialInfo::Jwt {

@@ -65,6 +65,7 @@ impl RiskLayer {
                 max_age: Duration::from_secs(300),
                 repeat_points: 20,
                 tiers: HashMap::default(),
+                bulk_tiers: Vec::new(),
                 shared: None,
                 mode: Mode::Enforce,
                 clock: Arc::new(SystemClock),
@@ -93,6 +94,7 @@ impl RiskLayer {
                 max_age: e.max_age,
                 repeat_points: e.repeat_points,
                 tiers: e.tiers.clone(),
+                bulk_tiers: e.bulk_tiers.clone(),
                 sticky: e.sticky.clone(),
                 shared: e.shared.clone(),
                 mode: e.mode,
@@ -229,6 +231,20 @@ impl RiskLayer {
         }
         self.edit().tiers.insert(tier.into(), multiplier);
         Ok(self)
+    }
+
+    /// Marks `tier` as a bulk tier: its clients are entitled to read and hold in
+    /// volume (a nightly export, a catalogue sync), so the volume signals
+    /// (enumeration, hoarding) do not score them. Every other signal (a credential
+    /// used from many networks, a new network, probing, stuffing) still does, so a
+    /// stolen bulk credential is caught like any other.
+    #[must_use]
+    pub fn bulk_tier(mut self, tier: &str) -> Self {
+        let tiers = &mut self.edit().bulk_tiers;
+        if !tiers.iter().any(|t| &**t == tier) {
+            tiers.push(tier.into());
+        }
+        self
     }
 
     /// Enforce, shadow or off.

@@ -82,6 +82,7 @@ pub struct RequestFacts {
     pub(crate) route: Option<RouteFacts>,
     pub(crate) credential_class: CredentialClass,
     pub(crate) tier_multiplier: f32,
+    pub(crate) bulk: bool,
 }
 
 /// How the presented credential can answer a step-up challenge.
@@ -136,6 +137,7 @@ impl RequestFacts {
             route: None,
             credential_class: CredentialClass::None,
             tier_multiplier: 1.0,
+            bulk: false,
         }
     }
 
@@ -259,6 +261,19 @@ impl RequestFacts {
     #[must_use]
     pub fn with_credential_class(mut self, class: CredentialClass) -> Self {
         self.credential_class = class;
+        self
+    }
+
+    /// Whether the client's tier is a bulk tier ([`crate::RiskLayer::bulk_tier`]):
+    /// entitled to volume, so volume signals leave it alone.
+    pub fn is_bulk(&self) -> bool {
+        self.bulk
+    }
+
+    /// Marks the client's tier as a bulk tier.
+    #[must_use]
+    pub fn with_bulk(mut self, bulk: bool) -> Self {
+        self.bulk = bulk;
         self
     }
 

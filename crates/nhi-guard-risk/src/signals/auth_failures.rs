@@ -49,6 +49,16 @@ impl Default for AuthFailureConfig {
     }
 }
 
+/// Whether an identity failure can be a guess. An expired or not-yet-valid token
+/// carried a valid signature: it is a real client's stale credential (a restart, a
+/// clock off by a little), not stuffing, and it is never counted.
+pub(crate) fn is_guess(reason: &str) -> bool {
+    !matches!(
+        reason,
+        "token_expired" | "token_not_yet_valid" | "token_issued_in_future"
+    )
+}
+
 /// Signal 1: authentication-failure velocity per client address and per network
 /// (credential stuffing). Learns from responses whose identity check failed with a
 /// presented credential; scores every later request from the address or network.
@@ -57,8 +67,16 @@ pub struct AuthFailureVelocity {
     cfg: AuthFailureConfig,
     addr_window: u64,
     net_window: u64,
-    by_addr: BoundedMap<WindowCounter>,
+    by_addr: BoundedMap<AddrFailures>,
     by_net: BoundedMap<NetFailures>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct AddrFailures {
+    failures: WindowCounter,
+    /// The last failed credential (a hash prefix): a client retrying the same
+    /// stale credential counts once until it presents another.
+    last: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -94,7 +112,7 @@ impl Signal for AuthFailureVelocity {
         let (ip, ah) = f.addr?;
         let a = self
             .by_addr
-            .read(ah, now, |c| c.count(now, self.addr_window))
+            .read(ah, now, |c| c.failures.count(now, self.addr_window))
             .unwrap_or(0);
         let ap = self.cfg.address_curve.points(a);
         let (net, nh) = f.network?;
@@ -126,14 +144,27 @@ impl Signal for AuthFailureVelocity {
         })
     }
 
-    fn observe(&self, f: &RequestFacts, _outcome: Outcome) {
-        if f.identity_failure.is_none() || f.credential.is_none() {
+    fn observe(&self, f: &RequestFacts, outcome: Outcome) {
+        let counts = match (f.identity_failure, f.credential) {
+            (Some(reason), Some(_)) => is_guess(reason),
+            // Refused by risk before identity looked (a throttled or blocked
+            // address or network): what keeps arriving there counts as more of
+            // the same, so persisting escalates instead of waiting the throttle
+            // out with one guess per interval.
+            (None, _) => outcome.refused_by_risk && f.client.is_none(),
+            _ => false,
+        };
+        if !counts {
             return;
         }
         let now = f.now_nanos;
         if let Some((_, h)) = f.addr {
-            self.by_addr.update(h, now, WindowCounter::default, |c| {
-                c.add(now, self.addr_window, 1)
+            let cred = f.credential.map(|(_, ch)| (ch >> 32) as u32 | 1);
+            self.by_addr.update(h, now, AddrFailures::default, |c| {
+                if cred.is_none() || cred != Some(c.last) {
+                    c.failures.add(now, self.addr_window, 1);
+                }
+                c.last = cred.unwrap_or(0);
             });
         }
         if let (Some((_, h)), Some((_, ah))) = (f.network, f.addr) {
@@ -221,6 +252,51 @@ mod tests {
         }
         assert_eq!(s.evaluate(&facts(&h, 600.0, "127.5.6.8")), None);
         assert_eq!(s.evaluate(&facts(&h, 600.0, "127.5.6.7")), None);
+    }
+
+    #[test]
+    fn stale_tokens_and_a_repeated_credential_are_no_stuffing() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        // A restarting client: its expired token five times, then a stale key
+        // retried ten times in a row.
+        for i in 0..5 {
+            let f = facts(&h, f64::from(i), "127.0.0.3")
+                .with_credential(&h, nhi_guard_core::CredentialFingerprint::of(b"expired"))
+                .with_identity_failure("token_expired");
+            s.observe(&f, ok());
+        }
+        for i in 0..10 {
+            s.observe(&failed(&h, 5.0 + f64::from(i), "127.0.0.3", "stale"), ok());
+        }
+        assert_eq!(s.evaluate(&facts(&h, 16.0, "127.0.0.3")), None);
+        // Five different wrong keys are.
+        for i in 0..5 {
+            s.observe(&failed(&h, 17.0, "127.0.0.3", &format!("g{i}")), ok());
+        }
+        assert!(s.evaluate(&facts(&h, 18.0, "127.0.0.3")).is_some());
+    }
+
+    #[test]
+    fn attempts_refused_by_risk_before_identity_escalate() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        for i in 0..5 {
+            s.observe(&failed(&h, 1.0, "127.0.0.4", &format!("g{i}")), ok());
+        }
+        assert_eq!(s.evaluate(&facts(&h, 2.0, "127.0.0.4")).map(|p| p.points), Some(40));
+        // Throttled at the edge, it keeps sending: each refused attempt counts.
+        let refused = Outcome {
+            status: http::StatusCode::TOO_MANY_REQUESTS,
+            refused_by_risk: true,
+        };
+        for _ in 0..10 {
+            s.observe(&facts(&h, 3.0, "127.0.0.4"), refused);
+        }
+        assert_eq!(s.evaluate(&facts(&h, 4.0, "127.0.0.4")).map(|p| p.points), Some(80));
+        // A verified client refused by the inner half is not a failed login.
+        s.observe(&authed(&h, 3.0, "127.0.0.5", "c", "k"), refused);
+        assert_eq!(s.evaluate(&facts(&h, 4.0, "127.0.0.5")), None);
     }
 
     #[test]

@@ -86,9 +86,12 @@ impl Signal for CredentialSpray {
     }
 
     fn observe(&self, f: &RequestFacts, _outcome: Outcome) {
-        let (Some(_), Some((_, ch)), Some((_, ah))) = (f.identity_failure, f.credential, f.addr) else {
+        let (Some(reason), Some((_, ch)), Some((_, ah))) = (f.identity_failure, f.credential, f.addr) else {
             return;
         };
+        if !super::auth_failures::is_guess(reason) {
+            return;
+        }
         let now = f.now_nanos;
         self.by_addr.update(ah, now, WindowedDistinct::default, |d| {
             d.insert(ch, now, self.window)

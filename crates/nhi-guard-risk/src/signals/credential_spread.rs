@@ -13,10 +13,13 @@ use crate::state::{BoundedMap, CappedSet, Sketch, WindowedDistinct};
 pub struct CredentialSpreadConfig {
     /// Window of the distinct counts. Default 1 hour.
     pub window: Duration,
-    /// How many networks a credential is first seen from are its home: requests from
-    /// them never score here. Default 2 (a deployment and its failover).
+    /// How many networks a client is first seen from are its home: requests from
+    /// them never score here. Default 2 (a deployment and its failover). Home is
+    /// learned per client, not per credential, so a client's next token is at home
+    /// where its last one was, and a token stolen in its first minutes cannot make
+    /// the thief's network its home.
     pub home_networks: u8,
-    /// How long after a credential is first seen its home networks are learned.
+    /// How long after a client is first seen its home networks are learned.
     /// Default 15 minutes: long enough for a deployment to show its egress networks,
     /// short enough that a copy used later never becomes home.
     pub home_learning: Duration,
@@ -51,14 +54,18 @@ impl Default for CredentialSpreadConfig {
     }
 }
 
+/// A client's home networks.
 #[derive(Debug, Clone, Copy, Default)]
-// The home path reads only the first two fields.
-#[repr(C)]
-struct Spread {
+struct Home {
     first_seen: u64,
     home: CappedSet<4>,
-    foreign_networks: WindowedDistinct<CappedSet<8>>,
-    foreign_addrs: WindowedDistinct<CappedSet<16>>,
+}
+
+/// Where one credential was used outside its client's home.
+#[derive(Debug, Clone, Copy, Default)]
+struct Foreign {
+    networks: WindowedDistinct<CappedSet<8>>,
+    addrs: WindowedDistinct<CappedSet<16>>,
 }
 
 /// Signal 3: one credential (token fingerprint, API key, or client id when there is
@@ -71,7 +78,8 @@ pub struct CredentialSpread {
     cfg: CredentialSpreadConfig,
     window: u64,
     learning: u64,
-    by_credential: BoundedMap<Spread>,
+    by_client: BoundedMap<Home>,
+    by_credential: BoundedMap<Foreign>,
 }
 
 impl CredentialSpread {
@@ -80,6 +88,7 @@ impl CredentialSpread {
         Self {
             window: nanos(cfg.window),
             learning: nanos(cfg.home_learning),
+            by_client: BoundedMap::new(cfg.capacity, cfg.window * 2),
             by_credential: BoundedMap::new(cfg.capacity, cfg.window * 2),
             cfg,
         }
@@ -92,28 +101,32 @@ impl Signal for CredentialSpread {
     }
 
     fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
-        f.client.as_ref()?;
-        let key = f.credential_hash().or(f.client_hash())?;
+        let client = f.client_hash()?;
         let (net, nh) = f.network?;
         let (_, ah) = f.addr?;
         let now = f.now_nanos;
         let home = usize::from(self.cfg.home_networks);
-        let init = || Spread {
+        let init = || Home {
             first_seen: now,
-            ..Spread::default()
+            ..Home::default()
         };
-        let (nets, addrs) = self.by_credential.update(key, now, init, |s| {
+        let homes = self.by_client.update(client, now, init, |s| {
             if s.home.contains(nh) {
-                return (0, 0);
+                return None;
             }
             if (s.home.len() as usize) < home && now.saturating_sub(s.first_seen) < self.learning {
                 s.home.insert(nh);
-                return (0, 0);
+                return None;
             }
-            // Distinct networks: the home ones plus the foreign ones of the window.
+            Some(s.home.len())
+        })?;
+        // Outside home: the credential's distinct networks are the client's home
+        // ones plus the foreign ones of the window.
+        let key = f.credential_hash().unwrap_or(client);
+        let (nets, addrs) = self.by_credential.update(key, now, Foreign::default, |s| {
             (
-                s.home.len() + s.foreign_networks.insert(nh, now, self.window),
-                s.foreign_addrs.insert(ah, now, self.window),
+                homes + s.networks.insert(nh, now, self.window),
+                s.addrs.insert(ah, now, self.window),
             )
         });
         let np = self.cfg.network_curve.points(nets);
@@ -130,9 +143,10 @@ impl Signal for CredentialSpread {
 
     fn memory(&self) -> SignalMemory {
         SignalMemory {
-            keys: self.by_credential.len(),
-            capacity: self.by_credential.capacity(),
-            bytes: self.by_credential.memory_bytes(|s| s.home.heap_bytes()),
+            keys: self.by_client.len() + self.by_credential.len(),
+            capacity: self.by_client.capacity() + self.by_credential.capacity(),
+            bytes: self.by_client.memory_bytes(|s| s.home.heap_bytes())
+                + self.by_credential.memory_bytes(|_| 0),
         }
     }
 }
@@ -173,6 +187,24 @@ mod tests {
             s.evaluate(&authed(&h, 2003.0, "127.200.3.1", "other", "k2")),
             None
         );
+    }
+
+    #[test]
+    fn home_is_the_client_s_so_a_new_token_stolen_at_once_still_scores() {
+        let h = KeyHasher::new();
+        let s = CredentialSpread::new(CredentialSpreadConfig::default());
+        // The client works from home with its first token for an hour.
+        for i in 0..60 {
+            assert_eq!(s.evaluate(&authed(&h, f64::from(i) * 60.0, "127.10.0.5", "app", "tok-1")), None);
+        }
+        // Its next token is copied the moment it is issued: the thief's networks are
+        // not home, however early they show up; the client's own stays home.
+        assert_eq!(s.evaluate(&authed(&h, 3600.0, "127.201.1.1", "app", "tok-2")), None);
+        let p = s
+            .evaluate(&authed(&h, 3600.5, "127.201.2.1", "app", "tok-2"))
+            .expect("a third network");
+        assert_eq!(p.key.to_string(), "net:127.201.2.0/24");
+        assert_eq!(s.evaluate(&authed(&h, 3601.0, "127.10.0.5", "app", "tok-2")), None);
     }
 
     #[test]

@@ -79,8 +79,10 @@ impl Signal for Enumeration {
     fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
         let route = f.route?;
         let id = route.resource_hash?;
-        // Refused credentials are the stuffing signals' business.
-        if f.identity_failure.is_some() {
+        // Refused credentials are the stuffing signals' business, taking scarce
+        // items (in any order) the hoarding signal's; a bulk tier is entitled to
+        // volume.
+        if f.identity_failure.is_some() || f.bulk || route.scarce {
             return None;
         }
         let actor = f.actor_hash()?;
