@@ -233,11 +233,7 @@ async fn gateway(name: &str, vars: &[(&str, &str)]) -> Gateway {
     )
     .await
     .expect("the gateway's stack builds");
-    let state = app::AppState {
-        reports: guard.reports.clone(),
-        jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
-        metrics: Some(metrics_handle()),
-    };
+    let state = guard.app_state(Some(metrics_handle()));
     let router = app::routes(state).layer(guard.layer.clone());
     Gateway {
         router,
@@ -496,6 +492,7 @@ async fn walk_is_throttled_then_blocked(method: &str) {
         .send("GET", "/orders", Some(key("reporting-bot")), "127.0.0.12:40000")
         .await;
     assert_eq!(r.status, StatusCode::OK);
+    explains_the_walk(&gw, method).await;
     let (verification, records) = gw.finish().await;
     assert!(verification.first_break.is_none());
     // The audit log says risk refused each of them.
@@ -507,6 +504,68 @@ async fn walk_is_throttled_then_blocked(method: &str) {
         })
         .count();
     assert_eq!(by_risk, refused_by_risk, "{method}");
+}
+
+/// An operator asks why inventory-sync was refused: the throttle, then the block,
+/// each with the enumeration signal's points and reason; the block is still active.
+async fn explains_the_walk(gw: &Gateway, method: &str) {
+    let ops = gw.token("ops-console", "admin");
+    let ops = Some(("authorization", ops.as_str()));
+    let peer = "127.0.0.13:40000";
+    let r = gw
+        .send("GET", "/admin/risk/decisions?client=inventory-sync", ops, peer)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let decisions = r.body["decisions"].as_array().expect("decisions");
+    let actions: Vec<&str> = decisions.iter().filter_map(|d| d["action"].as_str()).collect();
+    assert_eq!(actions.first(), Some(&"block"), "{method}: newest first: {}", r.text);
+    assert_eq!(actions.last(), Some(&"throttle"), "{method}: {}", r.text);
+    for d in decisions {
+        assert_eq!(d["client"], "inventory-sync");
+        assert_eq!(d["key"], "client:inventory-sync");
+        assert_eq!(d["route"], "/inventory/{sku}");
+        assert_eq!(d["address"], "127.0.0.11");
+        assert!(d["score"].as_u64().is_some_and(|s| s >= 40), "{d}");
+        let enumeration = d["signals"]
+            .as_array()
+            .and_then(|s| s.iter().find(|h| h["signal"] == "enumeration"))
+            .unwrap_or_else(|| panic!("no enumeration signal in {d}"));
+        assert!(enumeration["points"].as_u64().is_some_and(|p| p >= 40), "{d}");
+        assert!(
+            enumeration["reason"].as_str().is_some_and(|r| r.contains("identifiers")),
+            "{d}"
+        );
+    }
+    assert_eq!(r.body["active"][0]["key"], "client:inventory-sync", "{}", r.text);
+    assert_eq!(r.body["active"][0]["action"], "block");
+    // The same by key; another client has none; bad queries are 400.
+    let r = gw
+        .send("GET", "/admin/risk/decisions?key=client:inventory-sync&limit=1", ops, peer)
+        .await;
+    assert_eq!(r.body["decisions"].as_array().map(Vec::len), Some(1), "{}", r.text);
+    let r = gw
+        .send("GET", "/admin/risk/decisions?client=reporting-bot", ops, peer)
+        .await;
+    assert_eq!(r.body["decisions"], serde_json::json!([]));
+    for bad in ["key=nonsense", "limit=0", "who=me", "client=a&key=client:a"] {
+        let r = gw
+            .send("GET", &format!("/admin/risk/decisions?{bad}"), ops, peer)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+    }
+    // Only for the admin scope.
+    let r = gw
+        .send("GET", "/admin/risk/decisions", Some(key("partner-feed")), peer)
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // And per signal in the metrics.
+    let r = gw.send("GET", "/metrics", ops, peer).await;
+    assert!(
+        r.text
+            .contains(r#"nhi_guard_risk_signals_total{signal="enumeration",action="block"}"#),
+        "{}",
+        r.text
+    );
 }
 
 #[tokio::test]

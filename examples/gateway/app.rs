@@ -4,12 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::extract::Path;
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query};
 use axum::http::{StatusCode, header};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use nhi_guard::core::ScopeSet;
+use nhi_guard::core::risk_store::RiskKey;
+use nhi_guard::core::{ScopeSet, rfc3339};
+use nhi_guard::risk::RiskOperator;
 use nhi_guard::core::registry::{ClientRecord, Inventory, Tier};
 use nhi_guard::scope::report::ReportService;
 use serde_json::{Value, json};
@@ -133,6 +137,9 @@ pub(crate) struct AppState {
     /// The Prometheus rendering of the guard's metrics, served at `GET /metrics`
     /// (scope `admin`).
     pub(crate) metrics: Option<PrometheusHandle>,
+    /// The risk layer's operator handle, behind `GET /admin/risk/decisions`
+    /// (scope `admin`); `None` with risk off.
+    pub(crate) risk: Option<RiskOperator>,
 }
 
 /// `GET /metrics`: the guard's metrics in Prometheus text format, rendered from the
@@ -142,6 +149,83 @@ pub(crate) fn metrics_route<S: Clone + Send + Sync + 'static>(handle: Prometheus
         let text = handle.render();
         async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
     })
+}
+
+/// `GET /admin/risk/decisions`: why the risk layer throttled, challenged or blocked,
+/// newest first: each decision with its key, score, lapse time and every signal
+/// with its points and reason, plus the decisions still active on those keys.
+/// `?client=ID` keeps those concerning a client (earned by its requests or stuck
+/// to it), `?key=net:203.0.113.0/24` those stuck to one key, `?limit=N` (default
+/// 100) the newest N. The policy requires scope `admin`.
+pub(crate) fn risk_decisions_route<S: Clone + Send + Sync + 'static>(risk: RiskOperator) -> MethodRouter<S> {
+    get(move |Query(query): Query<HashMap<String, String>>| {
+        let risk = risk.clone();
+        async move { explain(&risk, &query) }
+    })
+}
+
+fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode, Json<Value>) {
+    let bad = |detail: String| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "title": "Bad Request", "status": 400, "detail": detail })),
+        )
+    };
+    if let Some(name) = query.keys().find(|k| !matches!(k.as_str(), "client" | "key" | "limit")) {
+        return bad(format!("unknown parameter {name:?}: use client, key or limit"));
+    }
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1_000).contains(&n) => n,
+        Some(_) => return bad("limit must be a number from 1 to 1000".into()),
+    };
+    let decisions = match (query.get("client"), query.get("key")) {
+        (Some(client), None) => risk.explain_client(client),
+        (None, Some(key)) => match RiskKey::parse(key) {
+            Some(key) => risk.explain_key(&key),
+            None => return bad(format!("{key:?} is not a risk key (addr:IP, net:CIDR, cred:…, client:ID)")),
+        },
+        (None, None) => risk.recent_decisions(),
+        (Some(_), Some(_)) => return bad("give client or key, not both".into()),
+    };
+    let keys: Vec<&RiskKey> = decisions.iter().map(|d| &d.key).collect();
+    let active: Vec<Value> = risk
+        .active()
+        .iter()
+        .filter(|a| keys.contains(&&a.key))
+        .map(|a| {
+            json!({
+                "key": a.key.to_string(),
+                "action": a.action.as_str(),
+                "until": rfc3339(a.until),
+                "score": a.score,
+            })
+        })
+        .collect();
+    let decisions: Vec<Value> = decisions
+        .iter()
+        .take(limit)
+        .map(|d| {
+            json!({
+                "at": rfc3339(d.at),
+                "action": d.action.as_str(),
+                "enforced": d.enforced,
+                "key": d.key.to_string(),
+                "until": rfc3339(d.until),
+                "score": d.score,
+                "client": d.client.as_ref().map(|c| c.as_str()),
+                "address": d.address.map(|a| a.to_string()),
+                "route": d.route.as_deref(),
+                "request_id": d.request_id,
+                "signals": d.signals.iter().map(|h| json!({
+                    "signal": h.signal,
+                    "points": h.points,
+                    "reason": h.reason,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    (StatusCode::OK, Json(json!({ "decisions": decisions, "active": active })))
 }
 
 /// The demo routes.
@@ -154,6 +238,9 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/admin/clients", state.reports.get_handler());
     if let Some(handle) = state.metrics {
         router = router.route("/metrics", metrics_route(handle));
+    }
+    if let Some(risk) = state.risk {
+        router = router.route("/admin/risk/decisions", risk_decisions_route(risk));
     }
     if let Some(jwks) = state.jwks {
         router = router.route(

@@ -36,6 +36,19 @@ pub(crate) struct Guard {
     pub(crate) risk: Option<RiskOperator>,
 }
 
+impl Guard {
+    /// What the gateway's routes serve from the stack: the report, the demo
+    /// issuer's key set, the risk decisions, and `metrics` when given.
+    pub(crate) fn app_state(&self, metrics: Option<PrometheusHandle>) -> crate::app::AppState {
+        crate::app::AppState {
+            reports: self.reports.clone(),
+            jwks: self.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
+            metrics,
+            risk: self.risk.clone(),
+        }
+    }
+}
+
 /// The demo routes' scope policy. Shared with the edge proxy so both protect the
 /// same paths the same way.
 pub(crate) fn policy() -> Policy {
@@ -47,6 +60,7 @@ pub(crate) fn policy() -> Policy {
         .get("/inventory/{sku}", Require::all_of("inventory:read"))
         .post("/inventory/{sku}/reserve", Require::all_of("inventory:write"))
         .get("/admin/clients", Require::all_of("admin"))
+        .get("/admin/risk/decisions", Require::all_of("admin"))
         .get("/metrics", Require::all_of("admin"))
         .build()
         .expect("the demo policy is valid")

@@ -30,11 +30,7 @@ pub(crate) async fn run(get: impl Fn(&str) -> Option<String>) -> Result<(), Stri
     // Before the stack is built: every layer resolves its counters on first use.
     let metrics = guard::install_metrics()?;
     let guard = guard::build(&config, registry.clone(), &base, Arc::new(SystemClock)).await?;
-    let state = app::AppState {
-        reports: guard.reports.clone(),
-        jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
-        metrics: Some(metrics),
-    };
+    let state = guard.app_state(Some(metrics));
     let router = app::routes(state).layer(guard.layer.clone());
     guard::reload_on_sighup(registry.clone(), config.clients.clone());
 

@@ -109,11 +109,7 @@ impl Gateway {
             Arc::new(clock.clone()),
         )
         .await?;
-        let state = app::AppState {
-            reports: guard.reports.clone(),
-            jwks: guard.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
-            metrics: None,
-        };
+        let state = guard.app_state(None);
         let router = app::routes(state).layer(guard.layer.clone());
         let server = Server::start(router).await;
         Ok(Self {

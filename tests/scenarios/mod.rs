@@ -180,11 +180,7 @@ impl World {
         let guard = guard::build(&config, registry, PUBLIC_URL, Arc::new(clock.clone()))
             .await
             .expect("the gateway's stack builds");
-        let state = app::AppState {
-            reports: guard.reports.clone(),
-            jwks: None,
-            metrics: None,
-        };
+        let state = guard.app_state(None);
         let outage = Arc::new(AtomicBool::new(false));
         let down = outage.clone();
         // The upstream: the gateway's routes over a catalogue of items 1..=10 000

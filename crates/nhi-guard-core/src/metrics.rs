@@ -92,6 +92,9 @@ pub const STORE_ERRORS_TOTAL: &str = "nhi_guard_store_errors_total";
 pub const STORE_FALLBACKS_TOTAL: &str = "nhi_guard_store_fallbacks_total";
 /// Risk scores of assessed requests (0 to 100).
 pub const RISK_SCORE: &str = "nhi_guard_risk_score";
+/// Risk signals that fired, by `signal` and the `action` the request got
+/// (`allow`, `throttle`, `step_up`, `block`).
+pub const RISK_SIGNALS_TOTAL: &str = "nhi_guard_risk_signals_total";
 /// Records waiting in the audit writer's queue.
 pub const AUDIT_QUEUE_DEPTH: &str = "nhi_guard_audit_queue_depth";
 /// Scope policy rules that no client in the inventory can pass.
@@ -148,6 +151,11 @@ pub fn describe() {
         RISK_SCORE,
         "Risk score (0-100) of every request the risk layer assessed"
     );
+    describe_counter!(
+        RISK_SIGNALS_TOTAL,
+        Unit::Count,
+        "Risk signals that fired, by signal and the action the request got (allow, throttle, step_up, block)"
+    );
     describe_gauge!(
         SCOPE_UNREACHABLE_RULES,
         Unit::Count,
@@ -163,6 +171,12 @@ pub fn describe() {
         Unit::Count,
         "Audit records not written, by reason (queue_full, shutdown)"
     );
+}
+
+/// Counts a risk signal that fired on a request, by the action the request got
+/// (`allow`, `throttle`, `step_up`, `block`). Called only when a signal fires.
+pub fn risk_signal(signal: &'static str, action: &'static str) {
+    metrics::counter!(RISK_SIGNALS_TOTAL, "signal" => signal, "action" => action).increment(1);
 }
 
 /// Counts a failed operation of a shared store (`store`: `rate_limit`, `risk`;

@@ -13,6 +13,7 @@ use nhi_guard_core::hash::FxBuildHasher;
 use nhi_guard_core::risk_store::{RiskKey, RiskStore, StickyAction, StickyDecision};
 use nhi_guard_core::{ClientAddrResolver, Control, CredentialInfo, Denial, SecurityContext, SharedClock};
 
+use crate::explain::{DecisionLog, ExplainedDecision};
 use crate::route::RouteTable;
 use crate::signal::{AddrFacts, CredentialClass, Outcome, Phase, Points, RequestFacts, RouteFacts, Signal};
 use crate::signals::nanos;
@@ -162,6 +163,8 @@ pub(crate) struct Engine {
     pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,
     /// `nhi_guard_risk_score`, recorded by the identified half.
     pub(crate) score: nhi_guard_core::metrics::LazyHistogram,
+    /// The latest actions and their signals, for operators.
+    pub(crate) decisions: Arc<DecisionLog>,
 }
 
 impl fmt::Debug for Engine {
@@ -372,8 +375,16 @@ impl Engine {
         let mut new_sticky = None;
         let mut denial = None;
         let mut action_name = "allow";
+        let signals: Vec<SignalHit> = hits
+            .into_iter()
+            .map(|(name, p)| SignalHit {
+                signal: name,
+                points: p.points,
+                reason: Cow::Owned(format!("{} ({})", p.reason, p.key)),
+            })
+            .collect();
         if let Some(action) = action {
-            let reason: Arc<str> = Arc::from(hits.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(","));
+            let reason: Arc<str> = Arc::from(signals.iter().map(|h| h.signal).collect::<Vec<_>>().join(","));
             let cooldown = match action {
                 StickyAction::Block => {
                     let strikes = self.sticky.strike(&top, now);
@@ -432,19 +443,27 @@ impl Engine {
                 signals = %decision.reason,
                 "risk decision"
             );
+            self.decisions.record(ExplainedDecision {
+                at: now,
+                action: decision.action,
+                enforced: self.mode == Mode::Enforce,
+                key: decision.key.clone(),
+                until: decision.until,
+                score,
+                client: f.client().cloned(),
+                address: f.addr(),
+                route: f.route.and_then(|r| self.routes.pattern_arc(r.index())).cloned(),
+                request_id: ctx.request_id().to_string(),
+                signals: signals.clone(),
+            });
             new_sticky = Some(decision);
         } else if let Some((_, wait)) = held_back {
             action_name = "throttle";
             denial = Some(throttle_denial(wait));
         }
-        let signals = hits
-            .into_iter()
-            .map(|(name, p)| SignalHit {
-                signal: name,
-                points: p.points,
-                reason: Cow::Owned(format!("{} ({})", p.reason, p.key)),
-            })
-            .collect();
+        for hit in &signals {
+            nhi_guard_core::metrics::risk_signal(hit.signal, action_name);
+        }
         let passes = denial.is_none();
         ctx.update(|s| {
             s.risk = Some(RiskAssessment {

@@ -11,6 +11,7 @@ use nhi_guard_core::risk_store::RiskStore;
 use nhi_guard_core::{ClientAddrResolver, SharedClock, SystemClock};
 use tower_layer::Layer;
 
+use crate::explain::DecisionLog;
 use crate::engine::{Cooldowns, Engine, Mode, Shared, SharedLimits, Thresholds};
 use crate::error::ConfigError;
 use crate::operator::RiskOperator;
@@ -73,6 +74,7 @@ impl RiskLayer {
                 renderer: DefaultRenderer::new().shared(),
                 metrics: ControlMetrics::new(nhi_guard_core::Control::Risk),
                 score: LazyHistogram::new(nhi_guard_core::metrics::RISK_SCORE),
+                decisions: Arc::new(DecisionLog::new(1_000)),
             }),
         }
     }
@@ -103,6 +105,7 @@ impl RiskLayer {
                 renderer: e.renderer.clone(),
                 metrics: e.metrics.clone(),
                 score: e.score.clone(),
+                decisions: e.decisions.clone(),
             });
         }
         Arc::get_mut(&mut self.engine).unwrap_or_else(|| unreachable!("just made unique"))
@@ -244,6 +247,15 @@ impl RiskLayer {
         if !tiers.iter().any(|t| &**t == tier) {
             tiers.push(tier.into());
         }
+        self
+    }
+
+    /// How many of the latest risk actions (throttle, step-up, block) are kept
+    /// with the signals behind them, for [`crate::RiskOperator::recent_decisions`].
+    /// Default 1 000; 0 keeps none. Each takes a few hundred bytes.
+    #[must_use]
+    pub fn decision_log(mut self, capacity: usize) -> Self {
+        self.edit().decisions = Arc::new(DecisionLog::new(capacity));
         self
     }
 

@@ -100,6 +100,7 @@
 
 mod engine;
 mod error;
+mod explain;
 mod future;
 mod layer;
 mod operator;
@@ -112,6 +113,7 @@ mod sticky;
 
 pub use crate::engine::{ABNORMAL_USAGE_POLICY, Cooldowns, Mode, SharedLimits, Thresholds};
 pub use crate::error::ConfigError;
+pub use crate::explain::ExplainedDecision;
 pub use crate::future::ResponseFuture;
 pub use crate::layer::{RiskEdgeLayer, RiskLayer};
 pub use crate::operator::{MemoryReport, RiskOperator};

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use nhi_guard_core::risk_store::{RiskKey, RiskStoreError, StickyDecision};
 
 use crate::engine::Engine;
+use crate::explain::ExplainedDecision;
 use crate::signal::SignalMemory;
 
 /// An operator's handle on a risk layer: list the active sticky decisions, lift one
@@ -78,6 +79,27 @@ impl RiskOperator {
             Some(s) => Ok(s.store.lift(key.clone()).await? || local),
             None => Ok(local),
         }
+    }
+
+    /// The latest risk actions of this replica (throttle, step-up, block; shadow
+    /// ones marked not enforced), newest first, each with the signals, points and
+    /// reasons behind it. How many are kept is set by
+    /// [`crate::RiskLayer::decision_log`].
+    pub fn recent_decisions(&self) -> Vec<ExplainedDecision> {
+        self.engine.decisions.newest_first(|_| true)
+    }
+
+    /// The latest risk actions concerning `client`: earned by its requests (also
+    /// when they stuck to its address or network) or stuck to the client itself,
+    /// newest first.
+    pub fn explain_client(&self, client: &str) -> Vec<ExplainedDecision> {
+        self.engine.decisions.newest_first(|d| d.concerns_client(client))
+    }
+
+    /// The latest risk actions stuck to `key` (an address, network, credential or
+    /// client), newest first.
+    pub fn explain_key(&self, key: &RiskKey) -> Vec<ExplainedDecision> {
+        self.engine.decisions.newest_first(|d| &d.key == key)
     }
 
     /// Memory held by the signals and the sticky store.

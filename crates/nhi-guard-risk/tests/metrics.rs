@@ -11,7 +11,8 @@ use http::{Request, Response, StatusCode};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nhi_guard_core::clock::ManualClock;
-use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, SHADOW_DENIALS_TOTAL};
+use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, RISK_SIGNALS_TOTAL, SHADOW_DENIALS_TOTAL};
+use nhi_guard_core::risk_store::{RiskKey, StickyAction};
 use nhi_guard_core::registry::ClientRecord;
 use nhi_guard_core::{ClientAddr, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier};
 use nhi_guard_risk::{Mode, RiskLayer};
@@ -105,6 +106,47 @@ async fn decisions_scores_and_refusals_are_counted() {
     let denials = |name, reason| seen.counter(name, &[("control", "risk"), ("reason", reason)]);
     assert_eq!(denials(DENIALS_TOTAL, "risk_blocked"), 2);
     assert_eq!(denials(SHADOW_DENIALS_TOTAL, "risk_blocked"), 1);
+    // Per signal: the dial fired on the enforced block and on the shadow one.
+    assert_eq!(
+        seen.counter(RISK_SIGNALS_TOTAL, &[("signal", "dial"), ("action", "block")]),
+        2
+    );
+    assert_eq!(
+        seen.counter(RISK_SIGNALS_TOTAL, &[("signal", "dial"), ("action", "allow")]),
+        0
+    );
+    // The operator's explanation of the client's block: its signal and points.
+    let explained = enforce.operator().explain_client("app");
+    assert_eq!(explained.len(), 1, "{explained:?}");
+    let d = &explained[0];
+    assert_eq!(
+        (d.action, d.enforced, d.score, &d.key),
+        (StickyAction::Block, true, 100, &RiskKey::address("192.0.2.2".parse().expect("ip")))
+    );
+    assert_eq!(d.address, Some("192.0.2.2".parse().expect("ip")));
+    assert_eq!(d.client.as_ref().map(|c| c.as_str()), Some("app"));
+    assert_eq!(
+        d.signals.iter().map(|h| (h.signal, h.points)).collect::<Vec<_>>(),
+        [("dial", 100)]
+    );
+    assert!(d.signals[0].reason.contains("test dial"), "{:?}", d.signals);
+    assert_eq!(enforce.operator().explain_client("someone-else"), []);
+    assert_eq!(
+        enforce
+            .operator()
+            .explain_key(&RiskKey::address("192.0.2.2".parse().expect("ip")))
+            .len(),
+        1
+    );
+    // Shadow mode explains what it would have done.
+    let shadowed = shadow.operator().recent_decisions();
+    assert_eq!(shadowed.len(), 1);
+    assert!(!shadowed[0].enforced);
+    // A log of 0 keeps nothing.
+    let silent = layer(Mode::Enforce).decision_log(0);
+    dial.set(100);
+    assert_eq!(status!(silent, request(&clock, "192.0.2.9")), StatusCode::FORBIDDEN);
+    assert_eq!(silent.operator().recent_decisions(), []);
     match seen.get(MetricKind::Histogram, RISK_SCORE, &[]) {
         Some(DebugValue::Histogram(v)) => {
             let mut scores: Vec<f64> = v.iter().map(|s| s.into_inner()).collect();
