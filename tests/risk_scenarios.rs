@@ -249,21 +249,36 @@ async fn stuffing_few_addresses() -> Report {
     simulate(&mut w, "attack: stuffing from 3 addresses, 15 guesses/s", reqs, START, None, none).await
 }
 
-/// Stuffing spread thin: 1 000 addresses in 10 /24 networks, about 20 guesses a
-/// second in all, each address guessing only once or twice a minute.
-async fn stuffing_spread() -> Report {
+/// Stuffing spread thin: `addresses` addresses in `networks` /24 networks, about
+/// 20 guesses a second in all, each address guessing only now and then.
+async fn stuffing_spread(networks: u64, addresses: u64) -> Report {
     let (attack, _) = lengths();
     let end = START + attack;
-    let (mut w, mut reqs, mut rng) = world(22, end + 60.0, Vec::new()).await;
+    let (mut w, mut reqs, mut rng) = world(22 + networks, end + 60.0, Vec::new()).await;
+    let per_network = addresses / networks;
     let mut t = START;
     let mut n = 0u64;
     while t < end {
         n += 1;
-        let ip = Ipv4Addr::new(127, 70 + rng.below(10) as u8, 7, 1 + rng.below(100) as u8);
+        let net = rng.below(networks);
+        let ip = Ipv4Addr::new(127, 70 + (net / 200) as u8, (net % 200) as u8, 1 + rng.below(per_network) as u8);
         reqs.push(Req::new(t, Role::Attack, ip, "GET", "/orders", Cred::Key(format!("nhik_guess_{n:08}"))));
         t += 0.05 * (0.5 + rng.unit());
     }
-    simulate(&mut w, "attack: stuffing spread over 1 000 addresses in 10 networks, 20 guesses/s", reqs, START, None, none).await
+    let stretch = networks > 10;
+    let name = format!(
+        "attack: stuffing spread over {addresses} addresses in {networks} networks, 20 guesses/s{}",
+        if stretch { " (stretch: bar 90%)" } else { "" }
+    );
+    let mut report = simulate(&mut w, &name, reqs, START, None, none).await;
+    // Ten times more networks than the wave, each seeing a guess every 5 s:
+    // caught network by network once the service-wide wave is recognised, so the
+    // first seconds of each network get through. A bar of its own keeps it from
+    // regressing without promising what it does not do.
+    if stretch {
+        report.bar = 0.90;
+    }
+    report
 }
 
 /// A stolen access token replayed from 40 addresses in 40 networks (each about a
@@ -412,7 +427,8 @@ async fn risk_scenarios() {
         restart_with_expired_token().await,
         retry_after_outage().await,
         stuffing_few_addresses().await,
-        stuffing_spread().await,
+        stuffing_spread(10, 1_000).await,
+        stuffing_spread(100, 500).await,
         stolen_token().await,
         stolen_api_key().await,
         scraping(true, "GET").await,

@@ -305,6 +305,9 @@ pub struct Report {
     pub stopped_by: BTreeMap<String, usize>,
     /// What refused benign requests, for the failure message.
     pub benign_refused_by: BTreeMap<String, usize>,
+    /// The share of the attack that must be stopped after the window: 99%, lower
+    /// only for a stretch scenario beyond what the suite promises.
+    pub bar: f64,
 }
 
 /// The detection window: attack requests sent in the attack's first 10 seconds are
@@ -360,11 +363,12 @@ impl Report {
             ));
         }
         if self.attack_total > 0 {
-            if self.stopped_after_window() < 0.99 {
+            if self.stopped_after_window() < self.bar {
                 out.push(format!(
-                    "{}: only {:.1}% of the attack stopped after the first {WINDOW} s",
+                    "{}: only {:.1}% of the attack stopped after the first {WINDOW} s (bar {:.0}%)",
                     self.name,
-                    100.0 * self.stopped_after_window()
+                    100.0 * self.stopped_after_window(),
+                    100.0 * self.bar
                 ));
             }
             if !self.first_stop.is_some_and(|d| d <= WINDOW) {
@@ -389,6 +393,7 @@ pub async fn simulate(
     let mut queue: std::collections::VecDeque<Req> = reqs.into();
     let mut report = Report {
         name: name.to_owned(),
+        bar: 0.99,
         ..Report::default()
     };
     let debug = std::env::var_os("SIM_DEBUG").is_some();

@@ -1,4 +1,6 @@
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use nhi_guard_core::risk_store::RiskKey;
@@ -32,6 +34,21 @@ pub struct AuthFailureConfig {
     /// stale key, or a NAT address, is the per-address signal's business and must
     /// not put its neighbours under suspicion.
     pub network_min_addresses: u32,
+    /// A failure wave is on while the service as a whole sees at least this many
+    /// failed authentications in `wave_window` (default 60, one a second) and at
+    /// least `wave_factor` times its usual rate.
+    pub wave_min: u32,
+    /// How far above its usual rate (the average per `wave_window` over the last
+    /// hour outside waves) the service-wide rate must be for a wave. Default 10.
+    pub wave_factor: u32,
+    /// Window of the service-wide count. Default 60 s.
+    pub wave_window: Duration,
+    /// During a wave, points for failures per network (in `network_window`, once
+    /// 2 of its addresses failed), whichever of this and `network_curve` gives
+    /// more. Default: 3 → 40, +20 per 2 more, so 5 → 60 (a block at the edge, where
+    /// no credential can answer a step-up). A wave spread so thin that no network
+    /// reaches the normal threshold is still recognised network by network.
+    pub wave_network_curve: Curve,
     /// Most addresses and networks tracked (each). Default 100 000.
     pub capacity: usize,
 }
@@ -44,6 +61,10 @@ impl Default for AuthFailureConfig {
             network_window: Duration::from_secs(600),
             network_curve: Curve::new(10, 40, 10, 5, 100),
             network_min_addresses: 5,
+            wave_min: 60,
+            wave_factor: 10,
+            wave_window: Duration::from_secs(60),
+            wave_network_curve: Curve::new(3, 40, 20, 2, 100),
             capacity: 100_000,
         }
     }
@@ -69,7 +90,25 @@ pub struct AuthFailureVelocity {
     net_window: u64,
     by_addr: BoundedMap<AddrFailures>,
     by_net: BoundedMap<NetFailures>,
+    wave: Wave,
 }
+
+/// Service-wide failures: the current window and the usual rate.
+#[derive(Debug, Default)]
+struct Wave {
+    counts: Mutex<WaveCounts>,
+    /// Until when (nanoseconds) a wave is on; read on every request.
+    until: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct WaveCounts {
+    current: WindowCounter,
+    /// Failures outside waves over the last hour: the usual rate.
+    usual: WindowCounter,
+}
+
+const HOUR: u64 = 3_600_000_000_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct AddrFailures {
@@ -93,7 +132,29 @@ impl AuthFailureVelocity {
             net_window: nanos(cfg.network_window),
             by_addr: BoundedMap::new(cfg.capacity, cfg.address_window * 2),
             by_net: BoundedMap::new(cfg.capacity, cfg.network_window * 2),
+            wave: Wave::default(),
             cfg,
+        }
+    }
+}
+
+impl AuthFailureVelocity {
+    /// Counts one failed authentication service-wide, and starts (or extends) a
+    /// wave when the current rate is far above the usual one.
+    fn count_service_wide(&self, now: u64) {
+        let w = nanos(self.cfg.wave_window);
+        let mut c = self.wave.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        c.current.add(now, w, 1);
+        let current = c.current.count(now, w);
+        let usual = u64::from(c.usual.count(now, HOUR)) * w / HOUR;
+        let on = u64::from(current) >= u64::from(self.cfg.wave_min)
+            && u64::from(current) >= usual.max(1) * u64::from(self.cfg.wave_factor);
+        if on {
+            self.wave.until.fetch_max(now.saturating_add(w), Ordering::Relaxed);
+        } else if self.wave.until.load(Ordering::Relaxed) <= now {
+            // The usual rate learns only outside waves, so a long wave does not
+            // become the norm.
+            c.usual.add(now, HOUR, 1);
         }
     }
 }
@@ -121,10 +182,16 @@ impl Signal for AuthFailureVelocity {
             .by_net
             .read(nh, now, |c| (c.failures.count(now, w), c.addresses.count(now, w)))
             .unwrap_or((0, 0));
+        let wave = self.wave.until.load(Ordering::Relaxed) > now;
         let np = if spread >= self.cfg.network_min_addresses {
             self.cfg.network_curve.points(n)
         } else {
             0
+        };
+        let np = if wave && spread >= 2 {
+            np.max(self.cfg.wave_network_curve.points(n))
+        } else {
+            np
         };
         if ap == 0 && np == 0 {
             return None;
@@ -139,7 +206,11 @@ impl Signal for AuthFailureVelocity {
             Points {
                 points: np,
                 key: RiskKey::Network(net),
-                reason: Cow::Owned(format!("{n} authentication failures from this network")),
+                reason: Cow::Owned(if wave {
+                    format!("{n} authentication failures from this network during a service-wide wave")
+                } else {
+                    format!("{n} authentication failures from this network")
+                }),
             }
         })
     }
@@ -158,6 +229,9 @@ impl Signal for AuthFailureVelocity {
             return;
         }
         let now = f.now_nanos;
+        if f.identity_failure.is_some() {
+            self.count_service_wide(now);
+        }
         if let Some((_, h)) = f.addr {
             let cred = f.credential.map(|(_, ch)| (ch >> 32) as u32 | 1);
             self.by_addr.update(h, now, AddrFailures::default, |c| {
@@ -297,6 +371,35 @@ mod tests {
         // A verified client refused by the inner half is not a failed login.
         s.observe(&authed(&h, 3.0, "127.0.0.5", "c", "k"), refused);
         assert_eq!(s.evaluate(&facts(&h, 4.0, "127.0.0.5")), None);
+    }
+
+    #[test]
+    fn a_service_wide_wave_lowers_the_bar_for_networks() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        // The usual: a stale key now and then.
+        for i in 0..30u32 {
+            s.observe(&failed(&h, f64::from(i) * 100.0, "127.1.0.1", "stale"), ok());
+        }
+        // Two addresses of a network fail 6 times: below the normal bar (10 from 5
+        // addresses).
+        for i in 0..6u32 {
+            let ip = format!("127.2.0.{}", 1 + i % 2);
+            s.observe(&failed(&h, 3_000.0 + f64::from(i), &ip, &format!("k{i}")), ok());
+        }
+        assert_eq!(s.evaluate(&facts(&h, 3_010.0, "127.2.0.9")), None);
+        // A wave: 100 failures in a minute spread over 100 networks, one each.
+        for i in 0..100u32 {
+            let ip = format!("127.50.{i}.1");
+            s.observe(&failed(&h, 3_011.0 + f64::from(i) * 0.5, &ip, &format!("w{i}")), ok());
+        }
+        let p = s.evaluate(&facts(&h, 3_062.0, "127.2.0.9")).expect("the network scores during the wave");
+        assert_eq!((p.points, p.key.to_string()), (60, "net:127.2.0.0/24".to_string()));
+        assert!(p.reason.contains("wave"), "{}", p.reason);
+        // A single failing address is still nobody's neighbour problem, and once
+        // the wave has passed the normal bar is back.
+        assert_eq!(s.evaluate(&facts(&h, 3_062.0, "127.50.7.2")), None);
+        assert_eq!(s.evaluate(&facts(&h, 3_300.0, "127.2.0.9")), None);
     }
 
     #[test]
