@@ -30,7 +30,8 @@ struct Suspect;
 
 impl Signal for Suspect {
     fn name(&self) -> &'static str {
-        "suspect"
+        // Not the client's id: the test checks that no client id reaches a label.
+        "watchlist"
     }
 
     fn evaluate(&self, f: &RequestFacts) -> Option<Points> {
@@ -211,6 +212,11 @@ async fn the_stack_counts_decisions_denials_and_risk_scores() {
     // Every request risk assessed: five scored 0, the suspect 100.
     assert_eq!(get("nhi_guard_risk_score_count"), 6.0);
     assert_eq!(get("nhi_guard_risk_score_sum"), 100.0);
+    // Per signal, by the action its request got.
+    assert_eq!(
+        get(r#"nhi_guard_risk_signals_total{signal="watchlist",action="block"}"#),
+        1.0
+    );
     assert_eq!(get("nhi_guard_audit_queue_depth"), 0.0);
     assert!(text.contains("# HELP nhi_guard_requests_total "), "{text}");
     // No credential or client id in any label.
