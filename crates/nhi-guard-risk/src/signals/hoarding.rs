@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::nanos;
 use crate::signal::{Curve, Outcome, Points, RequestFacts, Signal, SignalMemory};
-use crate::state::{BoundedMap, CappedSet, Hll64, WindowCounter, WindowedDistinct};
+use crate::state::{BoundedMap, CappedSet, WindowCounter, WindowedDistinct};
 
 /// Configuration of [`Hoarding`].
 ///
@@ -31,7 +31,7 @@ pub struct HoardingConfig {
     pub history_factor: u32,
     /// The fair share below applies only when at least this many clients held
     /// items in the window: the share of a small or empty crowd says nothing.
-    /// Default 5.
+    /// Default 5 (counted exactly up to 16, so a larger value acts as 16).
     pub min_crowd: u32,
     /// With a crowd: fair share of successful holds per client per window.
     /// Default 20.
@@ -105,8 +105,9 @@ pub struct Hoarding {
     window: u64,
     rate_window: u64,
     by_actor: BoundedMap<Holds>,
-    /// Clients that held an item in the window.
-    crowd: Mutex<WindowedDistinct<Hll64>>,
+    /// Clients that held an item in the window (exact up to 16: only compared
+    /// with `min_crowd`).
+    crowd: Mutex<WindowedDistinct<CappedSet<16>>>,
 }
 
 impl Hoarding {
@@ -156,9 +157,10 @@ impl Signal for Hoarding {
         } else {
             0
         };
+        let min_crowd = self.cfg.min_crowd.min(16);
         let pct = (holds.saturating_mul(100) / self.cfg.fair_holds.max(1))
             .max(items.saturating_mul(100) / self.cfg.fair_items.max(1));
-        let share_points = if crowd >= self.cfg.min_crowd {
+        let share_points = if crowd >= min_crowd {
             self.cfg.curve.points(pct)
         } else {
             0
