@@ -91,10 +91,13 @@ impl RiskKey {
     }
 }
 
-/// The /24 (IPv4) or /64 (IPv6) network of an address.
+/// The /24 (IPv4) or /48 (IPv6) network of an address: the block one operator
+/// (a site, a cloud region's customer) usually holds. An IPv6 client's own key is
+/// already its /64 ([`crate::ClientAddr::key_ip`]), so its network is the /48
+/// around it.
 pub fn network_of(ip: IpAddr) -> IpNet {
     let ip = canonical_ip(ip);
-    let prefix = if ip.is_ipv4() { 24 } else { 64 };
+    let prefix = if ip.is_ipv4() { 24 } else { 48 };
     // Both prefixes are valid for their family, so this never falls back.
     IpNet::new(ip, prefix)
         .map(|n| n.trunc())
@@ -290,7 +293,7 @@ mod tests {
         }
         assert_eq!(
             RiskKey::network_of(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6))).to_string(),
-            "net:2001:db8:1:2::/64"
+            "net:2001:db8:1::/48"
         );
         assert_eq!(RiskKey::parse("cred:zz"), None);
         assert_eq!(RiskKey::parse("client:"), None);

@@ -216,7 +216,7 @@ impl RequestFacts {
     pub fn addr_hash(&self) -> Option<u64> {
         self.addr.map(|a| a.1)
     }
-    /// The client's network (/24 or /64).
+    /// The client's network (/24, or /48 for IPv6).
     pub fn network(&self) -> Option<IpNet> {
         self.network.map(|n| n.0)
     }

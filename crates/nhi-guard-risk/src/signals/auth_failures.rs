@@ -22,7 +22,7 @@ pub struct AuthFailureConfig {
     /// one whose key was just rotated fails a handful of times before it stops or
     /// is fixed. Five a minute leaves that room; stuffing runs far faster.
     pub address_curve: Curve,
-    /// Window of the per-network (/24, /64) count. Default 10 minutes.
+    /// Window of the per-network (/24, IPv6 /48) count. Default 10 minutes.
     pub network_window: Duration,
     /// Points for failures per network in the window. Default: 10 → 40, +10 per 5
     /// more, so 30 failures in 10 minutes → 80 (block the network). Catches
@@ -314,6 +314,20 @@ mod tests {
             (80, "net:127.5.6.0/24".to_string())
         );
         assert_eq!(s.evaluate(&facts(&h, 300.0, "127.5.7.1")), None);
+    }
+
+    #[test]
+    fn ipv6_failures_add_up_per_48() {
+        let h = KeyHasher::new();
+        let s = AuthFailureVelocity::new(AuthFailureConfig::default());
+        // One guess from each of 30 /64s of one /48 (a host rotating prefixes).
+        for i in 0..30u32 {
+            let ip = format!("2001:db8:7:{i:x}::1");
+            s.observe(&failed(&h, f64::from(i) * 10.0, &ip, &format!("k{i}")), ok());
+        }
+        let p = s.evaluate(&facts(&h, 300.0, "2001:db8:7:ffff::9")).expect("points");
+        assert_eq!((p.points, p.key.to_string()), (80, "net:2001:db8:7::/48".to_string()));
+        assert_eq!(s.evaluate(&facts(&h, 300.0, "2001:db8:8::1")), None);
     }
 
     #[test]
