@@ -86,7 +86,8 @@ async fn sole_reserver() -> Report {
 }
 
 /// 2. A fleet scaling out: one client's key used from 2 pods, then from 30 new
-///    addresses of the same /24 within a minute, each about a request a second.
+///    addresses of a new /24 (a new node pool) within a minute, each about a
+///    request a second.
 async fn fleet_scale_out() -> Report {
     let (_, shape) = lengths();
     let end = START + shape;
@@ -94,7 +95,11 @@ async fn fleet_scale_out() -> Report {
     let cred = key(&fleet);
     let (mut w, mut reqs, mut rng) = world(12, end, vec![fleet]).await;
     for pod in 0..32u8 {
-        let ip = Ipv4Addr::new(127, 21, 0, pod + 1);
+        let ip = if pod < 2 {
+            Ipv4Addr::new(127, 21, 0, pod + 1)
+        } else {
+            Ipv4Addr::new(127, 21, 1, pod + 1)
+        };
         let mut t = if pod < 2 { rng.unit() * 5.0 } else { START + rng.unit() * 60.0 };
         while t < end {
             let path = format!("/inventory/{}", 500 + rng.below(50));
@@ -102,7 +107,7 @@ async fn fleet_scale_out() -> Report {
             t += if pod < 2 { 5.0 } else { 0.7 + rng.unit() * 0.6 };
         }
     }
-    simulate(&mut w, "honest: fleet scaling out, 30 new pods in one /24", reqs, START, None, none).await
+    simulate(&mut w, "honest: fleet scaling out, 30 new pods in a new /24", reqs, START, None, none).await
 }
 
 /// 3. A nightly batch: a request a minute, then 400 items read in 4 seconds (100/s,

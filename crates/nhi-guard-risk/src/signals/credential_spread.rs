@@ -14,7 +14,8 @@ pub struct CredentialSpreadConfig {
     /// Window of the distinct counts. Default 1 hour.
     pub window: Duration,
     /// How many networks a client is first seen from are its home: requests from
-    /// them never score here. Default 2 (a deployment and its failover). Home is
+    /// them never score here. Default 4 (at most 4): a deployment egresses through
+    /// a NAT per availability zone, three in most regions, plus a failover. Home is
     /// learned per client, not per credential, so a client's next token is at home
     /// where its last one was, and a token stolen in its first minutes cannot make
     /// the thief's network its home.
@@ -23,19 +24,20 @@ pub struct CredentialSpreadConfig {
     /// Default 15 minutes: long enough for a deployment to show its egress networks,
     /// short enough that a copy used later never becomes home.
     pub home_learning: Duration,
-    /// Points for a request from outside the home networks, by the distinct networks
-    /// of the credential: its home networks plus the foreign ones of the window. Default: 3 → 40, +10
+    /// Points for a request from outside the home networks, by the distinct foreign
+    /// networks the credential was used from in the window. Default: 2 → 40, +10
     /// per extra network.
     ///
-    /// A credential lives in one deployment, which egresses through one or two
-    /// networks; a third network within the hour means the credential has left its
-    /// deployment (copied, shared or stolen). With [`super::NewNetwork`] (30) the
-    /// first such request reaches 70 (step-up for a bearer token), the next network
-    /// 80 (block that network).
+    /// A credential lives in one deployment. One new network is a deployment
+    /// growing (a new node pool, a new subnet) and is left alone; a second one
+    /// within the hour means the credential has left its deployment (copied,
+    /// shared or stolen). With [`super::NewNetwork`] (30) such a request reaches 70
+    /// (step-up for a bearer token), the next network 80 (block that network).
     pub network_curve: Curve,
     /// Points for a request from outside the home networks, by distinct addresses
-    /// outside them. Default: 8 → 40, +10 per 4 more. Catches replay from many
-    /// addresses of one foreign network.
+    /// outside them, once they span at least two foreign networks. Default: 8 → 40,
+    /// +10 per 4 more. Thirty new pods in one new subnet are a scale-out; many
+    /// addresses over several foreign networks are copies.
     pub address_curve: Curve,
     /// Most credentials tracked. Default 100 000.
     pub capacity: usize,
@@ -45,9 +47,9 @@ impl Default for CredentialSpreadConfig {
     fn default() -> Self {
         Self {
             window: Duration::from_secs(3600),
-            home_networks: 2,
+            home_networks: 4,
             home_learning: Duration::from_secs(900),
-            network_curve: Curve::new(3, 40, 10, 1, 100),
+            network_curve: Curve::new(2, 40, 10, 1, 100),
             address_curve: Curve::new(8, 40, 10, 4, 100),
             capacity: 100_000,
         }
@@ -120,23 +122,27 @@ impl Signal for CredentialSpread {
             }
             Some(s.home.len())
         })?;
-        // Outside home: the credential's distinct networks are the client's home
-        // ones plus the foreign ones of the window.
+        // Outside home: the credential's foreign networks and addresses of the
+        // window.
         let key = f.credential_hash().unwrap_or(client);
         let (nets, addrs) = self.by_credential.update(key, now, Foreign::default, |s| {
             (
-                homes + s.networks.insert(nh, now, self.window),
+                s.networks.insert(nh, now, self.window),
                 s.addrs.insert(ah, now, self.window),
             )
         });
         let np = self.cfg.network_curve.points(nets);
-        let ap = self.cfg.address_curve.points(addrs);
+        let ap = if nets >= 2 {
+            self.cfg.address_curve.points(addrs)
+        } else {
+            0
+        };
         let points = np.max(ap);
         (points > 0).then(|| Points {
             points,
             key: RiskKey::Network(net),
             reason: Cow::Owned(format!(
-                "credential used from {nets} networks and {addrs} foreign addresses within the window"
+                "credential used from {nets} foreign networks and {addrs} foreign addresses within the window (home: {homes})"
             )),
         })
     }
@@ -208,19 +214,27 @@ mod tests {
     }
 
     #[test]
-    fn many_addresses_of_one_foreign_network_score() {
+    fn a_scale_out_into_one_new_network_is_left_alone_copies_over_two_are_not() {
         let h = KeyHasher::new();
-        let cfg = CredentialSpreadConfig {
-            home_networks: 1,
-            ..CredentialSpreadConfig::default()
-        };
-        let s = CredentialSpread::new(cfg);
-        assert_eq!(s.evaluate(&authed(&h, 0.0, "127.10.0.5", "app", "key")), None);
-        let mut last = None;
-        for i in 1..=8 {
-            last = s.evaluate(&authed(&h, 1000.0, &format!("127.99.0.{i}"), "app", "key"));
+        let s = CredentialSpread::new(CredentialSpreadConfig::default());
+        // Three availability zones' NAT networks learned as home.
+        for z in 0..3 {
+            assert_eq!(s.evaluate(&authed(&h, f64::from(z), &format!("127.10.{z}.5"), "app", "key")), None);
         }
-        assert_eq!(last.map(|p| p.points), Some(40));
+        // 30 new pods in a new subnet: one foreign network, however many addresses.
+        for i in 1..=30 {
+            let ip = format!("127.99.0.{i}");
+            assert_eq!(s.evaluate(&authed(&h, 1000.0, &ip, "app", "key")), None, "{ip}");
+        }
+        // The third zone is home: never scored.
+        assert_eq!(s.evaluate(&authed(&h, 1001.0, "127.10.2.5", "app", "key")), None);
+        // A second foreign network: copies. With 31 foreign addresses (counted up
+        // to 16) the address curve says more than the network count.
+        let p = s
+            .evaluate(&authed(&h, 1002.0, "127.98.0.1", "app", "key"))
+            .expect("a second foreign network");
+        assert_eq!((p.points, p.key.to_string()), (60, "net:127.98.0.0/24".to_string()));
+        assert!(p.reason.contains("2 foreign networks"), "{}", p.reason);
     }
 
     #[test]
