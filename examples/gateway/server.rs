@@ -90,6 +90,8 @@ pub(crate) fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
         "  for i in $(seq 150); do curl -s -o /dev/null -w '%{{http_code}} ' {base}/inventory/sku-$i -H 'X-API-Key: {}'; done; echo",
         app::DEMO_API_KEYS[0].1
     );
+    println!("  # why risk refused inventory-sync: each decision with its signals and points (scope admin)");
+    println!("  curl -s '{base}/admin/risk/decisions?client=inventory-sync' -H 'Authorization: Bearer {ops}'");
     println!("  # the least-privilege report (scope admin)");
     println!("  curl -s {base}/admin/clients -H 'Authorization: Bearer {ops}'");
     println!(
