@@ -518,7 +518,12 @@ async fn explains_the_walk(gw: &Gateway, method: &str) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let decisions = r.body["decisions"].as_array().expect("decisions");
     let actions: Vec<&str> = decisions.iter().filter_map(|d| d["action"].as_str()).collect();
-    assert_eq!(actions.first(), Some(&"block"), "{method}: newest first: {}", r.text);
+    assert_eq!(
+        actions.first(),
+        Some(&"block"),
+        "{method}: newest first: {}",
+        r.text
+    );
     assert_eq!(actions.last(), Some(&"throttle"), "{method}: {}", r.text);
     for d in decisions {
         assert_eq!(d["client"], "inventory-sync");
@@ -532,7 +537,9 @@ async fn explains_the_walk(gw: &Gateway, method: &str) {
             .unwrap_or_else(|| panic!("no enumeration signal in {d}"));
         assert!(enumeration["points"].as_u64().is_some_and(|p| p >= 40), "{d}");
         assert!(
-            enumeration["reason"].as_str().is_some_and(|r| r.contains("identifiers")),
+            enumeration["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("identifiers")),
             "{d}"
         );
     }
@@ -540,9 +547,19 @@ async fn explains_the_walk(gw: &Gateway, method: &str) {
     assert_eq!(r.body["active"][0]["action"], "block");
     // The same by key; another client has none; bad queries are 400.
     let r = gw
-        .send("GET", "/admin/risk/decisions?key=client:inventory-sync&limit=1", ops, peer)
+        .send(
+            "GET",
+            "/admin/risk/decisions?key=client:inventory-sync&limit=1",
+            ops,
+            peer,
+        )
         .await;
-    assert_eq!(r.body["decisions"].as_array().map(Vec::len), Some(1), "{}", r.text);
+    assert_eq!(
+        r.body["decisions"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.text
+    );
     let r = gw
         .send("GET", "/admin/risk/decisions?client=reporting-bot", ops, peer)
         .await;

@@ -1,4 +1,5 @@
-//! The abuse scenario suite, through the demo gateway's whole stack: honest traffic
+//! The abuse scenario suite, through the demo gateway's whole stack served on a
+//! loopback port and called from many loopback source addresses: honest traffic
 //! shapes that must be left alone and attacks that must be stopped, each as its own
 //! scenario on a manual clock, with honest background traffic throughout.
 //!
@@ -19,6 +20,7 @@
 #[path = "../examples/gateway/app.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod app;
+mod common;
 #[path = "../examples/gateway/config.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod config;
@@ -78,11 +80,26 @@ async fn sole_reserver() -> Report {
     let mut t = START;
     let mut item = 1u64;
     while t < end {
-        reqs.push(Req::new(t, Role::Benign, ip, "POST", format!("/inventory/{item}/reserve"), cred.clone()));
+        reqs.push(Req::new(
+            t,
+            Role::Benign,
+            ip,
+            "POST",
+            format!("/inventory/{item}/reserve"),
+            cred.clone(),
+        ));
         item += 1;
         t += 1.5 + rng.unit();
     }
-    simulate(&mut w, "honest: sole reserver of a scarce route, 1 item / 2 s", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "honest: sole reserver of a scarce route, 1 item / 2 s",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 /// 2. A fleet scaling out: one client's key used from 2 pods, then from 30 new
@@ -100,14 +117,26 @@ async fn fleet_scale_out() -> Report {
         } else {
             Ipv4Addr::new(127, 21, 1, pod + 1)
         };
-        let mut t = if pod < 2 { rng.unit() * 5.0 } else { START + rng.unit() * 60.0 };
+        let mut t = if pod < 2 {
+            rng.unit() * 5.0
+        } else {
+            START + rng.unit() * 60.0
+        };
         while t < end {
             let path = format!("/inventory/{}", 500 + rng.below(50));
             reqs.push(Req::new(t, Role::Benign, ip, "GET", path, cred.clone()));
             t += if pod < 2 { 5.0 } else { 0.7 + rng.unit() * 0.6 };
         }
     }
-    simulate(&mut w, "honest: fleet scaling out, 30 new pods in a new /24", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "honest: fleet scaling out, 30 new pods in a new /24",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 /// 3. A nightly batch: a request a minute, then 400 items read in 4 seconds (100/s,
@@ -128,9 +157,24 @@ async fn nightly_batch() -> Report {
     }
     for k in 0..400u32 {
         let at = START + f64::from(k) * 0.01;
-        reqs.push(Req::new(at, Role::Benign, ip, "GET", format!("/inventory/{}", 2_000 + k), cred.clone()));
+        reqs.push(Req::new(
+            at,
+            Role::Benign,
+            ip,
+            "GET",
+            format!("/inventory/{}", 2_000 + k),
+            cred.clone(),
+        ));
     }
-    simulate(&mut w, "honest: nightly batch, 400 items in 4 s", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "honest: nightly batch, 400 items in 4 s",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 /// 4. Twelve clients behind one NAT address, each steady with bursts of 20 now
@@ -138,7 +182,9 @@ async fn nightly_batch() -> Report {
 async fn behind_one_nat() -> Report {
     let (_, shape) = lengths();
     let end = START + shape;
-    let natted: Vec<Client> = (0..12).map(|i| Client::new(format!("nat-{i}"), "standard")).collect();
+    let natted: Vec<Client> = (0..12)
+        .map(|i| Client::new(format!("nat-{i}"), "standard"))
+        .collect();
     let creds: Vec<Cred> = natted.iter().map(key).collect();
     let (mut w, mut reqs, mut rng) = world(14, end, natted).await;
     let nat = Ipv4Addr::new(127, 23, 0, 1);
@@ -146,24 +192,56 @@ async fn behind_one_nat() -> Report {
         let base = 1 + i as u64 * 100;
         let mut t = rng.unit() * 5.0;
         while t < end {
-            reqs.push(Req::new(t, Role::Benign, nat, "GET", format!("/inventory/{}", base + rng.below(30)), cred.clone()));
+            reqs.push(Req::new(
+                t,
+                Role::Benign,
+                nat,
+                "GET",
+                format!("/inventory/{}", base + rng.below(30)),
+                cred.clone(),
+            ));
             t += 3.0 + rng.unit() * 4.0;
         }
         let mut b = START + rng.unit() * 120.0;
         while b < end {
             for k in 0..20 {
                 let path = format!("/inventory/{}", base + rng.below(30));
-                reqs.push(Req::new(b + f64::from(k) * 0.05, Role::Benign, nat, "GET", path, cred.clone()));
+                reqs.push(Req::new(
+                    b + f64::from(k) * 0.05,
+                    Role::Benign,
+                    nat,
+                    "GET",
+                    path,
+                    cred.clone(),
+                ));
             }
             b += 180.0 + rng.unit() * 120.0;
         }
     }
     let mut t = START;
     while t < end {
-        reqs.push(Req::new(t, Role::Benign, nat, "GET", "/orders", Cred::Key("nhik_sim_nat-old_key".into())).invalid());
+        reqs.push(
+            Req::new(
+                t,
+                Role::Benign,
+                nat,
+                "GET",
+                "/orders",
+                Cred::Key("nhik_sim_nat-old_key".into()),
+            )
+            .invalid(),
+        );
         t += 60.0;
     }
-    simulate(&mut w, "honest: 12 clients behind one NAT address, one with a stale key", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "honest: 12 clients behind one NAT address, one with a stale key",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 /// 5. A restarting client: tokens refreshed every 10 minutes; after a restart it
@@ -186,7 +264,17 @@ async fn restart_with_expired_token() -> Report {
             let expired = w.mint(t - 700.0, 600);
             for k in 0..5 {
                 let at = t + f64::from(k);
-                reqs.push(Req::new(at, Role::Benign, ip, "GET", "/orders", Cred::Token(expired.clone())).invalid());
+                reqs.push(
+                    Req::new(
+                        at,
+                        Role::Benign,
+                        ip,
+                        "GET",
+                        "/orders",
+                        Cred::Token(expired.clone()),
+                    )
+                    .invalid(),
+                );
             }
             t += 6.0;
             token = w.mint(t, 600);
@@ -197,10 +285,25 @@ async fn restart_with_expired_token() -> Report {
             token = w.mint(t, 600);
             minted_at = t;
         }
-        reqs.push(Req::new(t, Role::Benign, ip, "GET", "/orders", Cred::Token(token.clone())));
+        reqs.push(Req::new(
+            t,
+            Role::Benign,
+            ip,
+            "GET",
+            "/orders",
+            Cred::Token(token.clone()),
+        ));
         t += 2.0;
     }
-    simulate(&mut w, "honest: restart, 5 retries with an expired token, then a fresh one", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "honest: restart, 5 retries with an expired token, then a fresh one",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 /// 6. An upstream outage of 60 s (every answer 503) while ten clients keep
@@ -209,7 +312,9 @@ async fn restart_with_expired_token() -> Report {
 async fn retry_after_outage() -> Report {
     let (_, shape) = lengths();
     let end = START + shape;
-    let retriers: Vec<Client> = (0..10).map(|i| Client::new(format!("retry-{i}"), "standard")).collect();
+    let retriers: Vec<Client> = (0..10)
+        .map(|i| Client::new(format!("retry-{i}"), "standard"))
+        .collect();
     let creds: Vec<Cred> = retriers.iter().map(key).collect();
     let (mut w, mut reqs, mut rng) = world(16, end, retriers).await;
     let outage = (START, START + 60.0);
@@ -220,16 +325,35 @@ async fn retry_after_outage() -> Report {
         while t < end {
             let during = (outage.0..outage.1).contains(&t);
             let method = if rng.below(4) == 0 { "POST" } else { "GET" };
-            let path = if method == "POST" { "/orders".to_owned() } else { format!("/inventory/{}", base + rng.below(20)) };
+            let path = if method == "POST" {
+                "/orders".to_owned()
+            } else {
+                format!("/inventory/{}", base + rng.below(20))
+            };
             reqs.push(Req::new(t, Role::Benign, ip, method, path, cred.clone()));
             t += if during { 1.0 } else { 4.0 + rng.unit() * 2.0 };
         }
         for k in 0..30 {
             let at = outage.1 + 0.5 + f64::from(k) * 0.1 + rng.unit() * 0.05;
-            reqs.push(Req::new(at, Role::Benign, ip, "GET", format!("/inventory/{}", base + rng.below(20)), cred.clone()));
+            reqs.push(Req::new(
+                at,
+                Role::Benign,
+                ip,
+                "GET",
+                format!("/inventory/{}", base + rng.below(20)),
+                cred.clone(),
+            ));
         }
     }
-    simulate(&mut w, "honest: retry burst after a 60 s upstream outage", reqs, START, Some(outage), none).await
+    simulate(
+        &mut w,
+        "honest: retry burst after a 60 s upstream outage",
+        reqs,
+        START,
+        Some(outage),
+        none,
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------
@@ -247,11 +371,26 @@ async fn stuffing_few_addresses() -> Report {
         let mut t = START + f64::from(a) * 0.07;
         while t < end {
             n += 1;
-            reqs.push(Req::new(t, Role::Attack, ip, "GET", "/orders", Cred::Key(format!("nhik_guess_{n:08}"))));
+            reqs.push(Req::new(
+                t,
+                Role::Attack,
+                ip,
+                "GET",
+                "/orders",
+                Cred::Key(format!("nhik_guess_{n:08}")),
+            ));
             t += 0.2;
         }
     }
-    simulate(&mut w, "attack: stuffing from 3 addresses, 15 guesses/s", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "attack: stuffing from 3 addresses, 15 guesses/s",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 /// Stuffing spread thin: `addresses` addresses in `networks` /24 networks, about
@@ -266,8 +405,20 @@ async fn stuffing_spread(networks: u64, addresses: u64) -> Report {
     while t < end {
         n += 1;
         let net = rng.below(networks);
-        let ip = Ipv4Addr::new(127, 70 + (net / 200) as u8, (net % 200) as u8, 1 + rng.below(per_network) as u8);
-        reqs.push(Req::new(t, Role::Attack, ip, "GET", "/orders", Cred::Key(format!("nhik_guess_{n:08}"))));
+        let ip = Ipv4Addr::new(
+            127,
+            70 + (net / 200) as u8,
+            (net % 200) as u8,
+            1 + rng.below(per_network) as u8,
+        );
+        reqs.push(Req::new(
+            t,
+            Role::Attack,
+            ip,
+            "GET",
+            "/orders",
+            Cred::Key(format!("nhik_guess_{n:08}")),
+        ));
         t += 0.05 * (0.5 + rng.unit());
     }
     let stretch = networks > 10;
@@ -304,7 +455,17 @@ async fn stolen_token() -> Report {
         }
         let mut t = k + 1.0;
         while t < (k + 600.0).min(end + 60.0) {
-            reqs.push(Req::new(t, Role::Benign, home, "GET", "/orders", Cred::Token(token.clone())).actor(1));
+            reqs.push(
+                Req::new(
+                    t,
+                    Role::Benign,
+                    home,
+                    "GET",
+                    "/orders",
+                    Cred::Token(token.clone()),
+                )
+                .actor(1),
+            );
             t += 3.0;
         }
         k += 600.0;
@@ -313,22 +474,46 @@ async fn stolen_token() -> Report {
         let ip = Ipv4Addr::new(127, 90 + i / 8, 10 + (i % 8) * 20, 1 + i);
         let mut t = START + rng.unit() * 8.0;
         while t < end {
-            reqs.push(Req::new(t, Role::Attack, ip, "GET", format!("/inventory/{}", 1 + rng.below(9_000)), Cred::Token(stolen.clone())));
+            reqs.push(Req::new(
+                t,
+                Role::Attack,
+                ip,
+                "GET",
+                format!("/inventory/{}", 1 + rng.below(9_000)),
+                Cred::Token(stolen.clone()),
+            ));
             t += 6.0 + rng.unit() * 4.0;
         }
     }
     let mut fresh: Option<String> = None;
-    simulate(&mut w, "attack: stolen token replayed from 40 networks, owner working", reqs, START, None, |w, r, a| {
-        // The owner answers an RFC 9470 challenge by fetching a fresh token, and
-        // keeps using it.
-        if r.role == Role::Benign && r.actor == 1 && a.step_up() {
-            let token = w.mint(r.at, 600);
-            fresh = Some(token.clone());
-            return vec![Req::new(r.at + 0.2, Role::Benign, r.ip, r.method, r.path.clone(), Cred::Token(token)).actor(2)];
-        }
-        let _ = &fresh;
-        Vec::new()
-    })
+    simulate(
+        &mut w,
+        "attack: stolen token replayed from 40 networks, owner working",
+        reqs,
+        START,
+        None,
+        |w, r, a| {
+            // The owner answers an RFC 9470 challenge by fetching a fresh token, and
+            // keeps using it.
+            if r.role == Role::Benign && r.actor == 1 && a.step_up() {
+                let token = w.mint(r.at, 600);
+                fresh = Some(token.clone());
+                return vec![
+                    Req::new(
+                        r.at + 0.2,
+                        Role::Benign,
+                        r.ip,
+                        r.method,
+                        r.path.clone(),
+                        Cred::Token(token),
+                    )
+                    .actor(2),
+                ];
+            }
+            let _ = &fresh;
+            Vec::new()
+        },
+    )
     .await
 }
 
@@ -354,7 +539,15 @@ async fn stolen_api_key() -> Report {
             t += 8.0 + rng.unit() * 4.0;
         }
     }
-    simulate(&mut w, "attack: stolen API key replayed from 50 networks, owner working", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "attack: stolen API key replayed from 50 networks, owner working",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 /// A partner that read 10 of its items every 30 s walks the catalogue at 5 items
@@ -364,11 +557,23 @@ async fn scraping(sequential: bool, method: &'static str) -> Report {
     let end = START + attack;
     let partner = Client::new("partner", "standard");
     let cred = key(&partner);
-    let (mut w, mut reqs, mut rng) = world(30 + u64::from(sequential) + u64::from(method == "HEAD") * 2, end + 60.0, vec![partner]).await;
+    let (mut w, mut reqs, mut rng) = world(
+        30 + u64::from(sequential) + u64::from(method == "HEAD") * 2,
+        end + 60.0,
+        vec![partner],
+    )
+    .await;
     let ip = Ipv4Addr::new(127, 28, 0, 1);
     let mut t = 5.0;
     while t < START {
-        reqs.push(Req::new(t, Role::Benign, ip, "GET", format!("/inventory/{}", 700 + rng.below(10)), cred.clone()));
+        reqs.push(Req::new(
+            t,
+            Role::Benign,
+            ip,
+            "GET",
+            format!("/inventory/{}", 700 + rng.below(10)),
+            cred.clone(),
+        ));
         t += 30.0;
     }
     let mut id = 1u64;
@@ -376,7 +581,14 @@ async fn scraping(sequential: bool, method: &'static str) -> Report {
     while t < end {
         let item = if sequential { id } else { 1 + rng.below(1_000_000) };
         id += 1;
-        reqs.push(Req::new(t, Role::Attack, ip, method, format!("/inventory/{item}"), cred.clone()));
+        reqs.push(Req::new(
+            t,
+            Role::Attack,
+            ip,
+            method,
+            format!("/inventory/{item}"),
+            cred.clone(),
+        ));
         t += 0.2;
     }
     let name = format!(
@@ -392,7 +604,9 @@ async fn hoarding() -> Report {
     let (attack, _) = lengths();
     let end = START + attack;
     let hoarder = Client::new("hoarder", "standard");
-    let buyers: Vec<Client> = (0..3).map(|i| Client::new(format!("buyer-{i}"), "standard")).collect();
+    let buyers: Vec<Client> = (0..3)
+        .map(|i| Client::new(format!("buyer-{i}"), "standard"))
+        .collect();
     let bcreds: Vec<Cred> = buyers.iter().map(key).collect();
     let cred = key(&hoarder);
     let mut extra = buyers;
@@ -402,7 +616,14 @@ async fn hoarding() -> Report {
         let ip = Ipv4Addr::new(127, 29, 0, i as u8 + 1);
         let mut t = rng.unit() * 120.0;
         while t < end + 60.0 {
-            reqs.push(Req::new(t, Role::Benign, ip, "POST", format!("/inventory/{}/reserve", 1 + rng.below(5_000)), c.clone()));
+            reqs.push(Req::new(
+                t,
+                Role::Benign,
+                ip,
+                "POST",
+                format!("/inventory/{}/reserve", 1 + rng.below(5_000)),
+                c.clone(),
+            ));
             t += 60.0 + rng.unit() * 120.0;
         }
     }
@@ -415,11 +636,26 @@ async fn hoarding() -> Report {
     let mut item = 5_001u64;
     let mut t = START;
     while t < end {
-        reqs.push(Req::new(t, Role::Attack, ip, "POST", format!("/inventory/{item}/reserve"), cred.clone()));
+        reqs.push(Req::new(
+            t,
+            Role::Attack,
+            ip,
+            "POST",
+            format!("/inventory/{item}/reserve"),
+            cred.clone(),
+        ));
         item += 1;
         t += 0.1;
     }
-    simulate(&mut w, "attack: hoarding, 10 distinct scarce items/s", reqs, START, None, none).await
+    simulate(
+        &mut w,
+        "attack: hoarding, 10 distinct scarce items/s",
+        reqs,
+        START,
+        None,
+        none,
+    )
+    .await
 }
 
 #[tokio::test]

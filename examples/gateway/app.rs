@@ -11,10 +11,10 @@ use axum::http::{StatusCode, header};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use nhi_guard::core::registry::{ClientRecord, Inventory, Tier};
 use nhi_guard::core::risk_store::RiskKey;
 use nhi_guard::core::{ScopeSet, rfc3339};
 use nhi_guard::risk::RiskOperator;
-use nhi_guard::core::registry::{ClientRecord, Inventory, Tier};
 use nhi_guard::scope::report::ReportService;
 use serde_json::{Value, json};
 
@@ -171,7 +171,10 @@ fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode,
             Json(json!({ "title": "Bad Request", "status": 400, "detail": detail })),
         )
     };
-    if let Some(name) = query.keys().find(|k| !matches!(k.as_str(), "client" | "key" | "limit")) {
+    if let Some(name) = query
+        .keys()
+        .find(|k| !matches!(k.as_str(), "client" | "key" | "limit"))
+    {
         return bad(format!("unknown parameter {name:?}: use client, key or limit"));
     }
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
@@ -183,7 +186,11 @@ fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode,
         (Some(client), None) => risk.explain_client(client),
         (None, Some(key)) => match RiskKey::parse(key) {
             Some(key) => risk.explain_key(&key),
-            None => return bad(format!("{key:?} is not a risk key (addr:IP, net:CIDR, cred:…, client:ID)")),
+            None => {
+                return bad(format!(
+                    "{key:?} is not a risk key (addr:IP, net:CIDR, cred:…, client:ID)"
+                ));
+            }
         },
         (None, None) => risk.recent_decisions(),
         (Some(_), Some(_)) => return bad("give client or key, not both".into()),
@@ -225,7 +232,10 @@ fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode,
             })
         })
         .collect();
-    (StatusCode::OK, Json(json!({ "decisions": decisions, "active": active })))
+    (
+        StatusCode::OK,
+        Json(json!({ "decisions": decisions, "active": active })),
+    )
 }
 
 /// The demo routes.

@@ -91,7 +91,9 @@ pub(crate) fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
         app::DEMO_API_KEYS[0].1
     );
     println!("  # why risk refused inventory-sync: each decision with its signals and points (scope admin)");
-    println!("  curl -s '{base}/admin/risk/decisions?client=inventory-sync' -H 'Authorization: Bearer {ops}'");
+    println!(
+        "  curl -s '{base}/admin/risk/decisions?client=inventory-sync' -H 'Authorization: Bearer {ops}'"
+    );
     println!("  # the least-privilege report (scope admin)");
     println!("  curl -s {base}/admin/clients -H 'Authorization: Bearer {ops}'");
     println!(

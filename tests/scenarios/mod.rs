@@ -1,32 +1,39 @@
 //! The traffic simulator behind `tests/risk_scenarios.rs`: the demo gateway's own
 //! stack (`examples/gateway/guard.rs`: address limit, failure limit, identity with
 //! the demo issuer's tokens and API keys, per-client limit, scope, risk, audit) in
-//! front of the gateway's routes, driven in-process on a manual clock by
-//! time-ordered requests from many loopback source addresses (127.0.0.0/8).
+//! front of the gateway's routes, served by `axum::serve` on a loopback port with
+//! each connection's peer address, and called over HTTP/1.1 by hyper clients whose
+//! connections leave from many loopback source addresses (127.0.0.0/8).
 //!
-//! Every request goes through the whole stack as the server would run it; only time
-//! is simulated, so minutes of traffic take a second and every run is the same.
+//! Requests are sent one at a time in time order, and the manual clock of every
+//! control is set to each request's time before it is sent: minutes of traffic
+//! take seconds and every run is the same.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use axum::Router;
+use std::collections::HashMap;
+
 use axum::response::IntoResponse;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use nhi_guard::core::address::PeerAddr;
+use http::{HeaderValue, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
 use nhi_guard::core::clock::ManualClock;
 use nhi_guard::core::registry::{ClientRecord, InMemoryRegistry, Inventory, Tier};
-use nhi_guard::core::{Control, Denial, ScopeSet};
+use nhi_guard::core::{Denial, ScopeSet};
 use serde_json::json;
-use tower::ServiceExt;
 
+use crate::common::{HttpClient, Server, http_client};
 use crate::{app, config, guard};
+
+/// The response header in which the test server names the control that refused a
+/// request and why (`risk/risk_blocked`), read from the response's `Denial`: a
+/// `HEAD` answer has no problem body to read it from.
+const DENIED_BY: &str = "x-scenario-denied-by";
 
 /// Simulated time of the first request: a fixed instant, so every run is the same.
 pub const T0: u64 = 1_900_000_000;
@@ -68,7 +75,14 @@ pub struct Req {
 }
 
 impl Req {
-    pub fn new(at: f64, role: Role, ip: Ipv4Addr, method: &'static str, path: impl Into<String>, cred: Cred) -> Self {
+    pub fn new(
+        at: f64,
+        role: Role,
+        ip: Ipv4Addr,
+        method: &'static str,
+        path: impl Into<String>,
+        cred: Cred,
+    ) -> Self {
         Self {
             at,
             role,
@@ -96,19 +110,21 @@ impl Req {
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: StatusCode,
-    /// The control that refused it, and why.
-    pub denial: Option<(Control, &'static str)>,
+    /// The control that refused it and why: `risk/risk_blocked`.
+    pub denial: Option<String>,
 }
 
 impl Answer {
     /// Refused by a guard control before or instead of the application, other than
     /// identity's verdict on the credential itself.
     pub fn stopped(&self) -> bool {
-        self.denial.is_some_and(|(c, _)| c != Control::Identity)
+        self.denial
+            .as_deref()
+            .is_some_and(|d| !d.starts_with("identity/"))
     }
 
     pub fn step_up(&self) -> bool {
-        self.denial.is_some_and(|(c, r)| c == Control::Risk && r == "step_up_required")
+        self.denial.as_deref() == Some("risk/step_up_required")
     }
 }
 
@@ -130,10 +146,14 @@ impl Client {
     }
 }
 
-/// The scenario world: the gateway's stack on a manual clock.
+/// The scenario world: the gateway's stack on a manual clock, served on a loopback
+/// port.
 pub struct World {
     pub clock: ManualClock,
-    router: Router,
+    server: Server,
+    base: String,
+    /// One client per source address (its keep-alive connection leaves from it).
+    clients: HashMap<Ipv4Addr, HttpClient>,
     guard: guard::Guard,
     outage: Arc<AtomicBool>,
     audience: String,
@@ -150,7 +170,8 @@ impl World {
         let config = config::from_lookup(|_| None).expect("default config");
         let clock = ManualClock::at(UNIX_EPOCH + Duration::from_secs(T0));
         let expires = UNIX_EPOCH + Duration::from_secs(T0 + 365 * 86_400);
-        let scopes = ScopeSet::parse("orders:read orders:write inventory:read inventory:write").expect("scopes");
+        let scopes =
+            ScopeSet::parse("orders:read orders:write inventory:read inventory:write").expect("scopes");
         let mut inv = Inventory::builder()
             .tier(
                 "standard",
@@ -168,12 +189,17 @@ impl World {
             );
         for c in clients.iter().chain([&Client::new("svc-token", "standard")]) {
             inv = inv.client(
-                ClientRecord::builder(c.id.as_str(), "team@example.com", "simulated integration", expires)
-                    .scopes(scopes.clone())
-                    .tier(c.tier)
-                    .api_key(&c.key)
-                    .build()
-                    .expect("record"),
+                ClientRecord::builder(
+                    c.id.as_str(),
+                    "team@example.com",
+                    "simulated integration",
+                    expires,
+                )
+                .scopes(scopes.clone())
+                .tier(c.tier)
+                .api_key(&c.key)
+                .build()
+                .expect("record"),
             );
         }
         let registry = Arc::new(InMemoryRegistry::new(inv.build().expect("inventory")));
@@ -207,10 +233,25 @@ impl World {
                     }
                 },
             ))
-            .layer(guard.layer.clone());
+            .layer(guard.layer.clone())
+            .layer(axum::middleware::map_response(
+                |mut res: axum::response::Response| async move {
+                    let by = res
+                        .extensions()
+                        .get::<Denial>()
+                        .map(|d| format!("{}/{}", d.control(), d.reason()));
+                    if let Some(v) = by.and_then(|b| HeaderValue::from_str(&b).ok()) {
+                        res.headers_mut().insert(DENIED_BY, v);
+                    }
+                    res
+                },
+            ));
+        let server = Server::start(router).await;
         Self {
             clock,
-            router,
+            base: server.base(),
+            server,
+            clients: HashMap::new(),
             guard,
             outage,
             audience: config.audience.clone(),
@@ -241,19 +282,30 @@ impl World {
         }))
     }
 
-    /// Sends one request at its time.
-    pub async fn send(&self, r: &Req) -> Answer {
+    /// Sends one request at its time, from its source address.
+    pub async fn send(&mut self, r: &Req) -> Answer {
         self.set_time(r.at);
-        let mut b = Request::builder().method(r.method).uri(&r.path);
+        let mut b = Request::builder()
+            .method(r.method)
+            .uri(format!("{}{}", self.base, r.path));
         b = match &r.cred {
             Cred::Key(k) => b.header("x-api-key", k),
             Cred::Token(t) => b.header("authorization", format!("Bearer {t}")),
         };
-        let mut req = b.body(axum::body::Body::empty()).expect("request");
-        req.extensions_mut()
-            .insert(PeerAddr(SocketAddr::new(r.ip.into(), 40_000)));
-        let res = self.router.clone().oneshot(req).await.expect("infallible");
-        let denial = res.extensions().get::<Denial>().map(|d| (d.control(), d.reason()));
+        let req = b.body(Empty::new()).expect("request");
+        let client = self
+            .clients
+            .entry(r.ip)
+            .or_insert_with(|| http_client(Some(r.ip.into())));
+        let res = client
+            .request(req)
+            .await
+            .unwrap_or_else(|e| panic!("{} {} from {}: {e}", r.method, r.path, r.ip));
+        let denial = res
+            .headers()
+            .get(DENIED_BY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let status = res.status();
         let _ = res.into_body().collect().await;
         Answer { status, denial }
@@ -408,13 +460,16 @@ pub async fn simulate(
         let down = outage.is_some_and(|(from, to)| (from..to).contains(&r.at));
         world.outage.store(down, Ordering::Relaxed);
         let a = world.send(&r).await;
-        let label = a.denial.map(|(c, reason)| format!("{c}/{reason}"));
+        let label = a.denial.clone();
         match r.role {
             Role::Attack => {
                 report.attack_total += 1;
                 let after = r.at >= attack_start + WINDOW;
                 if a.stopped() {
-                    *report.stopped_by.entry(label.clone().unwrap_or_default()).or_default() += 1;
+                    *report
+                        .stopped_by
+                        .entry(label.clone().unwrap_or_default())
+                        .or_default() += 1;
                     report.first_stop.get_or_insert(r.at - attack_start);
                 }
                 if after {
@@ -422,7 +477,13 @@ pub async fn simulate(
                     if a.stopped() {
                         report.after_window_stopped += 1;
                     } else if debug {
-                        eprintln!("{name}: passed t={:.1} ip={} {} {}", r.at - attack_start, r.ip, r.path, a.status);
+                        eprintln!(
+                            "{name}: passed t={:.1} ip={} {} {}",
+                            r.at - attack_start,
+                            r.ip,
+                            r.path,
+                            a.status
+                        );
                     }
                 }
             }
@@ -431,9 +492,15 @@ pub async fn simulate(
                 let refused = a.stopped() || (a.denial.is_some() && !r.invalid);
                 if refused {
                     report.benign_refused += 1;
-                    *report.benign_refused_by.entry(label.unwrap_or_default()).or_default() += 1;
+                    *report
+                        .benign_refused_by
+                        .entry(label.unwrap_or_default())
+                        .or_default() += 1;
                     if debug {
-                        eprintln!("{name}: benign refused t={:.1} ip={} {} {:?}", r.at, r.ip, r.path, a.denial);
+                        eprintln!(
+                            "{name}: benign refused t={:.1} ip={} {} {:?}",
+                            r.at, r.ip, r.path, a.denial
+                        );
                     }
                 }
                 if a.step_up() {
@@ -465,7 +532,14 @@ pub fn background(n: usize, end: f64, period: f64, rng: &mut Rng) -> (Vec<Client
             } else {
                 format!("/inventory/{}", 1 + i as u64 * 37 + rng.below(10))
             };
-            reqs.push(Req::new(t, Role::Benign, ip, "GET", path, Cred::Key(c.key.clone())));
+            reqs.push(Req::new(
+                t,
+                Role::Benign,
+                ip,
+                "GET",
+                path,
+                Cred::Key(c.key.clone()),
+            ));
             t += period * (0.5 + rng.unit());
         }
         clients.push(c);

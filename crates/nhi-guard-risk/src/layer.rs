@@ -11,9 +11,9 @@ use nhi_guard_core::risk_store::RiskStore;
 use nhi_guard_core::{ClientAddrResolver, SharedClock, SystemClock};
 use tower_layer::Layer;
 
-use crate::explain::DecisionLog;
 use crate::engine::{Cooldowns, Engine, Mode, Shared, SharedLimits, Thresholds};
 use crate::error::ConfigError;
+use crate::explain::DecisionLog;
 use crate::operator::RiskOperator;
 use crate::route::{Route, RouteTable};
 use crate::service::{Risk, RiskEdge};

@@ -11,9 +11,11 @@ use http::{Request, Response, StatusCode};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use nhi_guard_core::clock::ManualClock;
-use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, RISK_SIGNALS_TOTAL, SHADOW_DENIALS_TOTAL};
-use nhi_guard_core::risk_store::{RiskKey, StickyAction};
+use nhi_guard_core::metrics::{
+    DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, RISK_SIGNALS_TOTAL, SHADOW_DENIALS_TOTAL,
+};
 use nhi_guard_core::registry::ClientRecord;
+use nhi_guard_core::risk_store::{RiskKey, StickyAction};
 use nhi_guard_core::{ClientAddr, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier};
 use nhi_guard_risk::{Mode, RiskLayer};
 use nhi_guard_testkit::metrics::Snapshot;
@@ -121,7 +123,12 @@ async fn decisions_scores_and_refusals_are_counted() {
     let d = &explained[0];
     assert_eq!(
         (d.action, d.enforced, d.score, &d.key),
-        (StickyAction::Block, true, 100, &RiskKey::address("192.0.2.2".parse().expect("ip")))
+        (
+            StickyAction::Block,
+            true,
+            100,
+            &RiskKey::address("192.0.2.2".parse().expect("ip"))
+        )
     );
     assert_eq!(d.address, Some("192.0.2.2".parse().expect("ip")));
     assert_eq!(d.client.as_ref().map(|c| c.as_str()), Some("app"));
@@ -145,7 +152,10 @@ async fn decisions_scores_and_refusals_are_counted() {
     // A log of 0 keeps nothing.
     let silent = layer(Mode::Enforce).decision_log(0);
     dial.set(100);
-    assert_eq!(status!(silent, request(&clock, "192.0.2.9")), StatusCode::FORBIDDEN);
+    assert_eq!(
+        status!(silent, request(&clock, "192.0.2.9")),
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(silent.operator().recent_decisions(), []);
     match seen.get(MetricKind::Histogram, RISK_SCORE, &[]) {
         Some(DebugValue::Histogram(v)) => {

@@ -150,7 +150,9 @@ impl AuthFailureVelocity {
         let on = u64::from(current) >= u64::from(self.cfg.wave_min)
             && u64::from(current) >= usual.max(1) * u64::from(self.cfg.wave_factor);
         if on {
-            self.wave.until.fetch_max(now.saturating_add(w), Ordering::Relaxed);
+            self.wave
+                .until
+                .fetch_max(now.saturating_add(w), Ordering::Relaxed);
         } else if self.wave.until.load(Ordering::Relaxed) <= now {
             // The usual rate learns only outside waves, so a long wave does not
             // become the norm.
@@ -325,8 +327,13 @@ mod tests {
             let ip = format!("2001:db8:7:{i:x}::1");
             s.observe(&failed(&h, f64::from(i) * 10.0, &ip, &format!("k{i}")), ok());
         }
-        let p = s.evaluate(&facts(&h, 300.0, "2001:db8:7:ffff::9")).expect("points");
-        assert_eq!((p.points, p.key.to_string()), (80, "net:2001:db8:7::/48".to_string()));
+        let p = s
+            .evaluate(&facts(&h, 300.0, "2001:db8:7:ffff::9"))
+            .expect("points");
+        assert_eq!(
+            (p.points, p.key.to_string()),
+            (80, "net:2001:db8:7::/48".to_string())
+        );
         assert_eq!(s.evaluate(&facts(&h, 300.0, "2001:db8:8::1")), None);
     }
 
@@ -372,7 +379,10 @@ mod tests {
         for i in 0..5 {
             s.observe(&failed(&h, 1.0, "127.0.0.4", &format!("g{i}")), ok());
         }
-        assert_eq!(s.evaluate(&facts(&h, 2.0, "127.0.0.4")).map(|p| p.points), Some(40));
+        assert_eq!(
+            s.evaluate(&facts(&h, 2.0, "127.0.0.4")).map(|p| p.points),
+            Some(40)
+        );
         // Throttled at the edge, it keeps sending: each refused attempt counts.
         let refused = Outcome {
             status: http::StatusCode::TOO_MANY_REQUESTS,
@@ -381,7 +391,10 @@ mod tests {
         for _ in 0..10 {
             s.observe(&facts(&h, 3.0, "127.0.0.4"), refused);
         }
-        assert_eq!(s.evaluate(&facts(&h, 4.0, "127.0.0.4")).map(|p| p.points), Some(80));
+        assert_eq!(
+            s.evaluate(&facts(&h, 4.0, "127.0.0.4")).map(|p| p.points),
+            Some(80)
+        );
         // A verified client refused by the inner half is not a failed login.
         s.observe(&authed(&h, 3.0, "127.0.0.5", "c", "k"), refused);
         assert_eq!(s.evaluate(&facts(&h, 4.0, "127.0.0.5")), None);
@@ -405,10 +418,18 @@ mod tests {
         // A wave: 100 failures in a minute spread over 100 networks, one each.
         for i in 0..100u32 {
             let ip = format!("127.50.{i}.1");
-            s.observe(&failed(&h, 3_011.0 + f64::from(i) * 0.5, &ip, &format!("w{i}")), ok());
+            s.observe(
+                &failed(&h, 3_011.0 + f64::from(i) * 0.5, &ip, &format!("w{i}")),
+                ok(),
+            );
         }
-        let p = s.evaluate(&facts(&h, 3_062.0, "127.2.0.9")).expect("the network scores during the wave");
-        assert_eq!((p.points, p.key.to_string()), (60, "net:127.2.0.0/24".to_string()));
+        let p = s
+            .evaluate(&facts(&h, 3_062.0, "127.2.0.9"))
+            .expect("the network scores during the wave");
+        assert_eq!(
+            (p.points, p.key.to_string()),
+            (60, "net:127.2.0.0/24".to_string())
+        );
         assert!(p.reason.contains("wave"), "{}", p.reason);
         // A single failing address is still nobody's neighbour problem, and once
         // the wave has passed the normal bar is back.

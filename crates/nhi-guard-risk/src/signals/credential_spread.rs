@@ -201,16 +201,25 @@ mod tests {
         let s = CredentialSpread::new(CredentialSpreadConfig::default());
         // The client works from home with its first token for an hour.
         for i in 0..60 {
-            assert_eq!(s.evaluate(&authed(&h, f64::from(i) * 60.0, "127.10.0.5", "app", "tok-1")), None);
+            assert_eq!(
+                s.evaluate(&authed(&h, f64::from(i) * 60.0, "127.10.0.5", "app", "tok-1")),
+                None
+            );
         }
         // Its next token is copied the moment it is issued: the thief's networks are
         // not home, however early they show up; the client's own stays home.
-        assert_eq!(s.evaluate(&authed(&h, 3600.0, "127.201.1.1", "app", "tok-2")), None);
+        assert_eq!(
+            s.evaluate(&authed(&h, 3600.0, "127.201.1.1", "app", "tok-2")),
+            None
+        );
         let p = s
             .evaluate(&authed(&h, 3600.5, "127.201.2.1", "app", "tok-2"))
             .expect("a third network");
         assert_eq!(p.key.to_string(), "net:127.201.2.0/24");
-        assert_eq!(s.evaluate(&authed(&h, 3601.0, "127.10.0.5", "app", "tok-2")), None);
+        assert_eq!(
+            s.evaluate(&authed(&h, 3601.0, "127.10.0.5", "app", "tok-2")),
+            None
+        );
     }
 
     #[test]
@@ -219,7 +228,10 @@ mod tests {
         let s = CredentialSpread::new(CredentialSpreadConfig::default());
         // Three availability zones' NAT networks learned as home.
         for z in 0..3 {
-            assert_eq!(s.evaluate(&authed(&h, f64::from(z), &format!("127.10.{z}.5"), "app", "key")), None);
+            assert_eq!(
+                s.evaluate(&authed(&h, f64::from(z), &format!("127.10.{z}.5"), "app", "key")),
+                None
+            );
         }
         // 30 new pods in a new subnet: one foreign network, however many addresses.
         for i in 1..=30 {
@@ -233,7 +245,10 @@ mod tests {
         let p = s
             .evaluate(&authed(&h, 1002.0, "127.98.0.1", "app", "key"))
             .expect("a second foreign network");
-        assert_eq!((p.points, p.key.to_string()), (60, "net:127.98.0.0/24".to_string()));
+        assert_eq!(
+            (p.points, p.key.to_string()),
+            (60, "net:127.98.0.0/24".to_string())
+        );
         assert!(p.reason.contains("2 foreign networks"), "{}", p.reason);
     }
 

@@ -143,7 +143,11 @@ impl Signal for Hoarding {
         let now = f.now_nanos;
         let (w, rw) = (self.window, self.rate_window);
         let (holds, items, recent) = self.by_actor.read(h, now, |s| {
-            (s.holds.count(now, w), s.items.count(now, w), s.recent.count(now, rw))
+            (
+                s.holds.count(now, w),
+                s.items.count(now, w),
+                s.recent.count(now, rw),
+            )
         })?;
         // The rate, scaled to the allowance: the curve's threshold, or a multiple
         // of the client's own average rate when that is higher.
@@ -336,6 +340,9 @@ mod tests {
             },
         );
         assert_eq!(s.evaluate(&f), None);
-        assert_eq!(s.evaluate(&reserve(&h, 605.0, "hoarder", 98).with_bulk(true)), None);
+        assert_eq!(
+            s.evaluate(&reserve(&h, 605.0, "hoarder", 98).with_bulk(true)),
+            None
+        );
     }
 }
