@@ -215,6 +215,8 @@ fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode,
         .map(|d| {
             json!({
                 "at": rfc3339(d.at),
+                "last_at": rfc3339(d.last_at),
+                "repeats": d.repeats,
                 "action": d.action.as_str(),
                 "enforced": d.enforced,
                 "key": d.key.to_string(),

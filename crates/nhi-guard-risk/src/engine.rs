@@ -445,6 +445,8 @@ impl Engine {
             );
             self.decisions.record(ExplainedDecision {
                 at: now,
+                last_at: now,
+                repeats: 0,
                 action: decision.action,
                 enforced: self.mode == Mode::Enforce,
                 key: decision.key.clone(),

@@ -12,12 +12,18 @@ use nhi_guard_core::ClientId;
 use nhi_guard_core::context::SignalHit;
 use nhi_guard_core::risk_store::{RiskKey, StickyAction};
 
-/// One risk action and why it was taken.
+/// One risk action and why it was taken. A key that keeps earning the same action
+/// (a throttled client that keeps scoring) is one entry, counted in `repeats`,
+/// with the latest score and signals.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExplainedDecision {
-    /// When it was taken.
+    /// When it was first taken.
     pub at: SystemTime,
+    /// When it was taken again last (equal to `at` when it was not).
+    pub last_at: SystemTime,
+    /// How many more times the same action was taken on the same key since `at`.
+    pub repeats: u32,
     /// Throttle, step-up or block.
     pub action: StickyAction,
     /// Whether it was enforced (`false` in shadow mode: it was only recorded).
@@ -48,6 +54,9 @@ impl ExplainedDecision {
     }
 }
 
+/// How many of the latest entries a repeated decision is looked for in.
+const REPEAT_LOOKBACK: usize = 64;
+
 /// A bounded log of the latest decisions (oldest dropped first).
 #[derive(Debug)]
 pub(crate) struct DecisionLog {
@@ -68,6 +77,27 @@ impl DecisionLog {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        // The same action on the same key among the latest entries: one entry, so
+        // that a key under a throttle does not push everyone else's out.
+        if let Some(same) = entries
+            .iter_mut()
+            .rev()
+            .take(REPEAT_LOOKBACK)
+            .find(|d| d.key == decision.key && d.action == decision.action)
+        {
+            let same = Arc::make_mut(same);
+            same.repeats = same.repeats.saturating_add(1);
+            same.last_at = decision.at;
+            same.until = decision.until;
+            same.score = decision.score;
+            same.enforced = decision.enforced;
+            same.client = decision.client;
+            same.address = decision.address;
+            same.route = decision.route;
+            same.request_id = decision.request_id;
+            same.signals = decision.signals;
+            return;
+        }
         if entries.len() == self.capacity {
             entries.pop_front();
         }
@@ -83,5 +113,62 @@ impl DecisionLog {
             .filter(|d| keep(d))
             .map(|d| ExplainedDecision::clone(d))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn decision(secs: u64, key: &str, action: StickyAction) -> ExplainedDecision {
+        let at = UNIX_EPOCH + Duration::from_secs(secs);
+        ExplainedDecision {
+            at,
+            last_at: at,
+            repeats: 0,
+            action,
+            enforced: true,
+            key: RiskKey::parse(key).expect("key"),
+            until: at + Duration::from_secs(300),
+            score: 40,
+            client: None,
+            address: None,
+            route: None,
+            request_id: format!("req-{secs}"),
+            signals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_repeated_decision_is_one_entry_and_the_oldest_go_first() {
+        let log = DecisionLog::new(3);
+        for t in 0..50 {
+            log.record(decision(t, "client:a", StickyAction::Throttle));
+        }
+        log.record(decision(60, "client:a", StickyAction::Block));
+        let all = log.newest_first(|_| true);
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0].action, all[1].action),
+            (StickyAction::Block, StickyAction::Throttle)
+        );
+        let throttle = &all[1];
+        assert_eq!(throttle.repeats, 49);
+        assert_eq!(throttle.at, UNIX_EPOCH);
+        assert_eq!(throttle.last_at, UNIX_EPOCH + Duration::from_secs(49));
+        assert_eq!(throttle.request_id, "req-49");
+        // Full: the oldest entry leaves first.
+        log.record(decision(70, "addr:127.0.0.1", StickyAction::Block));
+        log.record(decision(80, "addr:127.0.0.2", StickyAction::Block));
+        let keys: Vec<String> = log
+            .newest_first(|_| true)
+            .iter()
+            .map(|d| d.key.to_string())
+            .collect();
+        assert_eq!(keys, ["addr:127.0.0.2", "addr:127.0.0.1", "client:a"]);
+        assert_eq!(log.newest_first(|d| d.concerns_client("a")).len(), 1);
+        assert_eq!(DecisionLog::new(0).newest_first(|_| true), []);
     }
 }
