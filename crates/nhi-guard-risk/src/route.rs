@@ -37,6 +37,7 @@ pub struct Route {
     resource: Option<usize>,
     sensitivity: f32,
     scarce: bool,
+    capacity: u32,
 }
 
 impl Route {
@@ -80,6 +81,7 @@ impl Route {
             resource,
             sensitivity: 1.0,
             scarce: false,
+            capacity: 0,
         })
     }
 
@@ -138,6 +140,25 @@ impl Route {
     pub fn scarce(mut self) -> Self {
         self.scarce = true;
         self
+    }
+
+    /// Declares how many items the route's resource has (seats, units of stock).
+    /// A client holding more than a share of them within the hold window scores
+    /// ([`crate::signals::HoardingConfig::capacity_curve`]: 10% → throttle by
+    /// default), crowd or not. Implies [`Route::scarce`].
+    ///
+    /// # Errors
+    /// When `items` is 0.
+    pub fn capacity(mut self, items: u32) -> Result<Self, ConfigError> {
+        if items == 0 {
+            return Err(ConfigError::new(
+                format!("route[{}].capacity", self.pattern),
+                "must be at least 1 item",
+            ));
+        }
+        self.capacity = items;
+        self.scarce = true;
+        Ok(self)
     }
 
     /// The pattern.
@@ -222,6 +243,7 @@ impl RouteTable {
                 resource_hash: resource.map(|r| hasher.hash_tagged(6, r)),
                 resource_number: resource.and_then(|r| r.parse().ok()),
                 scarce: route.scarce,
+                capacity: route.capacity,
             })
         })
     }
@@ -264,9 +286,29 @@ mod tests {
             .find(&Method::POST, "/inventory/ab-1/reserve", &h)
             .expect("match");
         assert!(r.is_scarce() && r.resource_number().is_none() && r.resource_hash().is_some());
+        assert_eq!(r.capacity(), None);
         let o = t.find(&Method::DELETE, "/orders/acme/7", &h).expect("match");
         assert_eq!(o.resource_hash(), Some(h.hash_tagged(6, "acme")));
         assert!(t.find(&Method::GET, "no-slash", &h).is_none());
+    }
+
+    #[test]
+    fn a_declared_capacity_makes_a_route_scarce() {
+        let h = KeyHasher::new();
+        let mut t = RouteTable::default();
+        let seats = Route::new("POST", "/shows/{id}/hold")
+            .expect("route")
+            .capacity(500)
+            .expect("capacity");
+        t.push(seats, &h).expect("push");
+        let m = t.find(&Method::POST, "/shows/7/hold", &h).expect("match");
+        assert!(m.is_scarce());
+        assert_eq!(m.capacity(), Some(500));
+        let e = Route::new("POST", "/x/{id}")
+            .expect("route")
+            .capacity(0)
+            .expect_err("zero");
+        assert!(e.to_string().contains("capacity"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct RouteFacts {
     pub(crate) resource_hash: Option<u64>,
     pub(crate) resource_number: Option<u64>,
     pub(crate) scarce: bool,
+    /// The declared number of items (0: undeclared).
+    pub(crate) capacity: u32,
 }
 
 impl RouteFacts {
@@ -63,6 +65,11 @@ impl RouteFacts {
     /// Whether the route holds a scarce resource (reservations, holds).
     pub fn is_scarce(&self) -> bool {
         self.scarce
+    }
+    /// The number of items the route's resource has, when declared
+    /// ([`crate::Route::capacity`]).
+    pub fn capacity(&self) -> Option<u32> {
+        (self.capacity > 0).then_some(self.capacity)
     }
 }
 

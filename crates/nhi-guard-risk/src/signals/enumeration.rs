@@ -147,6 +147,7 @@ mod tests {
             resource_hash: Some(h.hash(&id)),
             resource_number: Some(id),
             scarce: false,
+            capacity: 0,
         })
     }
 

@@ -43,6 +43,11 @@ pub struct HoardingConfig {
     /// percentage of the fair share. Default: 100% → 40 (throttle), +10 per 25%
     /// more, so 200% → 80 (block).
     pub curve: Curve,
+    /// On a route with a declared capacity ([`crate::Route::capacity`]): points by
+    /// the client's successful holds in `window` as a percentage of the capacity.
+    /// Default: 10% → 40 (throttle), +20 per 5% more, so 15% → 60 and 20% → 80
+    /// (block). No single client of many needs a tenth of the stock within an hour.
+    pub capacity_curve: Curve,
     /// Most clients tracked. Default 100 000.
     pub capacity: usize,
 }
@@ -58,6 +63,7 @@ impl Default for HoardingConfig {
             fair_holds: 20,
             fair_items: 10,
             curve: Curve::new(100, 40, 10, 25, 100),
+            capacity_curve: Curve::new(10, 40, 20, 5, 100),
             capacity: 100_000,
         }
     }
@@ -98,7 +104,8 @@ impl Holds {
 ///   grows with its own history (and a bulk tier's entitlement: bulk tiers are not
 ///   scored);
 /// - with a crowd of at least `min_crowd` clients holding, its holds and distinct
-///   items against a fair share.
+///   items against a fair share;
+/// - on a route with a declared capacity, its holds against that capacity.
 #[derive(Debug)]
 pub struct Hoarding {
     cfg: HoardingConfig,
@@ -128,6 +135,11 @@ impl Hoarding {
             .unwrap_or_else(PoisonError::into_inner)
             .count(now, self.window)
     }
+}
+
+/// The declared capacity of the request's route (0: undeclared).
+fn route_capacity(f: &RequestFacts) -> u32 {
+    f.route.map_or(0, |r| r.capacity)
 }
 
 impl Signal for Hoarding {
@@ -169,18 +181,32 @@ impl Signal for Hoarding {
         } else {
             0
         };
-        let reason = if rate_points >= share_points && rate_points > 0 {
+        let capacity = route_capacity(f);
+        let capacity_pct = if capacity > 0 {
+            (u64::from(holds) * 100 / u64::from(capacity)) as u32
+        } else {
+            0
+        };
+        let capacity_points = if capacity > 0 {
+            self.cfg.capacity_curve.points(capacity_pct)
+        } else {
+            0
+        };
+        let points = rate_points.max(share_points).max(capacity_points);
+        let reason = if points == 0 {
+            return None;
+        } else if rate_points == points {
             format!(
                 "{recent} distinct items reserved in {} s (allowance {allowance})",
                 self.cfg.rate_window.as_secs()
             )
-        } else if share_points > 0 {
-            format!("{holds} holds of {items} distinct items: {pct}% of the fair share among {crowd} clients")
+        } else if capacity_points == points {
+            format!("{holds} holds: {capacity_pct}% of the route's {capacity} items")
         } else {
-            return None;
+            format!("{holds} holds of {items} distinct items: {pct}% of the fair share among {crowd} clients")
         };
         Some(Points {
-            points: rate_points.max(share_points),
+            points,
             key: f.actor()?.1,
             reason: Cow::Owned(reason),
         })
@@ -240,6 +266,7 @@ mod tests {
             resource_hash: Some(h.hash(&sku)),
             resource_number: Some(sku),
             scarce: true,
+            capacity: 0,
         })
     }
 
@@ -311,6 +338,32 @@ mod tests {
             assert_eq!(s.evaluate(&f), None, "item {i}");
             s.observe(&f, ok());
         }
+    }
+
+    #[test]
+    fn holding_a_tenth_of_a_declared_capacity_scores_crowd_or_not() {
+        let h = KeyHasher::new();
+        let s = Hoarding::new(HoardingConfig::default());
+        let hold = |t: f64, client: &str, seat: u64| {
+            let mut f = reserve(&h, t, client, seat);
+            if let Some(r) = f.route.as_mut() {
+                r.capacity = 200;
+            }
+            f
+        };
+        // 19 seats of 200 in ten minutes: below a tenth.
+        for i in 0..19u64 {
+            let f = hold(i as f64 * 30.0, "scalper", i);
+            assert_eq!(s.evaluate(&f), None, "seat {i}");
+            s.observe(&f, ok());
+        }
+        s.observe(&hold(600.0, "scalper", 19), ok());
+        let p = s.evaluate(&hold(601.0, "scalper", 20)).expect("a tenth");
+        assert_eq!((p.points, p.key.to_string()), (40, "client:scalper".to_string()));
+        assert!(p.reason.contains("10% of the route's 200 items"), "{}", p.reason);
+        // The same holds on a route without a declared capacity: nobody's business.
+        assert_eq!(s.evaluate(&reserve(&h, 601.0, "scalper", 20)), None);
+        assert_eq!(s.evaluate(&hold(601.0, "fan", 1)), None);
     }
 
     #[test]
