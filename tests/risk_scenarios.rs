@@ -64,6 +64,15 @@ fn key(c: &Client) -> Cred {
     Cred::Key(c.key.clone())
 }
 
+/// `n` clients `<prefix>-<i>` of the standard tier, and their credentials.
+fn standard_clients(prefix: &str, n: usize) -> (Vec<Client>, Vec<Cred>) {
+    let clients: Vec<Client> = (0..n)
+        .map(|i| Client::new(format!("{prefix}-{i}"), "standard"))
+        .collect();
+    let creds = clients.iter().map(key).collect();
+    (clients, creds)
+}
+
 // ---------------------------------------------------------------------------------
 // Honest shapes
 // ---------------------------------------------------------------------------------
@@ -182,10 +191,7 @@ async fn nightly_batch() -> Report {
 async fn behind_one_nat() -> Report {
     let (_, shape) = lengths();
     let end = START + shape;
-    let natted: Vec<Client> = (0..12)
-        .map(|i| Client::new(format!("nat-{i}"), "standard"))
-        .collect();
-    let creds: Vec<Cred> = natted.iter().map(key).collect();
+    let (natted, creds) = standard_clients("nat", 12);
     let (mut w, mut reqs, mut rng) = world(14, end, natted).await;
     let nat = Ipv4Addr::new(127, 23, 0, 1);
     for (i, cred) in creds.iter().enumerate() {
@@ -312,10 +318,7 @@ async fn restart_with_expired_token() -> Report {
 async fn retry_after_outage() -> Report {
     let (_, shape) = lengths();
     let end = START + shape;
-    let retriers: Vec<Client> = (0..10)
-        .map(|i| Client::new(format!("retry-{i}"), "standard"))
-        .collect();
-    let creds: Vec<Cred> = retriers.iter().map(key).collect();
+    let (retriers, creds) = standard_clients("retry", 10);
     let (mut w, mut reqs, mut rng) = world(16, end, retriers).await;
     let outage = (START, START + 60.0);
     for (i, cred) in creds.iter().enumerate() {
@@ -604,10 +607,7 @@ async fn hoarding() -> Report {
     let (attack, _) = lengths();
     let end = START + attack;
     let hoarder = Client::new("hoarder", "standard");
-    let buyers: Vec<Client> = (0..3)
-        .map(|i| Client::new(format!("buyer-{i}"), "standard"))
-        .collect();
-    let bcreds: Vec<Cred> = buyers.iter().map(key).collect();
+    let (buyers, bcreds) = standard_clients("buyer", 3);
     let cred = key(&hoarder);
     let mut extra = buyers;
     extra.push(hoarder);

@@ -74,6 +74,59 @@ pub mod metrics {
     }
 }
 
+/// A small deterministic random generator for traffic simulations, so that a
+/// scenario sends the same requests on every run.
+pub mod rng {
+    /// xorshift64*: fast, seedable, not for anything secret.
+    #[derive(Debug, Clone)]
+    pub struct Rng(u64);
+
+    impl Rng {
+        /// A generator from `seed` (0 is taken as 1).
+        pub fn new(seed: u64) -> Self {
+            Self(seed.max(1))
+        }
+
+        /// The next 64 random bits.
+        #[allow(clippy::should_implement_trait)]
+        pub fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        /// A number in `0..n` (0 when `n` is 0).
+        pub fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        /// A number in `[0, 1)`.
+        pub fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Rng;
+
+        #[test]
+        fn the_same_seed_gives_the_same_sequence_in_range() {
+            let (mut a, mut b) = (Rng::new(7), Rng::new(7));
+            for _ in 0..1000 {
+                assert_eq!(a.next(), b.next());
+                let u = a.unit();
+                assert!((0.0..1.0).contains(&u));
+                assert!(a.below(10) < 10);
+                b.unit();
+                b.below(10);
+            }
+            assert_ne!(Rng::new(1).next(), Rng::new(2).next());
+        }
+    }
+}
+
 /// Temporary directories that tests and benchmarks write audit logs into, removed
 /// with their contents when dropped (also when the test panics).
 pub mod temp {
