@@ -434,14 +434,15 @@ async fn risk_throttles_then_blocks_an_address_spraying_bad_tokens() {
             (Code::PermissionDenied, "risk") => {
                 assert_eq!(reason, "risk_blocked", "{rec}");
                 assert_eq!(rec["unmapped"]["nhi_guard"]["risk"]["action"], "block", "{rec}");
-                // The distinct bad credentials, and the guesses the throttle
-                // refused counted as more failures of the address.
+                // The distinct bad credentials; the failure count of the
+                // address (the guesses the throttle refused count too) may
+                // join them, depending on where in its sliding minute the
+                // clock started.
                 let signals: Vec<&str> = rec["unmapped"]["nhi_guard"]["risk"]["signals"]
                     .as_array()
                     .map(|s| s.iter().filter_map(|h| h["signal"].as_str()).collect())
                     .unwrap_or_default();
                 assert!(signals.contains(&"distinct_credentials"), "{rec}");
-                assert!(signals.contains(&"auth_failure_velocity"), "{rec}");
                 seen.push(status.code());
                 break;
             }
