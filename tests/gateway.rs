@@ -704,3 +704,93 @@ async fn a_client_inside_its_tier_is_not_refused_by_the_address_limit() {
     }
     assert_eq!(statuses, [200, 200, 200, 429]);
 }
+
+/// A trusted issuer's token for a client nobody registered, and an API key that
+/// matches no client: refused as before, recorded, listed for operators and
+/// included in the least-privilege report, never with the key itself.
+#[tokio::test]
+async fn ungoverned_callers_are_refused_recorded_and_reported() {
+    let gw = gateway("ungoverned", &[]).await;
+    let shadow = gw.token("shadow-etl", "orders:read inventory:read");
+    for peer in ["127.0.0.31:40000", "127.0.0.32:40000"] {
+        let r = gw
+            .send("GET", "/orders", Some(("authorization", &shadow)), peer)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(r.body["reason"], "client_unknown", "{}", r.text);
+    }
+    let stray = "nhik_stray_key_0123456789abcdef";
+    for _ in 0..3 {
+        let r = gw
+            .send("GET", "/orders", Some(("x-api-key", stray)), "127.0.0.33:40000")
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+
+    let ops = gw.token("ops-console", "admin");
+    let ops = Some(("authorization", ops.as_str()));
+    let peer = "127.0.0.34:40000";
+    let r = gw.send("GET", "/admin/clients/ungoverned", ops, peer).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let c = &r.body["clients"][0];
+    assert_eq!(c["client_id"], "shadow-etl", "{}", r.text);
+    assert_eq!(c["issuer"], "http://127.0.0.1:8080");
+    assert_eq!(
+        (c["requests"].as_u64(), c["addresses"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(c["scopes"], serde_json::json!(["inventory:read", "orders:read"]));
+    assert!(c["first_seen"].as_str().is_some_and(|t| t.ends_with('Z')), "{c}");
+    let k = &r.body["api_keys"][0];
+    let hash = nhi_guard::core::registry::ApiKeyHash::of_key(stray.as_bytes()).to_string();
+    let prefix = k["fingerprint_prefix"].as_str().expect("prefix");
+    assert!(
+        hash.starts_with(prefix) && prefix.len() == 15,
+        "{prefix} vs {hash}"
+    );
+    assert_eq!(k["requests"], 3);
+    assert!(
+        !r.text.contains(stray) && !r.text.contains(&hash),
+        "the key leaked: {}",
+        r.text
+    );
+    assert_eq!(r.body["evicted"], 0);
+
+    // In the least-privilege report too.
+    let r = gw.send("GET", "/admin/clients", ops, peer).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.body["ungoverned"]["clients"][0]["client_id"], "shadow-etl",
+        "{}",
+        r.text
+    );
+    assert!(
+        r.body["clients"].as_array().is_some_and(|c| !c.is_empty()),
+        "{}",
+        r.text
+    );
+    // A bad query keeps the report's own answer.
+    let r = gw.send("GET", "/admin/clients?since=yesterday", ops, peer).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    // Only for the admin scope; counted in the metrics.
+    let r = gw
+        .send(
+            "GET",
+            "/admin/clients/ungoverned",
+            Some(key("partner-feed")),
+            peer,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = gw.send("GET", "/metrics", ops, peer).await;
+    for kind in ["token", "api_key"] {
+        let series = format!(r#"nhi_guard_ungoverned_requests_total{{kind="{kind}"}} "#);
+        let n: f64 = r
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{}", r.text));
+        assert!(n >= 2.0, "{series}{n}");
+    }
+    gw.finish().await;
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, RawQuery};
 use axum::http::{StatusCode, header};
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
@@ -14,6 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use nhi_guard::core::registry::{ClientRecord, Inventory, Tier};
 use nhi_guard::core::risk_store::RiskKey;
 use nhi_guard::core::{ScopeSet, rfc3339};
+use nhi_guard::identity::{UngovernedClients, UngovernedSnapshot};
 use nhi_guard::risk::RiskOperator;
 use nhi_guard::scope::report::ReportService;
 use serde_json::{Value, json};
@@ -140,6 +141,9 @@ pub(crate) struct AppState {
     /// The risk layer's operator handle, behind `GET /admin/risk/decisions`
     /// (scope `admin`); `None` with risk off.
     pub(crate) risk: Option<RiskOperator>,
+    /// Callers whose credential named no client of the inventory, behind
+    /// `GET /admin/clients/ungoverned` and in the report (scope `admin`).
+    pub(crate) ungoverned: UngovernedClients,
 }
 
 /// `GET /metrics`: the guard's metrics in Prometheus text format, rendered from the
@@ -240,6 +244,56 @@ fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode,
     )
 }
 
+/// `GET /admin/clients`: the least-privilege report, with the ungoverned callers
+/// seen (`ungoverned`, as at `GET /admin/clients/ungoverned`).
+fn clients_report_route<S: Clone + Send + Sync + 'static>(
+    reports: ReportService,
+    ungoverned: UngovernedClients,
+) -> MethodRouter<S> {
+    get(move |RawQuery(query): RawQuery| {
+        let (reports, ungoverned) = (reports.clone(), ungoverned.clone());
+        async move {
+            let res = reports.respond(query.as_deref()).await;
+            let (mut parts, body) = res.into_parts();
+            let body = match serde_json::from_slice::<Value>(&body) {
+                Ok(Value::Object(mut report)) if parts.status == StatusCode::OK => {
+                    report.insert("ungoverned".into(), ungoverned_json(&ungoverned.snapshot()));
+                    let bytes = serde_json::to_vec(&report).unwrap_or_default();
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    axum::body::Body::from(bytes)
+                }
+                _ => axum::body::Body::from(body),
+            };
+            axum::response::Response::from_parts(parts, body)
+        }
+    })
+}
+
+/// The ungoverned callers as JSON: client ids named by trusted tokens but absent
+/// from the inventory, and API keys matching no client (by hash prefix only).
+fn ungoverned_json(s: &UngovernedSnapshot) -> Value {
+    json!({
+        "clients": s.clients.iter().map(|c| json!({
+            "client_id": c.client_id,
+            "issuer": c.issuer,
+            "first_seen": rfc3339(c.first_seen),
+            "last_seen": rfc3339(c.last_seen),
+            "requests": c.requests,
+            "addresses": c.addresses,
+            "scopes": c.scopes,
+        })).collect::<Vec<_>>(),
+        "api_keys": s.api_keys.iter().map(|k| json!({
+            "fingerprint_prefix": k.fingerprint_prefix,
+            "first_seen": rfc3339(k.first_seen),
+            "last_seen": rfc3339(k.last_seen),
+            "requests": k.requests,
+            "addresses": k.addresses,
+        })).collect::<Vec<_>>(),
+        "evicted": s.evicted,
+        "capacity": s.capacity,
+    })
+}
+
 /// The demo routes.
 pub(crate) fn routes(state: AppState) -> Router {
     let mut router = Router::new()
@@ -247,7 +301,17 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/orders", get(list_orders).post(create_order))
         .route("/inventory/{sku}", get(get_inventory))
         .route("/inventory/{sku}/reserve", post(reserve))
-        .route("/admin/clients", state.reports.get_handler());
+        .route(
+            "/admin/clients",
+            clients_report_route(state.reports.clone(), state.ungoverned.clone()),
+        )
+        .route("/admin/clients/ungoverned", {
+            let ungoverned = state.ungoverned.clone();
+            get(move || {
+                let snapshot = ungoverned.snapshot();
+                async move { Json(ungoverned_json(&snapshot)) }
+            })
+        });
     if let Some(handle) = state.metrics {
         router = router.route("/metrics", metrics_route(handle));
     }

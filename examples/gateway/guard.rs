@@ -12,7 +12,7 @@ use nhi_guard::core::metrics as guard_metrics;
 use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
 use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard::identity::{
-    DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys,
+    DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys, UngovernedClients,
 };
 use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryStore, Limit, RateLimitLayer};
 use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, Route};
@@ -34,6 +34,8 @@ pub(crate) struct Guard {
     pub(crate) reports: ReportService,
     /// Lists and lifts risk blocks.
     pub(crate) risk: Option<RiskOperator>,
+    /// Callers whose credential named no client of the inventory.
+    pub(crate) ungoverned: UngovernedClients,
 }
 
 impl Guard {
@@ -45,6 +47,7 @@ impl Guard {
             jwks: self.demo.as_ref().map(|d| Arc::from(d.jwks_json())),
             metrics,
             risk: self.risk.clone(),
+            ungoverned: self.ungoverned.clone(),
         }
     }
 }
@@ -61,6 +64,7 @@ pub(crate) fn policy() -> Policy {
         .post("/inventory/{sku}/reserve", Require::all_of("inventory:write"))
         .get("/admin/clients", Require::all_of("admin"))
         .get("/admin/risk/decisions", Require::all_of("admin"))
+        .get("/admin/clients/ungoverned", Require::all_of("admin"))
         .get("/metrics", Require::all_of("admin"))
         .build()
         .expect("the demo policy is valid")
@@ -122,7 +126,10 @@ pub(crate) async fn build(
 
     // Identity: external issuers (JWKS discovered, fetched and refreshed over http
     // or https) or the demo issuer.
-    let mut identity = IdentityLayer::builder(registry.clone());
+    // Callers whose credential names no client of the inventory are refused and
+    // recorded (bounded) for the report.
+    let ungoverned = UngovernedClients::new(1_000);
+    let mut identity = IdentityLayer::builder(registry.clone()).ungoverned(ungoverned.clone());
     let demo = if config.issuers.is_empty() {
         let demo =
             DemoIssuer::new(public_url, config.audience.as_str()).map_err(|e| format!("demo issuer: {e}"))?;
@@ -283,6 +290,7 @@ pub(crate) async fn build(
         demo,
         reports,
         risk: operator,
+        ungoverned,
     })
 }
 

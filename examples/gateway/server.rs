@@ -94,6 +94,10 @@ pub(crate) fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
     println!(
         "  curl -s '{base}/admin/risk/decisions?client=inventory-sync' -H 'Authorization: Bearer {ops}'"
     );
+    println!(
+        "  # callers nobody registered: a trusted token for an unknown client, a stray API key (scope admin)"
+    );
+    println!("  curl -s {base}/admin/clients/ungoverned -H 'Authorization: Bearer {ops}'");
     println!("  # the least-privilege report (scope admin)");
     println!("  curl -s {base}/admin/clients -H 'Authorization: Bearer {ops}'");
     println!(

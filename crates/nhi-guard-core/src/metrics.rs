@@ -95,6 +95,10 @@ pub const RISK_SCORE: &str = "nhi_guard_risk_score";
 /// Risk signals that fired, by `signal` and the `action` the request got
 /// (`allow`, `throttle`, `step_up`, `block`).
 pub const RISK_SIGNALS_TOTAL: &str = "nhi_guard_risk_signals_total";
+/// Requests refused because their credential named no client of the inventory,
+/// by `kind` (`token`: a trusted issuer's token for an unregistered client;
+/// `api_key`: a key matching no client).
+pub const UNGOVERNED_REQUESTS_TOTAL: &str = "nhi_guard_ungoverned_requests_total";
 /// Records waiting in the audit writer's queue.
 pub const AUDIT_QUEUE_DEPTH: &str = "nhi_guard_audit_queue_depth";
 /// Scope policy rules that no client in the inventory can pass.
@@ -156,6 +160,11 @@ pub fn describe() {
         Unit::Count,
         "Risk signals that fired, by signal and the action the request got (allow, throttle, step_up, block)"
     );
+    describe_counter!(
+        UNGOVERNED_REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests whose credential named no client of the inventory, by kind (token, api_key)"
+    );
     describe_gauge!(
         SCOPE_UNREACHABLE_RULES,
         Unit::Count,
@@ -177,6 +186,12 @@ pub fn describe() {
 /// (`allow`, `throttle`, `step_up`, `block`). Called only when a signal fires.
 pub fn risk_signal(signal: &'static str, action: &'static str) {
     metrics::counter!(RISK_SIGNALS_TOTAL, "signal" => signal, "action" => action).increment(1);
+}
+
+/// Counts a request whose credential named no client of the inventory (`kind`:
+/// `token` or `api_key`).
+pub fn ungoverned(kind: &'static str) {
+    metrics::counter!(UNGOVERNED_REQUESTS_TOTAL, "kind" => kind).increment(1);
 }
 
 /// Counts a failed operation of a shared store (`store`: `rate_limit`, `risk`;

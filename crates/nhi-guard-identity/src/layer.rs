@@ -15,6 +15,7 @@ use crate::cache::TokenCache;
 use crate::jwt::Issuer;
 use crate::mtls::CertificateDetails;
 use crate::service::Identity;
+use crate::ungoverned::UngovernedClients;
 
 /// A kind of credential, for [`IdentityLayerBuilder::order`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -66,6 +67,7 @@ pub(crate) struct Config {
     pub(crate) max_token_bytes: usize,
     pub(crate) cert_mapper: Option<CertificateMapper>,
     pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,
+    pub(crate) ungoverned: Option<UngovernedClients>,
 }
 
 /// Maps a client certificate without SPIFFE id to a client id of the inventory.
@@ -84,6 +86,7 @@ impl fmt::Debug for Config {
             .field("token_cache", &self.cache.is_some())
             .field("max_token_bytes", &self.max_token_bytes)
             .field("certificate_mapper", &self.cert_mapper.is_some())
+            .field("ungoverned", &self.ungoverned)
             .finish_non_exhaustive()
     }
 }
@@ -129,6 +132,7 @@ impl IdentityLayer {
             cache_capacity: Some(10_000),
             max_token_bytes: 8 * 1024,
             cert_mapper: None,
+            ungoverned: None,
         }
     }
 }
@@ -160,6 +164,7 @@ pub struct IdentityLayerBuilder {
     cache_capacity: Option<u64>,
     max_token_bytes: usize,
     cert_mapper: Option<CertificateMapper>,
+    ungoverned: Option<UngovernedClients>,
 }
 
 impl fmt::Debug for IdentityLayerBuilder {
@@ -285,6 +290,15 @@ impl IdentityLayerBuilder {
         self
     }
 
+    /// Records ungoverned callers in `recorder`: tokens of a trusted issuer naming
+    /// a client the inventory does not know, and API keys that match no client
+    /// (by a hash prefix only). They are refused as without it; keep a clone of
+    /// the recorder to report on them ([`UngovernedClients::snapshot`]).
+    pub fn ungoverned(mut self, recorder: UngovernedClients) -> Self {
+        self.ungoverned = Some(recorder);
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// # Errors
@@ -363,6 +377,7 @@ impl IdentityLayerBuilder {
                 max_token_bytes: self.max_token_bytes,
                 cert_mapper: self.cert_mapper,
                 metrics: nhi_guard_core::metrics::ControlMetrics::new(nhi_guard_core::Control::Identity),
+                ungoverned: self.ungoverned,
             }),
         })
     }

@@ -94,6 +94,7 @@ pub mod keys;
 mod layer;
 pub mod mtls;
 mod service;
+pub mod ungoverned;
 
 #[cfg(feature = "demo")]
 pub use crate::demo::{DemoError, DemoIssuer};
@@ -103,6 +104,7 @@ pub use crate::keys::{KeySet, VerifyingKey};
 pub use crate::layer::{ConfigError, Credential, IdentityLayer, IdentityLayerBuilder};
 pub use crate::mtls::{CertificateDetails, PeerCertificates};
 pub use crate::service::{Identity, ResponseFuture};
+pub use crate::ungoverned::{UngovernedClients, UngovernedSnapshot};
 pub use jsonwebtoken::Algorithm;
 /// The rustls version of [`HttpFetcher::with_tls`] and the mTLS glue.
 pub use rustls;

@@ -324,6 +324,10 @@ impl Config {
             }
         }
         let Some(record) = self.registry.client(&vt.client_id) else {
+            if let Some(u) = &self.ungoverned {
+                let addr = ctx.client_addr().map(|a| a.ip());
+                u.token(&vt.client_id, &self.issuers[vt.issuer].iss, &vt.scopes, addr, now);
+            }
             return fail(Denial::invalid_token(
                 Control::Identity,
                 "client_unknown",
@@ -395,6 +399,9 @@ impl Config {
             ));
         }
         let Some(record) = self.registry.client_by_api_key(&hash) else {
+            if let Some(u) = &self.ungoverned {
+                u.api_key(&hash, ctx.client_addr().map(|a| a.ip()), now);
+            }
             return fail(Denial::invalid_token(
                 Control::Identity,
                 "api_key_unknown",
