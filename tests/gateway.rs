@@ -794,3 +794,185 @@ async fn ungoverned_callers_are_refused_recorded_and_reported() {
     }
     gw.finish().await;
 }
+
+impl Gateway {
+    /// `method uri` with a JSON body, as an operator.
+    async fn send_json(&self, method: &str, uri: &str, auth: &str, body: &str) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", auth)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body.to_owned()))
+            .expect("request");
+        req.extensions_mut()
+            .insert(PeerAddr("127.0.0.40:40000".parse::<SocketAddr>().expect("peer")));
+        let res = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.expect("body").to_bytes();
+        Reply {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+            headers,
+        }
+    }
+}
+
+/// Revoking a client, one API key and one token takes effect on the next request
+/// (also for a token the verified-token cache holds); lifting restores access;
+/// the admin routes refuse bad bodies with 400 and other clients with 403.
+#[tokio::test]
+async fn revocations_hold_at_once_and_lift() {
+    let gw = gateway("revocations", &[]).await;
+    let ops = gw.token("ops-console", "admin");
+    let peer = "127.0.0.41:40000";
+    // Each call from its own address: the refusals below are failed
+    // authentications, which the risk layer would otherwise hold against one
+    // address.
+    let next_peer = std::sync::atomic::AtomicU8::new(50);
+    let orders = |auth: (&'static str, String)| {
+        let gw = &gw;
+        let peer = format!(
+            "127.0.1.{}:40000",
+            next_peer.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        async move {
+            gw.send("GET", "/orders", Some((auth.0, auth.1.as_str())), &peer)
+                .await
+        }
+    };
+    let bot_key = ("x-api-key", key("reporting-bot").1.to_owned());
+    assert_eq!(orders(bot_key.clone()).await.status, StatusCode::OK);
+
+    // A client: every credential of it.
+    let r = gw
+        .send_json(
+            "POST",
+            "/admin/revocations",
+            &ops,
+            r#"{"client_id":"reporting-bot"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(
+        (r.body["kind"].as_str(), r.body["value"].as_str()),
+        (Some("client_id"), Some("reporting-bot"))
+    );
+    assert_eq!(r.body["created_by"], "ops-console");
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    assert_eq!(r.headers["location"], format!("/admin/revocations/{id}").as_str());
+    let refused = orders(bot_key.clone()).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.body["reason"], "client_revoked", "{}", refused.text);
+    let bot_token = ("authorization", gw.token("reporting-bot", "orders:read"));
+    assert_eq!(orders(bot_token).await.body["reason"], "client_revoked");
+    // Listed, then lifted.
+    let r = gw
+        .send("GET", "/admin/revocations", Some(("authorization", &ops)), peer)
+        .await;
+    assert_eq!(r.body["revocations"][0]["id"], id.as_str(), "{}", r.text);
+    let r = gw
+        .send_json("DELETE", &format!("/admin/revocations/{id}"), &ops, "")
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(orders(bot_key.clone()).await.status, StatusCode::OK);
+    let r = gw
+        .send_json("DELETE", &format!("/admin/revocations/{id}"), &ops, "")
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // One API key, by its hash: the key is refused, the client's tokens are not.
+    let hash = nhi_guard::core::registry::ApiKeyHash::of_key(bot_key.1.as_bytes()).to_string();
+    let r = gw
+        .send_json(
+            "POST",
+            "/admin/revocations",
+            &ops,
+            &format!(r#"{{"api_key":"{hash}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(orders(bot_key.clone()).await.body["reason"], "api_key_revoked");
+    let fresh = ("authorization", gw.token("reporting-bot", "orders:read"));
+    assert_eq!(orders(fresh).await.status, StatusCode::OK);
+
+    // One token, by its jti, while the verified-token cache holds it.
+    let jti = "tok-to-revoke-1";
+    let token = {
+        let demo = gw.guard.demo.as_ref().expect("demo issuer");
+        let audience = config::from_lookup(lookup(&[])).expect("config").audience;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("time")
+            .as_secs();
+        format!(
+            "Bearer {}",
+            demo.mint_claims(&serde_json::json!({
+                "iss": "http://127.0.0.1:8080",
+                "aud": audience,
+                "sub": "inventory-sync",
+                "client_id": "inventory-sync",
+                "scope": "orders:read",
+                "iat": now,
+                "exp": now + 600,
+                "jti": jti,
+            }))
+        )
+    };
+    let bearer = ("authorization", token.clone());
+    assert_eq!(orders(bearer.clone()).await.status, StatusCode::OK);
+    let r = gw
+        .send_json(
+            "POST",
+            "/admin/revocations",
+            &ops,
+            &format!(r#"{{"jti":"{jti}"}}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert!(r.body["expires_at"].is_string(), "{}", r.text);
+    assert_eq!(orders(bearer).await.body["reason"], "token_revoked");
+    let other = ("authorization", gw.token("inventory-sync", "orders:read"));
+    assert_eq!(orders(other).await.status, StatusCode::OK);
+
+    // Bad bodies are 400 problems; other clients are refused.
+    for bad in [
+        "",
+        "[]",
+        r#"{"client_id":""}"#,
+        r#"{"client_id":"a","jti":"b"}"#,
+        r#"{"api_key":"nhik_plaintext"}"#,
+        r#"{"jti":"x","expires_at":"2000-01-01T00:00:00Z"}"#,
+        r#"{"client_id":"a","expires_at":"2100-01-01T00:00:00Z"}"#,
+        r#"{"who":"me"}"#,
+    ] {
+        let r = gw.send_json("POST", "/admin/revocations", &ops, bad).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+        assert_eq!(r.headers["content-type"], "application/problem+json", "{bad}");
+    }
+    let partner = gw.token("partner-feed", "inventory:read");
+    let r = gw
+        .send_json(
+            "POST",
+            "/admin/revocations",
+            &partner,
+            r#"{"client_id":"ops-console"}"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // The revocations are audited as the operator's requests.
+    let (verification, records) = gw.finish().await;
+    assert!(verification.first_break.is_none());
+    let by_ops = records
+        .iter()
+        .filter(|r| {
+            r["api"]["operation"]
+                .as_str()
+                .is_some_and(|o| o.contains("/admin/revocations"))
+                && r["http_response"]["code"] == 201
+        })
+        .count();
+    assert_eq!(by_ops, 3);
+}

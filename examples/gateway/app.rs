@@ -8,13 +8,17 @@ use std::collections::HashMap;
 
 use axum::extract::{Path, Query, RawQuery};
 use axum::http::{StatusCode, header};
-use axum::routing::{MethodRouter, get, post};
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, delete, get, post};
+use axum::{Extension, body::Bytes};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use nhi_guard::core::registry::ApiKeyHash;
 use nhi_guard::core::registry::{ClientRecord, Inventory, Tier};
 use nhi_guard::core::risk_store::RiskKey;
+use nhi_guard::core::{ClientId, SecurityContext};
 use nhi_guard::core::{ScopeSet, rfc3339};
-use nhi_guard::identity::{UngovernedClients, UngovernedSnapshot};
+use nhi_guard::identity::{Revocation, Revocations, Revoked, UngovernedClients, UngovernedSnapshot};
 use nhi_guard::risk::RiskOperator;
 use nhi_guard::scope::report::ReportService;
 use serde_json::{Value, json};
@@ -144,6 +148,9 @@ pub(crate) struct AppState {
     /// Callers whose credential named no client of the inventory, behind
     /// `GET /admin/clients/ungoverned` and in the report (scope `admin`).
     pub(crate) ungoverned: UngovernedClients,
+    /// Revoked clients, API keys and tokens, managed at `/admin/revocations`
+    /// (scope `admin`).
+    pub(crate) revocations: Revocations,
 }
 
 /// `GET /metrics`: the guard's metrics in Prometheus text format, rendered from the
@@ -294,6 +301,125 @@ fn ungoverned_json(s: &UngovernedSnapshot) -> Value {
     })
 }
 
+/// An RFC 9457 problem answer of the admin routes.
+fn problem(status: StatusCode, detail: &str) -> axum::response::Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn revocation_json(r: &Revocation) -> Value {
+    json!({
+        "id": r.id,
+        "kind": r.target.kind(),
+        "value": r.target.value(),
+        "created_at": rfc3339(r.created_at),
+        "created_by": r.created_by,
+        "expires_at": r.expires_at().map(rfc3339),
+    })
+}
+
+/// How long a token revocation holds when the request does not say: longer than
+/// any access token the gateway accepts lives.
+const TOKEN_REVOCATION_HOLD: Duration = Duration::from_secs(24 * 3600);
+
+/// `POST /admin/revocations` revokes one of `{"client_id": "…"}`,
+/// `{"api_key": "sha256:…"}` or `{"jti": "…", "expires_at": "RFC 3339"}` (held
+/// until the token's expiry; 24 hours when not given) and answers 201 with the
+/// revocation; `GET` lists those in force. The operator is the request's verified
+/// client, recorded as `created_by` (and in the request's audit record).
+fn revocations_route<S: Clone + Send + Sync + 'static>(revocations: Revocations) -> MethodRouter<S> {
+    let listing = revocations.clone();
+    get(move |Extension(ctx): Extension<SecurityContext>| {
+        let revocations = listing.clone();
+        async move {
+            let list: Vec<Value> = revocations
+                .list(ctx.received_at())
+                .iter()
+                .map(revocation_json)
+                .collect();
+            Json(json!({ "revocations": list, "shared": false }))
+        }
+    })
+    .post(move |Extension(ctx): Extension<SecurityContext>, body: Bytes| {
+        let revocations = revocations.clone();
+        async move {
+            let now = ctx.received_at();
+            let target = match revocation_target(&body, now) {
+                Ok(t) => t,
+                Err(detail) => return problem(StatusCode::BAD_REQUEST, &detail),
+            };
+            let by = ctx.principal().map(|p| p.client_id().to_string());
+            let r = revocations.revoke(target, by.as_deref(), now);
+            tracing::info!(id = %r.id, kind = r.target.kind(), by = ?r.created_by, "credential revoked");
+            let location = format!("/admin/revocations/{}", r.id);
+            (
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(revocation_json(&r)),
+            )
+                .into_response()
+        }
+    })
+}
+
+/// The revocation a request body asks for.
+fn revocation_target(body: &[u8], now: SystemTime) -> Result<Revoked, String> {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return Err("the body must be a JSON object".into());
+    };
+    if let Some(k) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "client_id" | "api_key" | "jti" | "expires_at"))
+    {
+        return Err(format!(
+            "unknown field {k:?}: give one of client_id, api_key or jti"
+        ));
+    }
+    let text = |name: &str| -> Result<Option<&str>, String> {
+        match fields.get(name) {
+            None => Ok(None),
+            Some(Value::String(v)) if !v.is_empty() && v.len() <= 256 => Ok(Some(v.as_str())),
+            Some(_) => Err(format!("{name} must be a string of 1 to 256 characters")),
+        }
+    };
+    let expires_at = text("expires_at")?;
+    match (text("client_id")?, text("api_key")?, text("jti")?) {
+        (Some(id), None, None) if expires_at.is_none() => Ok(Revoked::Client(ClientId::from(id))),
+        (None, Some(hash), None) if expires_at.is_none() => {
+            ApiKeyHash::parse(hash).map(Revoked::ApiKey).map_err(|_| {
+                "api_key must be the key's hash as in the inventory, sha256: and 64 hex digits".into()
+            })
+        }
+        (None, None, Some(jti)) => {
+            let until = match expires_at {
+                None => now + TOKEN_REVOCATION_HOLD,
+                Some(t) => nhi_guard::core::parse_rfc3339(t)
+                    .map_err(|_| "expires_at must be an RFC 3339 date-time".to_owned())?,
+            };
+            if until <= now {
+                return Err("expires_at is in the past: the token has expired already".into());
+            }
+            Ok(Revoked::Token {
+                jti: Arc::from(jti),
+                until,
+            })
+        }
+        (None, None, None) => Err("give one of client_id, api_key or jti".into()),
+        _ if expires_at.is_some() && text("jti")?.is_none() => Err("expires_at goes with jti only".into()),
+        _ => Err("give exactly one of client_id, api_key or jti".into()),
+    }
+}
+
 /// The demo routes.
 pub(crate) fn routes(state: AppState) -> Router {
     let mut router = Router::new()
@@ -305,6 +431,22 @@ pub(crate) fn routes(state: AppState) -> Router {
             "/admin/clients",
             clients_report_route(state.reports.clone(), state.ungoverned.clone()),
         )
+        .route("/admin/revocations", revocations_route(state.revocations.clone()))
+        .route("/admin/revocations/{id}", {
+            let revocations = state.revocations.clone();
+            delete(move |Path(id): Path<String>| {
+                let revocations = revocations.clone();
+                async move {
+                    match revocations.lift(&id) {
+                        Some(r) => {
+                            tracing::info!(id = %r.id, kind = r.target.kind(), "revocation lifted");
+                            StatusCode::NO_CONTENT.into_response()
+                        }
+                        None => problem(StatusCode::NOT_FOUND, &format!("no revocation {id:?}")),
+                    }
+                }
+            })
+        })
         .route("/admin/clients/ungoverned", {
             let ungoverned = state.ungoverned.clone();
             get(move || {

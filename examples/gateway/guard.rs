@@ -12,7 +12,8 @@ use nhi_guard::core::metrics as guard_metrics;
 use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
 use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard::identity::{
-    DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys, UngovernedClients,
+    DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys, Revocations,
+    UngovernedClients,
 };
 use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryStore, Limit, RateLimitLayer};
 use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, Route};
@@ -36,6 +37,8 @@ pub(crate) struct Guard {
     pub(crate) risk: Option<RiskOperator>,
     /// Callers whose credential named no client of the inventory.
     pub(crate) ungoverned: UngovernedClients,
+    /// Revoked clients, API keys and tokens (held in this process).
+    pub(crate) revocations: Revocations,
 }
 
 impl Guard {
@@ -48,6 +51,7 @@ impl Guard {
             metrics,
             risk: self.risk.clone(),
             ungoverned: self.ungoverned.clone(),
+            revocations: self.revocations.clone(),
         }
     }
 }
@@ -65,6 +69,9 @@ pub(crate) fn policy() -> Policy {
         .get("/admin/clients", Require::all_of("admin"))
         .get("/admin/risk/decisions", Require::all_of("admin"))
         .get("/admin/clients/ungoverned", Require::all_of("admin"))
+        .get("/admin/revocations", Require::all_of("admin"))
+        .post("/admin/revocations", Require::all_of("admin"))
+        .delete("/admin/revocations/{id}", Require::all_of("admin"))
         .get("/metrics", Require::all_of("admin"))
         .build()
         .expect("the demo policy is valid")
@@ -129,7 +136,11 @@ pub(crate) async fn build(
     // Callers whose credential names no client of the inventory are refused and
     // recorded (bounded) for the report.
     let ungoverned = UngovernedClients::new(1_000);
-    let mut identity = IdentityLayer::builder(registry.clone()).ungoverned(ungoverned.clone());
+    // Revocations made at /admin/revocations hold at once for every request.
+    let revocations = Revocations::new();
+    let mut identity = IdentityLayer::builder(registry.clone())
+        .ungoverned(ungoverned.clone())
+        .revocations(revocations.clone());
     let demo = if config.issuers.is_empty() {
         let demo =
             DemoIssuer::new(public_url, config.audience.as_str()).map_err(|e| format!("demo issuer: {e}"))?;
@@ -291,6 +302,7 @@ pub(crate) async fn build(
         reports,
         risk: operator,
         ungoverned,
+        revocations,
     })
 }
 

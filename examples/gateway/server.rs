@@ -98,6 +98,12 @@ pub(crate) fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
         "  # callers nobody registered: a trusted token for an unknown client, a stray API key (scope admin)"
     );
     println!("  curl -s {base}/admin/clients/ungoverned -H 'Authorization: Bearer {ops}'");
+    println!(
+        "  # revoke a leaked credential at once (scope admin); GET lists, DELETE /admin/revocations/ID lifts"
+    );
+    println!(
+        "  curl -s {base}/admin/revocations -H 'Authorization: Bearer {ops}' -H 'Content-Type: application/json' -d '{{\"client_id\":\"partner-feed\"}}'"
+    );
     println!("  # the least-privilege report (scope admin)");
     println!("  curl -s {base}/admin/clients -H 'Authorization: Bearer {ops}'");
     println!(

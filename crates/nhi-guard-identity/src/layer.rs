@@ -14,6 +14,7 @@ use nhi_guard_core::registry::{ClientRegistry, InventoryRequirement, SharedRegis
 use crate::cache::TokenCache;
 use crate::jwt::Issuer;
 use crate::mtls::CertificateDetails;
+use crate::revocation::Revocations;
 use crate::service::Identity;
 use crate::ungoverned::UngovernedClients;
 
@@ -68,6 +69,7 @@ pub(crate) struct Config {
     pub(crate) cert_mapper: Option<CertificateMapper>,
     pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,
     pub(crate) ungoverned: Option<UngovernedClients>,
+    pub(crate) revocations: Option<Revocations>,
 }
 
 /// Maps a client certificate without SPIFFE id to a client id of the inventory.
@@ -87,6 +89,7 @@ impl fmt::Debug for Config {
             .field("max_token_bytes", &self.max_token_bytes)
             .field("certificate_mapper", &self.cert_mapper.is_some())
             .field("ungoverned", &self.ungoverned)
+            .field("revocations", &self.revocations)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +136,7 @@ impl IdentityLayer {
             max_token_bytes: 8 * 1024,
             cert_mapper: None,
             ungoverned: None,
+            revocations: None,
         }
     }
 }
@@ -165,6 +169,7 @@ pub struct IdentityLayerBuilder {
     max_token_bytes: usize,
     cert_mapper: Option<CertificateMapper>,
     ungoverned: Option<UngovernedClients>,
+    revocations: Option<Revocations>,
 }
 
 impl fmt::Debug for IdentityLayerBuilder {
@@ -299,6 +304,15 @@ impl IdentityLayerBuilder {
         self
     }
 
+    /// Refuses what `revocations` revokes: every credential of a revoked client
+    /// (`client_revoked`), a revoked API key (`api_key_revoked`), a token by its
+    /// `jti` (`token_revoked`). Checked on every request after the token cache;
+    /// keep a clone to revoke and lift ([`Revocations::revoke`]).
+    pub fn revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
     /// Checks the configuration and builds the layer.
     ///
     /// # Errors
@@ -378,6 +392,7 @@ impl IdentityLayerBuilder {
                 cert_mapper: self.cert_mapper,
                 metrics: nhi_guard_core::metrics::ControlMetrics::new(nhi_guard_core::Control::Identity),
                 ungoverned: self.ungoverned,
+                revocations: self.revocations,
             }),
         })
     }

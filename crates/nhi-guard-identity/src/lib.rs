@@ -93,6 +93,7 @@ mod jwt;
 pub mod keys;
 mod layer;
 pub mod mtls;
+pub mod revocation;
 mod service;
 pub mod ungoverned;
 
@@ -103,6 +104,7 @@ pub use crate::jwt::{ClientIdClaim, Issuer, KeySource, MAX_LEEWAY};
 pub use crate::keys::{KeySet, VerifyingKey};
 pub use crate::layer::{ConfigError, Credential, IdentityLayer, IdentityLayerBuilder};
 pub use crate::mtls::{CertificateDetails, PeerCertificates};
+pub use crate::revocation::{Revocation, Revocations, Revoked};
 pub use crate::service::{Identity, ResponseFuture};
 pub use crate::ungoverned::{UngovernedClients, UngovernedSnapshot};
 pub use jsonwebtoken::Algorithm;

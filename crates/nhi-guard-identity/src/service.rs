@@ -323,6 +323,15 @@ impl Config {
                 ));
             }
         }
+        if let (Some(r), Some(jti)) = (&self.revocations, &vt.jti)
+            && r.token_revoked(jti, now)
+        {
+            return fail(Denial::invalid_token(
+                Control::Identity,
+                "token_revoked",
+                "The access token has been revoked",
+            ));
+        }
         let Some(record) = self.registry.client(&vt.client_id) else {
             if let Some(u) = &self.ungoverned {
                 let addr = ctx.client_addr().map(|a| a.ip());
@@ -396,6 +405,17 @@ impl Config {
                 Control::Identity,
                 "api_key_malformed",
                 "The API key is malformed",
+            ));
+        }
+        if self
+            .revocations
+            .as_ref()
+            .is_some_and(|r| r.api_key_revoked(&hash))
+        {
+            return fail(Denial::invalid_token(
+                Control::Identity,
+                "api_key_revoked",
+                "The API key has been revoked",
             ));
         }
         let Some(record) = self.registry.client_by_api_key(&hash) else {
@@ -482,6 +502,18 @@ impl Config {
         fp: CredentialFingerprint,
         now: SystemTime,
     ) -> Step {
+        if self
+            .revocations
+            .as_ref()
+            .is_some_and(|r| r.client_revoked(record.id().as_str()))
+        {
+            let denial = Denial::invalid_token(
+                Control::Identity,
+                "client_revoked",
+                "The client's access has been revoked",
+            );
+            return Step::Fail(Failure::with(denial, kind, fp));
+        }
         let addr = ctx.client_addr().map(|a| a.ip());
         match record.admit(now, addr, self.registry.expiry_warning()) {
             Ok(standing) => Step::Pass(Some(principal), Some((kind, fp, standing.expiring_soon))),
