@@ -21,6 +21,7 @@ use nhi_guard::core::{ScopeSet, rfc3339};
 use nhi_guard::identity::{Revocation, Revocations, Revoked, UngovernedClients, UngovernedSnapshot};
 use nhi_guard::risk::RiskOperator;
 use nhi_guard::scope::report::ReportService;
+use nhi_guard_redis::revocations::RedisRevocations;
 use serde_json::{Value, json};
 
 /// The demo's secrets are printed at start-up so the demo can be tried; real
@@ -150,7 +151,33 @@ pub(crate) struct AppState {
     pub(crate) ungoverned: UngovernedClients,
     /// Revoked clients, API keys and tokens, managed at `/admin/revocations`
     /// (scope `admin`).
-    pub(crate) revocations: Revocations,
+    pub(crate) revocations: RevocationAdmin,
+}
+
+/// The revocations the admin routes manage: this process's set, shared with every
+/// replica through Redis when `NHI_GUARD_REDIS_URL` is set.
+#[derive(Clone)]
+pub(crate) struct RevocationAdmin {
+    pub(crate) local: Revocations,
+    pub(crate) shared: Option<RedisRevocations>,
+}
+
+impl RevocationAdmin {
+    /// Revokes `target`; whether every replica was told (false: this replica only,
+    /// for now).
+    async fn revoke(&self, target: Revoked, by: Option<&str>, now: SystemTime) -> (Revocation, bool) {
+        match &self.shared {
+            Some(shared) => shared.revoke(target, by, now).await,
+            None => (self.local.revoke(target, by, now), false),
+        }
+    }
+
+    async fn lift(&self, id: &str) -> Option<Revocation> {
+        match &self.shared {
+            Some(shared) => shared.lift(id).await.0,
+            None => self.local.lift(id),
+        }
+    }
 }
 
 /// `GET /metrics`: the guard's metrics in Prometheus text format, rendered from the
@@ -337,17 +364,18 @@ const TOKEN_REVOCATION_HOLD: Duration = Duration::from_secs(24 * 3600);
 /// until the token's expiry; 24 hours when not given) and answers 201 with the
 /// revocation; `GET` lists those in force. The operator is the request's verified
 /// client, recorded as `created_by` (and in the request's audit record).
-fn revocations_route<S: Clone + Send + Sync + 'static>(revocations: Revocations) -> MethodRouter<S> {
+fn revocations_route<S: Clone + Send + Sync + 'static>(revocations: RevocationAdmin) -> MethodRouter<S> {
     let listing = revocations.clone();
     get(move |Extension(ctx): Extension<SecurityContext>| {
         let revocations = listing.clone();
         async move {
             let list: Vec<Value> = revocations
+                .local
                 .list(ctx.received_at())
                 .iter()
                 .map(revocation_json)
                 .collect();
-            Json(json!({ "revocations": list, "shared": false }))
+            Json(json!({ "revocations": list, "shared": revocations.shared.is_some() }))
         }
     })
     .post(move |Extension(ctx): Extension<SecurityContext>, body: Bytes| {
@@ -359,15 +387,12 @@ fn revocations_route<S: Clone + Send + Sync + 'static>(revocations: Revocations)
                 Err(detail) => return problem(StatusCode::BAD_REQUEST, &detail),
             };
             let by = ctx.principal().map(|p| p.client_id().to_string());
-            let r = revocations.revoke(target, by.as_deref(), now);
-            tracing::info!(id = %r.id, kind = r.target.kind(), by = ?r.created_by, "credential revoked");
+            let (r, shared) = revocations.revoke(target, by.as_deref(), now).await;
+            tracing::info!(id = %r.id, kind = r.target.kind(), by = ?r.created_by, shared, "credential revoked");
             let location = format!("/admin/revocations/{}", r.id);
-            (
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                Json(revocation_json(&r)),
-            )
-                .into_response()
+            let mut body = revocation_json(&r);
+            body["shared"] = json!(shared);
+            (StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response()
         }
     })
 }
@@ -388,8 +413,12 @@ fn revocation_target(body: &[u8], now: SystemTime) -> Result<Revoked, String> {
     let text = |name: &str| -> Result<Option<&str>, String> {
         match fields.get(name) {
             None => Ok(None),
-            Some(Value::String(v)) if !v.is_empty() && v.len() <= 256 => Ok(Some(v.as_str())),
-            Some(_) => Err(format!("{name} must be a string of 1 to 256 characters")),
+            Some(Value::String(v)) if !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control) => {
+                Ok(Some(v.as_str()))
+            }
+            Some(_) => Err(format!(
+                "{name} must be a string of 1 to 256 characters without control characters"
+            )),
         }
     };
     let expires_at = text("expires_at")?;
@@ -437,7 +466,7 @@ pub(crate) fn routes(state: AppState) -> Router {
             delete(move |Path(id): Path<String>| {
                 let revocations = revocations.clone();
                 async move {
-                    match revocations.lift(&id) {
+                    match revocations.lift(&id).await {
                         Some(r) => {
                             tracing::info!(id = %r.id, kind = r.target.kind(), "revocation lifted");
                             StatusCode::NO_CONTENT.into_response()

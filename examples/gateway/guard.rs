@@ -37,8 +37,9 @@ pub(crate) struct Guard {
     pub(crate) risk: Option<RiskOperator>,
     /// Callers whose credential named no client of the inventory.
     pub(crate) ungoverned: UngovernedClients,
-    /// Revoked clients, API keys and tokens (held in this process).
-    pub(crate) revocations: Revocations,
+    /// Revoked clients, API keys and tokens: this process's set, shared through
+    /// Redis when configured.
+    pub(crate) revocations: crate::app::RevocationAdmin,
 }
 
 impl Guard {
@@ -262,6 +263,16 @@ pub(crate) async fn build(
     };
     let operator = risk.as_ref().map(RiskLayer::operator);
 
+    // Revocations: shared by every replica through Redis when configured.
+    let shared_revocations = match &config.redis_url {
+        Some(url) => Some(
+            nhi_guard_redis::revocations::RedisRevocations::start(url, "nhi-guard:", revocations.clone())
+                .await
+                .map_err(|e| format!("NHI_GUARD_REDIS_URL: revocations: {e}"))?,
+        ),
+        None => None,
+    };
+
     // Audit: JSON Lines with a hash chain, or tracing events.
     let writer = AuditWriter::builder().clock(clock.clone());
     let spawned = match &config.audit_log {
@@ -302,7 +313,10 @@ pub(crate) async fn build(
         reports,
         risk: operator,
         ungoverned,
-        revocations,
+        revocations: crate::app::RevocationAdmin {
+            local: revocations,
+            shared: shared_revocations,
+        },
     })
 }
 

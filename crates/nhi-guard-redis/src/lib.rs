@@ -22,6 +22,8 @@
 //! ```
 
 mod ratelimit;
+#[cfg(feature = "revocations")]
+pub mod revocations;
 pub mod risk;
 pub mod testing;
 
