@@ -1,0 +1,239 @@
+//! `nhi-guard`: the command-line companion of the nhi-guard layers.
+//!
+//! ```text
+//! nhi-guard key new [--prefix nhik_live_]   a new random API key, and its inventory line
+//! nhi-guard key hash                        the inventory line of a key read on standard input
+//! nhi-guard inventory lint FILE [--warn-days N]
+//!                                           load FILE as the guard does; print its error, or its warnings
+//! nhi-guard audit verify FILE [NEWER ...]   check the hash chain of audit logs (oldest first)
+//! ```
+//!
+//! Exit status: 0 all good; 1 a finding (an inventory that does not load, a broken
+//! audit chain); 2 an audit log intact but not sealed; 3 a file that cannot be read;
+//! 64 a usage error. Errors are one line on standard error naming the file, field
+//! or argument at fault.
+// A command-line tool: its output is standard output.
+#![allow(clippy::print_stdout)]
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use nhi_guard_core::registry::{ApiKeyHash, ClientStatus, Inventory};
+
+/// Usage errors.
+const USAGE: u8 = 64;
+
+const HELP: &str = "usage:
+  nhi-guard key new [--prefix PREFIX]          a new random API key (shown once) and its inventory line
+  nhi-guard key hash                           the inventory line of the key read on standard input
+  nhi-guard inventory lint FILE [--warn-days N]
+                                               load FILE as the guard does: its error, or its warnings
+  nhi-guard audit verify FILE [NEWER ...]      check the hash chain of audit logs, oldest first
+exit status: 0 good, 1 a finding, 2 an audit log not sealed, 3 a file not readable, 64 usage";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["key", "new", rest @ ..] => key_new(rest),
+        ["key", "hash"] => key_hash(),
+        ["inventory", "lint", rest @ ..] => inventory_lint(rest),
+        ["audit", "verify", files @ ..] if !files.is_empty() => audit_verify(files),
+        ["help" | "--help" | "-h"] => {
+            println!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        _ => usage(&format!("unknown command {:?}", args.join(" "))),
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("nhi-guard: {message}\n{HELP}");
+    ExitCode::from(USAGE)
+}
+
+/// A random key: the prefix and 32 random bytes in base64url (43 characters).
+fn key_new(args: &[&str]) -> ExitCode {
+    let prefix = match args {
+        [] => "nhik_",
+        ["--prefix", p] if valid_prefix(p) => p,
+        ["--prefix", p] => {
+            return usage(&format!(
+                "--prefix {p:?}: use 1 to 32 of A-Z a-z 0-9 _ -, so the key is one header token"
+            ));
+        }
+        _ => return usage("key new takes only --prefix PREFIX"),
+    };
+    let mut bytes = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        eprintln!("nhi-guard: key new: the system's random source failed: {e}");
+        return ExitCode::from(3);
+    }
+    let key = format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    );
+    println!("{key}");
+    println!("{}", ApiKeyHash::of_key(key.as_bytes()));
+    eprintln!(
+        "nhi-guard: the first line is the key: give it to the client once and keep no copy; \
+         the second goes into the client's api_keys in the inventory"
+    );
+    ExitCode::SUCCESS
+}
+
+fn valid_prefix(p: &str) -> bool {
+    (1..=32).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The `sha256:` line of the key on standard input (one line; surrounding
+/// whitespace ignored).
+fn key_hash() -> ExitCode {
+    let mut input = String::new();
+    if let Err(e) = std::io::stdin().take(64 * 1024).read_to_string(&mut input) {
+        eprintln!("nhi-guard: key hash: standard input: {e}");
+        return ExitCode::from(3);
+    }
+    let key = input.trim();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        eprintln!("nhi-guard: key hash: standard input must hold one key (no spaces)");
+        return ExitCode::from(1);
+    }
+    println!("{}", ApiKeyHash::of_key(key.as_bytes()));
+    ExitCode::SUCCESS
+}
+
+/// Loads the inventory as the guard does; prints the error that stops it, or the
+/// warnings of an inventory that loads.
+fn inventory_lint(args: &[&str]) -> ExitCode {
+    let (file, warn_days) = match args {
+        [file] => (*file, None),
+        [file, "--warn-days", n] | ["--warn-days", n, file] => match n.parse::<u64>() {
+            Ok(n) if n <= 3650 => (*file, Some(n)),
+            _ => return usage(&format!("--warn-days {n:?}: a number of days from 0 to 3650")),
+        },
+        _ => return usage("inventory lint takes FILE [--warn-days N]"),
+    };
+    if let Err(e) = std::fs::metadata(file) {
+        eprintln!("nhi-guard: {file}: {e}");
+        return ExitCode::from(3);
+    }
+    let inventory = match Inventory::from_toml_file(file) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("nhi-guard: {file}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let warnings = lint(
+        &inventory,
+        SystemTime::now(),
+        warn_days.map(|d| Duration::from_secs(d * 86_400)),
+    );
+    for w in &warnings {
+        println!("{file}: warning: {w}");
+    }
+    println!(
+        "{file}: {} clients, {} tiers, {} warnings",
+        inventory.len(),
+        inventory.tiers().count(),
+        warnings.len()
+    );
+    ExitCode::SUCCESS
+}
+
+/// Warnings of a loaded inventory at `now`: clients expired, expiring within the
+/// warning window (the inventory's own, or `window`), or suspended.
+fn lint(inventory: &Inventory, now: SystemTime, window: Option<Duration>) -> Vec<String> {
+    let window = window.unwrap_or_else(|| inventory.expiry_warning());
+    let mut out = Vec::new();
+    let mut clients = inventory.clients();
+    clients.sort_by(|a, b| a.id().cmp(b.id()));
+    for c in clients {
+        let id = c.id();
+        match c.expires().duration_since(now) {
+            Err(_) => out.push(format!(
+                "client {id:?} expired on {} (owner {})",
+                nhi_guard_core::rfc3339(c.expires()),
+                c.owner()
+            )),
+            Ok(left) if left <= window => out.push(format!(
+                "client {id:?} expires in {} days, on {} (owner {})",
+                left.as_secs() / 86_400,
+                nhi_guard_core::rfc3339(c.expires()),
+                c.owner()
+            )),
+            Ok(_) => {}
+        }
+        if c.status() == ClientStatus::Suspended {
+            out.push(format!("client {id:?} is suspended"));
+        }
+    }
+    out
+}
+
+/// Checks audit logs as `audit_verify` does.
+fn audit_verify(files: &[&str]) -> ExitCode {
+    let reports = match nhi_guard_audit::verify_files(files) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nhi-guard: audit verify: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let mut status = 0u8;
+    for (path, report) in files.iter().zip(&reports) {
+        println!("{path}: {report}");
+        if !report.is_intact() {
+            status = 1;
+        } else if !report.is_sealed() && status == 0 {
+            status = 2;
+        }
+    }
+    for path in &files[reports.len()..] {
+        println!("{path}: not checked (an earlier file is broken)");
+    }
+    ExitCode::from(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use nhi_guard_core::registry::{ClientRecord, Inventory};
+
+    use super::*;
+
+    #[test]
+    fn lint_warns_of_expired_expiring_and_suspended_clients() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let day = Duration::from_secs(86_400);
+        let client =
+            |id: &str, expires: SystemTime| ClientRecord::builder(id, "team@example.com", "tests", expires);
+        let inventory = Inventory::builder()
+            .client(client("fine", now + day * 300).build().expect("client"))
+            .client(client("soon", now + day * 10).build().expect("client"))
+            .client(client("gone", now - day).build().expect("client"))
+            .client(
+                client("paused", now + day * 300)
+                    .status(ClientStatus::Suspended)
+                    .build()
+                    .expect("client"),
+            )
+            .build()
+            .expect("inventory");
+        let w = lint(&inventory, now, Some(day * 30));
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(w[0].starts_with("client \"gone\" expired on"), "{w:?}");
+        assert!(w[1].starts_with("client \"paused\" is suspended"), "{w:?}");
+        assert!(w[2].starts_with("client \"soon\" expires in 10 days"), "{w:?}");
+        assert!(
+            lint(&inventory, now, Some(day))
+                .iter()
+                .all(|w| !w.contains("soon"))
+        );
+        assert!(valid_prefix("nhik_live_") && !valid_prefix("") && !valid_prefix("a b"));
+    }
+}
