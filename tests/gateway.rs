@@ -764,11 +764,20 @@ async fn ungoverned_callers_are_refused_recorded_and_reported() {
         "{}",
         r.text
     );
+    // Nobody registered has called yet but the operator: the others are never
+    // seen.
+    let never: Vec<&str> = r.body["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter(|c| c["never_seen"] == true)
+        .filter_map(|c| c["client_id"].as_str())
+        .collect();
     assert!(
-        r.body["clients"].as_array().is_some_and(|c| !c.is_empty()),
-        "{}",
-        r.text
+        !never.contains(&"ops-console") && never.contains(&"partner-feed"),
+        "{never:?}"
     );
+    assert_eq!(r.body["never_seen_clients"].as_u64(), Some(never.len() as u64));
     // A bad query keeps the report's own answer.
     let r = gw.send("GET", "/admin/clients?since=yesterday", ops, peer).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
@@ -783,6 +792,11 @@ async fn ungoverned_callers_are_refused_recorded_and_reported() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     let r = gw.send("GET", "/metrics", ops, peer).await;
+    // The report made above set the stale-identity gauges.
+    for state in ["stale", "never_seen"] {
+        let series = format!(r#"nhi_guard_stale_clients{{state="{state}"}} "#);
+        assert!(r.text.contains(&series), "no {series} in\n{}", r.text);
+    }
     for kind in ["token", "api_key"] {
         let series = format!(r#"nhi_guard_ungoverned_requests_total{{kind="{kind}"}} "#);
         let n: f64 = r

@@ -99,6 +99,10 @@ pub const RISK_SIGNALS_TOTAL: &str = "nhi_guard_risk_signals_total";
 /// by `kind` (`token`: a trusted issuer's token for an unregistered client;
 /// `api_key`: a key matching no client).
 pub const UNGOVERNED_REQUESTS_TOTAL: &str = "nhi_guard_ungoverned_requests_total";
+/// Clients of the inventory by `state`: `stale` (seen before, not within the
+/// report's window) or `never_seen` (not since the usage store started), as of the
+/// last least-privilege report.
+pub const STALE_CLIENTS: &str = "nhi_guard_stale_clients";
 /// Records waiting in the audit writer's queue.
 pub const AUDIT_QUEUE_DEPTH: &str = "nhi_guard_audit_queue_depth";
 /// Scope policy rules that no client in the inventory can pass.
@@ -166,6 +170,11 @@ pub fn describe() {
         "Requests whose credential named no client of the inventory, by kind (token, api_key)"
     );
     describe_gauge!(
+        STALE_CLIENTS,
+        Unit::Count,
+        "Inventory clients not seen within the report's window (stale) or not since the start (never_seen)"
+    );
+    describe_gauge!(
         SCOPE_UNREACHABLE_RULES,
         Unit::Count,
         "Scope policy rules that no client in the inventory can pass"
@@ -192,6 +201,12 @@ pub fn risk_signal(signal: &'static str, action: &'static str) {
 /// `token` or `api_key`).
 pub fn ungoverned(kind: &'static str) {
     metrics::counter!(UNGOVERNED_REQUESTS_TOTAL, "kind" => kind).increment(1);
+}
+
+/// Sets the stale-identity gauges from a least-privilege report.
+pub fn identity_staleness(stale: usize, never_seen: usize) {
+    metrics::gauge!(STALE_CLIENTS, "state" => "stale").set(stale as f64);
+    metrics::gauge!(STALE_CLIENTS, "state" => "never_seen").set(never_seen as f64);
 }
 
 /// Counts a failed operation of a shared store (`store`: `rate_limit`, `risk`;

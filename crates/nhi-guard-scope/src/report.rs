@@ -100,6 +100,15 @@ pub struct ClientReport {
     pub denied: Vec<DeniedScope>,
     /// The usage store dropped some scopes of this client (memory bound).
     pub truncated: bool,
+    /// The last request of it the usage store saw (allowed with a scope, or
+    /// refused for lacking one), RFC 3339; `None` when none was seen.
+    pub last_seen: Option<String>,
+    /// Seen before, but not since the report's `unused_since` time: an identity
+    /// nobody uses any more, a candidate for retirement.
+    pub stale: bool,
+    /// Never seen since the usage store started (the guard's start, for the
+    /// in-memory store).
+    pub never_seen: bool,
 }
 
 /// The least-privilege report over the whole inventory.
@@ -115,6 +124,10 @@ pub struct InventoryReport {
     /// Rules of the policy (when the report knows it, [`ReportService::policy`])
     /// that no client in the inventory can pass today, in policy order.
     pub unreachable_rules: Vec<UnreachableRule>,
+    /// Clients marked `stale`.
+    pub stale_clients: usize,
+    /// Clients marked `never_seen`.
+    pub never_seen_clients: usize,
 }
 
 /// A policy rule whose scopes no client in the inventory holds: nobody can call
@@ -218,6 +231,12 @@ pub fn client_report(
         })
         .collect();
     let expires = record.expires();
+    let last_seen = usage
+        .used
+        .values()
+        .chain(usage.denied.values())
+        .map(|stat| stat.last)
+        .max();
     ClientReport {
         client_id: record.id().clone(),
         owner: record.owner().to_owned(),
@@ -231,6 +250,9 @@ pub fn client_report(
         unused,
         denied,
         truncated: usage.truncated,
+        last_seen: last_seen.map(rfc3339),
+        stale: last_seen.is_some_and(|t| t < since),
+        never_seen: last_seen.is_none(),
     }
 }
 
@@ -251,11 +273,15 @@ pub async fn inventory_report(
         let usage = store.usage(record.id()).await?;
         clients.push(client_report(record, &usage, now, since, warning));
     }
+    let stale_clients = clients.iter().filter(|c| c.stale).count();
+    let never_seen_clients = clients.iter().filter(|c| c.never_seen).count();
     Ok(InventoryReport {
         generated_at: rfc3339(now),
         unused_since: rfc3339(since),
         clients,
         unreachable_rules: Vec::new(),
+        stale_clients,
+        never_seen_clients,
     })
 }
 
@@ -336,6 +362,7 @@ impl ReportService {
     /// The usage store's error.
     pub async fn report_since(&self, since: SystemTime) -> Result<InventoryReport, UsageStoreError> {
         let mut report = inventory_report(&*self.registry, &*self.store, self.clock.now(), since).await?;
+        nhi_guard_core::metrics::identity_staleness(report.stale_clients, report.never_seen_clients);
         if let Some(policy) = &self.policy {
             report.unreachable_rules = unreachable_rules(policy, &self.registry.clients());
         }

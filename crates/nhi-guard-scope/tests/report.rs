@@ -131,9 +131,30 @@ async fn report_after_a_scripted_sequence() {
                 {"scope": "admin", "attempts": 3, "last_attempt": "2027-01-25T08:00:00Z"},
             ],
             "truncated": false,
+            "last_seen": "2027-01-25T08:00:00Z",
+            "stale": false,
+            "never_seen": false,
         })
     );
+    // Stale identities: ops-console was last seen before the window, monitor never.
     let ops = client(&json, "ops-console");
+    assert_eq!(
+        (ops["stale"].as_bool(), ops["never_seen"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(ops["last_seen"], "2027-01-16T08:00:00Z");
+    let monitor = client(&json, "monitor");
+    assert_eq!(
+        (monitor["stale"].as_bool(), monitor["never_seen"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(monitor["last_seen"], Value::Null);
+    assert_eq!(
+        client(&json, "billing-export")["stale"],
+        false,
+        "a refusal is a sighting"
+    );
+    assert_eq!((report.stale_clients, report.never_seen_clients), (1, 1));
     assert_eq!(
         ops["used"],
         json!([{"scope": "admin", "uses": 1, "last_used": "2027-01-16T08:00:00Z", "granted": true}])
