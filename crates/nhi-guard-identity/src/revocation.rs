@@ -2,7 +2,8 @@
 //! revoked client is refused whatever credential it presents (`client_revoked`),
 //! a revoked API key (by its `sha256:` hash) is refused (`api_key_revoked`), and a
 //! revoked token (by its `jti`) is refused until the revocation lapses
-//! (`token_revoked`). The checks run on every admitted request, after the
+//! (`token_revoked`); a token without a `jti` can be revoked only through its
+//! client. The checks run on every admitted request, after the
 //! verified-token cache, so no cached verification lets a revoked credential
 //! through.
 //!

@@ -127,6 +127,10 @@ impl RedisRevocations {
     /// replica knew it) and whether Redis took the change.
     pub async fn lift(&self, id: &str) -> (Option<Revocation>, bool) {
         let lifted = self.inner.local.lift(id);
+        if lifted.is_none() {
+            // Unknown here, and this replica's set follows Redis's: nothing to tell.
+            return (None, true);
+        }
         let shared = publish(&self.inner, &Pending::Lift(id.to_owned())).await.is_ok();
         if !shared {
             self.queue(Pending::Lift(id.to_owned()));
