@@ -379,6 +379,10 @@ pub(crate) fn write_api_activity(
             }
             CredentialInfo::ApiKey { prefix } => {
                 cred.str(buf, "prefix", prefix);
+                // Past the rotation date the inventory gave the key.
+                if state.credential_rotation_due {
+                    cred.bool(buf, "rotation_due", true);
+                }
                 cred.lit(buf, "type", "api_key");
             }
             CredentialInfo::Certificate {

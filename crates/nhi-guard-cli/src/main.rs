@@ -172,6 +172,22 @@ fn lint(inventory: &Inventory, now: SystemTime, window: Option<Duration>) -> Vec
         if c.status() == ClientStatus::Suspended {
             out.push(format!("client {id:?} is suspended"));
         }
+        for hash in c.api_keys() {
+            let dates = c.api_key_dates(hash);
+            let short = &hash.to_string()[..15];
+            if let (Some(created), Some(max)) = (dates.created, inventory.max_key_age())
+                && now.duration_since(created).is_ok_and(|age| age >= max)
+            {
+                out.push(format!(
+                    "client {id:?}: key {short}… is older than [keys] max_age_days and is refused"
+                ));
+            } else if let Some(t) = dates.rotate_by.filter(|t| *t <= now) {
+                out.push(format!(
+                    "client {id:?}: key {short}… was due for rotation on {}",
+                    nhi_guard_core::rfc3339(t)
+                ));
+            }
+        }
     }
     out
 }
@@ -212,7 +228,23 @@ mod tests {
         let day = Duration::from_secs(86_400);
         let client =
             |id: &str, expires: SystemTime| ClientRecord::builder(id, "team@example.com", "tests", expires);
+        let dated = |key: &str, created: SystemTime, rotate_by: SystemTime| {
+            (
+                ApiKeyHash::of_key(key.as_bytes()),
+                nhi_guard_core::registry::ApiKeyDates::new(Some(created), Some(rotate_by)),
+            )
+        };
+        let (k1, d1) = dated("k1", now - day * 400, now + day);
+        let (k2, d2) = dated("k2", now - day * 10, now - day);
         let inventory = Inventory::builder()
+            .max_key_age(day * 365)
+            .client(
+                client("keyed", now + day * 300)
+                    .api_key_hash_dated(k1, d1)
+                    .api_key_hash_dated(k2, d2)
+                    .build()
+                    .expect("client"),
+            )
             .client(client("fine", now + day * 300).build().expect("client"))
             .client(client("soon", now + day * 10).build().expect("client"))
             .client(client("gone", now - day).build().expect("client"))
@@ -225,10 +257,12 @@ mod tests {
             .build()
             .expect("inventory");
         let w = lint(&inventory, now, Some(day * 30));
-        assert_eq!(w.len(), 3, "{w:?}");
+        assert_eq!(w.len(), 5, "{w:?}");
         assert!(w[0].starts_with("client \"gone\" expired on"), "{w:?}");
-        assert!(w[1].starts_with("client \"paused\" is suspended"), "{w:?}");
-        assert!(w[2].starts_with("client \"soon\" expires in 10 days"), "{w:?}");
+        assert!(w[1].contains("is older than [keys] max_age_days"), "{w:?}");
+        assert!(w[2].contains("was due for rotation on"), "{w:?}");
+        assert!(w[3].starts_with("client \"paused\" is suspended"), "{w:?}");
+        assert!(w[4].starts_with("client \"soon\" expires in 10 days"), "{w:?}");
         assert!(
             lint(&inventory, now, Some(day))
                 .iter()

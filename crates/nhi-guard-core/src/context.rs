@@ -215,6 +215,8 @@ pub struct ContextState {
     pub credential_issued_at: Option<SystemTime>,
     /// The client's registration expires within the warning window.
     pub client_expiring_soon: bool,
+    /// The presented credential is past the rotation date the inventory gave it.
+    pub credential_rotation_due: bool,
     /// The route template (`/inventory/{sku}`), when a control or the router knows it.
     pub route: Option<Arc<str>>,
     /// The scope outcome.

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use toml::{Table, Value};
 
 use crate::registry::{
-    ApiKeyHash, ClientRecord, ClientStatus, DEFAULT_TIER, InventoryBuilder, InventoryError,
+    ApiKeyDates, ApiKeyHash, ClientRecord, ClientStatus, DEFAULT_TIER, InventoryBuilder, InventoryError,
     InventoryErrorKind as Kind, Tier, client_error, file_error, tier_error, with_index,
 };
 use crate::scope::ScopeSet;
@@ -34,12 +34,39 @@ pub(crate) fn parse(text: &str) -> Result<InventoryBuilder, InventoryError> {
         .map_err(|e: toml::de::Error| file_error(Kind::Syntax, None, e.to_string().trim_end().to_owned()))?;
     let mut builder = InventoryBuilder::default();
     for key in doc.keys() {
-        if key != "client" && key != "tiers" {
+        if key != "client" && key != "tiers" && key != "keys" {
             return Err(file_error(
                 Kind::UnknownField,
                 Some(key),
-                "unknown top-level key; expected `[[client]]` or `[tiers.NAME]`".into(),
+                "unknown top-level key; expected `[[client]]`, `[tiers.NAME]` or `[keys]`".into(),
             ));
+        }
+    }
+    if let Some(keys) = doc.get("keys") {
+        let bad = |field: Option<&str>, kind, message: &str| file_error(kind, field, message.to_owned());
+        let keys = keys
+            .as_table()
+            .ok_or_else(|| bad(Some("keys"), Kind::Invalid, "must be a table `[keys]`"))?;
+        for (field, value) in keys {
+            match (field.as_str(), value) {
+                ("max_age_days", Value::Integer(days)) if (1..=36_500).contains(days) => {
+                    builder = builder.max_key_age(std::time::Duration::from_secs(*days as u64 * 86_400));
+                }
+                ("max_age_days", _) => {
+                    return Err(bad(
+                        Some("keys.max_age_days"),
+                        Kind::Invalid,
+                        "must be a number of days from 1 to 36500",
+                    ));
+                }
+                (other, _) => {
+                    return Err(file_error(
+                        Kind::UnknownField,
+                        Some(&format!("keys.{other}")),
+                        "unknown field; expected `max_age_days`".into(),
+                    ));
+                }
+            }
         }
     }
     if let Some(tiers) = doc.get("tiers") {
@@ -218,8 +245,8 @@ fn parse_client(index: usize, value: &Value) -> Result<ClientRecord, InventoryEr
             ));
         }
     }
-    for key in f.strings("api_keys")?.unwrap_or_default() {
-        b = b.api_key_hash(ApiKeyHash::parse(key).map_err(|m| f.err("api_keys", Kind::Invalid, m))?);
+    for (hash, dates) in parse_api_keys(&f)? {
+        b = b.api_key_hash_dated(hash, dates);
     }
     for sid in f.strings("spiffe_ids")?.unwrap_or_default() {
         b = b.spiffe_id(sid);
@@ -283,6 +310,78 @@ fn parse_expires(f: &ClientFields<'_>) -> Result<SystemTime, InventoryError> {
             format!("{text:?} is not an RFC 3339 date-time with offset (e.g. \"2027-06-30T00:00:00Z\"): {e}"),
         )
     })
+}
+
+/// `api_keys`: each a `"sha256:…"` string, or `{ hash = "sha256:…", created =
+/// "…", rotate_by = "…" }` with optional dates.
+fn parse_api_keys(f: &ClientFields<'_>) -> Result<Vec<(ApiKeyHash, ApiKeyDates)>, InventoryError> {
+    let items = match f.table.get("api_keys") {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(f.err(
+                "api_keys",
+                Kind::Invalid,
+                format!("must be an array, found {}", other.type_str()),
+            ));
+        }
+    };
+    let invalid = |m: String| f.err("api_keys", Kind::Invalid, m);
+    let date = |t: &Table, field: &str| -> Result<Option<SystemTime>, InventoryError> {
+        let text = match t.get(field) {
+            None => return Ok(None),
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Datetime(dt)) => dt.to_string(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "{field} must be an RFC 3339 date-time, found {}",
+                    other.type_str()
+                )));
+            }
+        };
+        crate::parse_rfc3339(&text).map(Some).map_err(|e| {
+            invalid(format!(
+                "{field} {text:?} is not an RFC 3339 date-time with offset: {e}"
+            ))
+        })
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let (hash, dates) = match item {
+            Value::String(h) => (h.as_str(), ApiKeyDates::default()),
+            Value::Table(t) => {
+                if let Some(k) = t
+                    .keys()
+                    .find(|k| !matches!(k.as_str(), "hash" | "created" | "rotate_by"))
+                {
+                    return Err(f.err(
+                        &format!("api_keys.{k}"),
+                        Kind::UnknownField,
+                        "unknown field; expected hash, created, rotate_by".into(),
+                    ));
+                }
+                let hash = t
+                    .get("hash")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("an entry as a table needs `hash = \"sha256:…\"`".into()))?;
+                let dates = ApiKeyDates::new(date(t, "created")?, date(t, "rotate_by")?);
+                if let (Some(c), Some(r)) = (dates.created, dates.rotate_by)
+                    && r < c
+                {
+                    return Err(invalid(format!("{hash}: rotate_by is before created")));
+                }
+                (hash, dates)
+            }
+            other => {
+                return Err(invalid(format!(
+                    "each entry is a \"sha256:…\" string or a table, found {}",
+                    other.type_str()
+                )));
+            }
+        };
+        out.push((ApiKeyHash::parse(hash).map_err(invalid)?, dates));
+    }
+    Ok(out)
 }
 
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (a host route).
@@ -385,6 +484,65 @@ burst = 100
         assert_eq!(e.field(), Some(field), "{msg}");
         assert!(msg.contains(&format!("client `{client}`")), "{msg}");
         assert!(msg.contains(&format!("field `{field}`")), "{msg}");
+    }
+
+    #[test]
+    fn api_keys_with_dates_and_a_maximum_age() {
+        let a = ApiKeyHash::of_key(b"nhik_a").to_string();
+        let b = ApiKeyHash::of_key(b"nhik_b").to_string();
+        let text = format!(
+            "[keys]\nmax_age_days = 90\n\n{HEAD}api_keys = [\"{a}\", {{ hash = \"{b}\", created = \"2026-01-01T00:00:00Z\", rotate_by = 2026-06-01T00:00:00Z }}]\n"
+        );
+        let inv = crate::registry::Inventory::from_toml_str(&text).expect("loads");
+        assert_eq!(
+            inv.max_key_age(),
+            Some(std::time::Duration::from_secs(90 * 86_400))
+        );
+        let c = inv.client("svc-a").expect("client");
+        assert_eq!(c.api_keys().len(), 2);
+        assert_eq!(
+            c.api_key_dates(&ApiKeyHash::of_key(b"nhik_a")),
+            ApiKeyDates::default()
+        );
+        let dates = c.api_key_dates(&ApiKeyHash::of_key(b"nhik_b"));
+        assert_eq!(
+            dates.created.map(crate::rfc3339).as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            dates.rotate_by.map(crate::rfc3339).as_deref(),
+            Some("2026-06-01T00:00:00Z")
+        );
+        assert!(inv.client_by_api_key(&ApiKeyHash::of_key(b"nhik_b")).is_some());
+
+        let entry = |extra: &str| format!("{HEAD}api_keys = [{{ hash = \"{b}\"{extra} }}]\n");
+        assert_names(
+            &entry(", issued = \"x\""),
+            "svc-a",
+            "api_keys.issued",
+            Kind::UnknownField,
+        );
+        assert_names(
+            &entry(", created = \"yesterday\""),
+            "svc-a",
+            "api_keys",
+            Kind::Invalid,
+        );
+        assert_names(
+            &entry(", created = \"2026-06-01T00:00:00Z\", rotate_by = \"2026-01-01T00:00:00Z\""),
+            "svc-a",
+            "api_keys",
+            Kind::Invalid,
+        );
+        assert_names(
+            &format!("{HEAD}api_keys = [{{ created = \"2026-01-01T00:00:00Z\" }}]\n"),
+            "svc-a",
+            "api_keys",
+            Kind::Invalid,
+        );
+        for bad in ["[keys]\nmax_age_days = 0\n", "[keys]\nmax_age = 30\n"] {
+            assert!(crate::registry::Inventory::from_toml_str(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

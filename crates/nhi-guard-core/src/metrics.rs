@@ -103,6 +103,8 @@ pub const UNGOVERNED_REQUESTS_TOTAL: &str = "nhi_guard_ungoverned_requests_total
 /// report's window) or `never_seen` (not since the usage store started), as of the
 /// last least-privilege report.
 pub const STALE_CLIENTS: &str = "nhi_guard_stale_clients";
+/// Requests made with an API key past the rotation date the inventory gave it.
+pub const ROTATION_DUE_REQUESTS_TOTAL: &str = "nhi_guard_rotation_due_requests_total";
 /// Records waiting in the audit writer's queue.
 pub const AUDIT_QUEUE_DEPTH: &str = "nhi_guard_audit_queue_depth";
 /// Scope policy rules that no client in the inventory can pass.
@@ -174,6 +176,11 @@ pub fn describe() {
         Unit::Count,
         "Inventory clients not seen within the report's window (stale) or not since the start (never_seen)"
     );
+    describe_counter!(
+        ROTATION_DUE_REQUESTS_TOTAL,
+        Unit::Count,
+        "Requests made with an API key past the rotation date the inventory gave it"
+    );
     describe_gauge!(
         SCOPE_UNREACHABLE_RULES,
         Unit::Count,
@@ -207,6 +214,11 @@ pub fn ungoverned(kind: &'static str) {
 pub fn identity_staleness(stale: usize, never_seen: usize) {
     metrics::gauge!(STALE_CLIENTS, "state" => "stale").set(stale as f64);
     metrics::gauge!(STALE_CLIENTS, "state" => "never_seen").set(never_seen as f64);
+}
+
+/// Counts a request made with an API key past its rotation date.
+pub fn rotation_due() {
+    metrics::counter!(ROTATION_DUE_REQUESTS_TOTAL).increment(1);
 }
 
 /// Counts a failed operation of a shared store (`store`: `rate_limit`, `risk`;

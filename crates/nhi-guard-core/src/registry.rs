@@ -16,7 +16,8 @@
 //! tier = "standard"                 # optional, default "default"
 //! networks = ["127.0.0.0/8"]        # optional; absent = any
 //! status = "active"                 # optional: active | suspended
-//! api_keys = ["sha256:<64 hex>"]    # optional: SHA-256 of issued keys
+//! api_keys = ["sha256:<64 hex>",    # optional: SHA-256 of issued keys, or with dates:
+//!   { hash = "sha256:<64 hex>", created = "2026-12-01T00:00:00Z", rotate_by = "2027-03-01T00:00:00Z" }]
 //! spiffe_ids = ["spiffe://example.test/ns/prod/sa/inventory-sync"]  # optional
 //! issuers = ["https://auth.example.com/"]  # optional; required with several issuers
 //! labels = { team = "fulfilment" }  # optional, free-form strings
@@ -24,6 +25,9 @@
 //! [tiers.standard]
 //! per_second = 50
 //! burst = 100
+//!
+//! [keys]
+//! max_age_days = 365                # optional: refuse keys created longer ago
 //! ```
 //!
 //! # Issuers
@@ -187,9 +191,29 @@ pub struct ClientRecord {
     networks: Option<Vec<IpNet>>,
     #[serde(skip)]
     api_keys: Vec<ApiKeyHash>,
+    #[serde(skip)]
+    api_key_dates: Vec<(ApiKeyHash, ApiKeyDates)>,
     spiffe_ids: Vec<Arc<str>>,
     issuers: Vec<Arc<str>>,
     labels: BTreeMap<String, String>,
+}
+
+/// When an API key was issued and when it must be rotated (both optional).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ApiKeyDates {
+    /// When it was issued: with a maximum key age ([`InventoryBuilder::max_key_age`]),
+    /// a key older than that is refused.
+    pub created: Option<SystemTime>,
+    /// When it must be rotated: past it, requests still pass and are flagged.
+    pub rotate_by: Option<SystemTime>,
+}
+
+impl ApiKeyDates {
+    /// Dates of a key.
+    pub fn new(created: Option<SystemTime>, rotate_by: Option<SystemTime>) -> Self {
+        Self { created, rotate_by }
+    }
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
@@ -246,6 +270,7 @@ impl ClientRecord {
             tier: DEFAULT_TIER.to_owned(),
             networks: None,
             api_keys: Vec::new(),
+            api_key_dates: Vec::new(),
             spiffe_ids: Vec::new(),
             issuers: Vec::new(),
             labels: BTreeMap::new(),
@@ -287,6 +312,16 @@ impl ClientRecord {
     /// SHA-256 hashes of the API keys issued to this client.
     pub fn api_keys(&self) -> &[ApiKeyHash] {
         &self.api_keys
+    }
+
+    /// The dates registered with the API key of `hash` (none when the inventory
+    /// gave only its hash).
+    pub fn api_key_dates(&self, hash: &ApiKeyHash) -> ApiKeyDates {
+        self.api_key_dates
+            .iter()
+            .find(|(h, _)| h == hash)
+            .map(|(_, d)| *d)
+            .unwrap_or_default()
     }
     /// SPIFFE ids this client's workloads present.
     pub fn spiffe_ids(&self) -> &[Arc<str>] {
@@ -372,6 +407,7 @@ pub struct ClientRecordBuilder {
     tier: String,
     networks: Option<Vec<IpNet>>,
     api_keys: Vec<ApiKeyHash>,
+    api_key_dates: Vec<(ApiKeyHash, ApiKeyDates)>,
     spiffe_ids: Vec<Arc<str>>,
     issuers: Vec<Arc<str>>,
     labels: BTreeMap<String, String>,
@@ -401,6 +437,15 @@ impl ClientRecordBuilder {
     /// Registers the hash of an issued API key.
     pub fn api_key_hash(mut self, hash: ApiKeyHash) -> Self {
         self.api_keys.push(hash);
+        self
+    }
+    /// Registers the hash of an issued API key with when it was issued and when
+    /// it must be rotated.
+    pub fn api_key_hash_dated(mut self, hash: ApiKeyHash, dates: ApiKeyDates) -> Self {
+        self.api_keys.push(hash);
+        if dates != ApiKeyDates::default() {
+            self.api_key_dates.push((hash, dates));
+        }
         self
     }
     /// Registers an issued API key by hashing it; the key itself is not kept.
@@ -500,6 +545,7 @@ impl ClientRecordBuilder {
             tier: Arc::from(self.tier),
             networks: self.networks,
             api_keys: self.api_keys,
+            api_key_dates: self.api_key_dates,
             spiffe_ids: self.spiffe_ids,
             issuers: self.issuers,
             labels: self.labels,
@@ -750,6 +796,7 @@ pub struct Inventory {
     by_spiffe_id: FxMap<Arc<str>, Arc<ClientRecord>>,
     tiers: FxMap<Arc<str>, Tier>,
     expiry_warning: Duration,
+    max_key_age: Option<Duration>,
 }
 
 impl Inventory {
@@ -833,6 +880,11 @@ impl Inventory {
     pub fn expiry_warning(&self) -> Duration {
         self.expiry_warning
     }
+
+    /// The oldest an API key with a `created` date may be, if limited.
+    pub fn max_key_age(&self) -> Option<Duration> {
+        self.max_key_age
+    }
 }
 
 /// Builds an [`Inventory`] in code.
@@ -842,6 +894,7 @@ pub struct InventoryBuilder {
     clients: Vec<ClientRecord>,
     tiers: Vec<(String, Tier)>,
     expiry_warning: Duration,
+    max_key_age: Option<Duration>,
 }
 
 impl Default for InventoryBuilder {
@@ -850,6 +903,7 @@ impl Default for InventoryBuilder {
             clients: Vec::new(),
             tiers: Vec::new(),
             expiry_warning: DEFAULT_EXPIRY_WARNING,
+            max_key_age: None,
         }
     }
 }
@@ -871,6 +925,13 @@ impl InventoryBuilder {
     /// (default 14 days).
     pub fn expiry_warning(mut self, window: Duration) -> Self {
         self.expiry_warning = window;
+        self
+    }
+
+    /// Refuses API keys issued (their `created` date) longer ago than `age`: a key
+    /// must be rotated before then. Keys registered without a date are not limited.
+    pub fn max_key_age(mut self, age: Duration) -> Self {
+        self.max_key_age = Some(age);
         self
     }
 
@@ -911,6 +972,7 @@ impl InventoryBuilder {
             by_spiffe_id: FxMap::default(),
             tiers,
             expiry_warning: self.expiry_warning,
+            max_key_age: self.max_key_age,
         };
         for (index, record) in self.clients.into_iter().enumerate() {
             let id = record.id.to_string();
@@ -1156,6 +1218,10 @@ pub trait ClientRegistry: Send + Sync + fmt::Debug + 'static {
     fn expiry_warning(&self) -> Duration {
         DEFAULT_EXPIRY_WARNING
     }
+    /// The oldest an API key with a `created` date may be, if limited.
+    fn max_key_age(&self) -> Option<Duration> {
+        None
+    }
     /// Registers a condition every inventory this registry serves must meet, and
     /// checks the inventory served now. Controls call it when they are built: the
     /// identity layer requires every client to list its issuers when it trusts
@@ -1288,6 +1354,9 @@ impl ClientRegistry for InMemoryRegistry {
     fn expiry_warning(&self) -> Duration {
         self.current.load().expiry_warning()
     }
+    fn max_key_age(&self) -> Option<Duration> {
+        self.current.load().max_key_age()
+    }
     fn require(&self, requirement: InventoryRequirement) -> Result<(), InventoryError> {
         let mut requirements = self.requirements_lock();
         requirement.check(&self.current.load())?;
@@ -1313,6 +1382,9 @@ impl<R: ClientRegistry + ?Sized> ClientRegistry for Arc<R> {
     }
     fn clients(&self) -> Vec<Arc<ClientRecord>> {
         (**self).clients()
+    }
+    fn max_key_age(&self) -> Option<Duration> {
+        (**self).max_key_age()
     }
     fn expiry_warning(&self) -> Duration {
         (**self).expiry_warning()

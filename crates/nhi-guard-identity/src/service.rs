@@ -428,6 +428,20 @@ impl Config {
                 "The API key is not recognised",
             ));
         };
+        let dates = record.api_key_dates(&hash);
+        if let (Some(created), Some(max_age)) = (dates.created, self.registry.max_key_age())
+            && now.duration_since(created).is_ok_and(|age| age >= max_age)
+        {
+            return fail(Denial::invalid_token(
+                Control::Identity,
+                "api_key_expired",
+                "The API key is older than this API accepts; rotate it",
+            ));
+        }
+        if dates.rotate_by.is_some_and(|t| t <= now) {
+            ctx.update(|s| s.credential_rotation_due = true);
+            nhi_guard_core::metrics::rotation_due();
+        }
         let credential = CredentialInfo::ApiKey {
             prefix: CredentialInfo::api_key_prefix(key, 8),
         };
