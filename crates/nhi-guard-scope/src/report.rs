@@ -71,6 +71,24 @@ pub struct DeniedScope {
     pub last_attempt: String,
 }
 
+/// One API key of a client, by its hash prefix, with its age.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct KeyReport {
+    /// `sha256:` and the first 8 hex digits of the key's hash.
+    pub fingerprint_prefix: String,
+    /// When it was issued (RFC 3339), if the inventory says.
+    pub created: Option<String>,
+    /// When it must be rotated (RFC 3339), if the inventory says.
+    pub rotate_by: Option<String>,
+    /// Whole days since it was issued, if known.
+    pub age_days: Option<u64>,
+    /// Past its rotation date: it works, and is flagged.
+    pub rotation_due: bool,
+    /// Older than the inventory's maximum key age: it is refused.
+    pub too_old: bool,
+}
+
 /// The least-privilege view of one client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -109,6 +127,8 @@ pub struct ClientReport {
     /// Never seen since the usage store started (the guard's start, for the
     /// in-memory store).
     pub never_seen: bool,
+    /// Its API keys with their age and rotation state.
+    pub api_keys: Vec<KeyReport>,
 }
 
 /// The least-privilege report over the whole inventory.
@@ -196,13 +216,15 @@ fn days_left(expires: SystemTime, now: SystemTime) -> i64 {
     }
 }
 
-/// Builds the report of one client from its record and recorded usage.
+/// Builds the report of one client from its record and recorded usage;
+/// `max_key_age` is the inventory's maximum API-key age, if any.
 pub fn client_report(
     record: &ClientRecord,
     usage: &ClientUsage,
     now: SystemTime,
     since: SystemTime,
     expiry_warning: Duration,
+    max_key_age: Option<Duration>,
 ) -> ClientReport {
     let granted = record.scopes().clone();
     let used = usage
@@ -253,6 +275,22 @@ pub fn client_report(
         last_seen: last_seen.map(rfc3339),
         stale: last_seen.is_some_and(|t| t < since),
         never_seen: last_seen.is_none(),
+        api_keys: record
+            .api_keys()
+            .iter()
+            .map(|hash| {
+                let dates = record.api_key_dates(hash);
+                let age = dates.created.and_then(|c| now.duration_since(c).ok());
+                KeyReport {
+                    fingerprint_prefix: hash.to_string()[..15].to_owned(),
+                    created: dates.created.map(rfc3339),
+                    rotate_by: dates.rotate_by.map(rfc3339),
+                    age_days: age.map(|a| a.as_secs() / 86_400),
+                    rotation_due: dates.rotate_by.is_some_and(|t| t <= now),
+                    too_old: age.zip(max_key_age).is_some_and(|(a, max)| a >= max),
+                }
+            })
+            .collect(),
     }
 }
 
@@ -271,7 +309,14 @@ pub async fn inventory_report(
     let mut clients = Vec::with_capacity(records.len());
     for record in &records {
         let usage = store.usage(record.id()).await?;
-        clients.push(client_report(record, &usage, now, since, warning));
+        clients.push(client_report(
+            record,
+            &usage,
+            now,
+            since,
+            warning,
+            registry.max_key_age(),
+        ));
     }
     let stale_clients = clients.iter().filter(|c| c.stale).count();
     let never_seen_clients = clients.iter().filter(|c| c.never_seen).count();
@@ -506,5 +551,59 @@ mod tests {
         assert!(parse_query(Some("since=yesterday"), now, w).is_err());
         assert!(parse_query(Some("unused_days=-1"), now, w).is_err());
         assert!(parse_query(Some("limit=3"), now, w).is_err());
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use nhi_guard_core::registry::{ApiKeyDates, ApiKeyHash};
+
+    use super::*;
+
+    #[test]
+    fn keys_are_reported_with_their_age_and_rotation_state() {
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let (old, due, plain) = (
+            ApiKeyHash::of_key(b"old"),
+            ApiKeyHash::of_key(b"due"),
+            ApiKeyHash::of_key(b"plain"),
+        );
+        let record = ClientRecord::builder("etl", "data@example.com", "export", now + day * 100)
+            .api_key_hash_dated(old, ApiKeyDates::new(Some(now - day * 400), None))
+            .api_key_hash_dated(due, ApiKeyDates::new(Some(now - day * 30), Some(now - day)))
+            .api_key_hash(plain)
+            .build()
+            .expect("record");
+        let r = client_report(
+            &record,
+            &ClientUsage::default(),
+            now,
+            now - day * 30,
+            day * 14,
+            Some(day * 365),
+        );
+        let keys = &r.api_keys;
+        assert_eq!(keys.len(), 3);
+        assert!(old.to_string().starts_with(&keys[0].fingerprint_prefix));
+        assert_eq!(
+            (keys[0].age_days, keys[0].too_old, keys[0].rotation_due),
+            (Some(400), true, false)
+        );
+        assert_eq!(
+            (keys[1].age_days, keys[1].too_old, keys[1].rotation_due),
+            (Some(30), false, true)
+        );
+        assert_eq!(keys[1].rotate_by.as_deref(), Some(rfc3339(now - day).as_str()));
+        assert_eq!(
+            (keys[2].created.as_deref(), keys[2].age_days, keys[2].too_old),
+            (None, None, false)
+        );
+        // Without a maximum age nothing is too old.
+        let r = client_report(&record, &ClientUsage::default(), now, now, day, None);
+        assert!(r.api_keys.iter().all(|k| !k.too_old));
+        // The report names keys by a hash prefix only.
+        let json = serde_json::to_string(&r).expect("json");
+        assert!(!json.contains(&old.to_string()), "{json}");
     }
 }

@@ -134,6 +134,7 @@ async fn report_after_a_scripted_sequence() {
             "last_seen": "2027-01-25T08:00:00Z",
             "stale": false,
             "never_seen": false,
+            "api_keys": [],
         })
     );
     // Stale identities: ops-console was last seen before the window, monitor never.
