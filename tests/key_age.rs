@@ -1,6 +1,6 @@
 //! API-key age and rotation through the demo gateway over HTTP: an inventory file
-//! with `[keys] max_age_days` and dated keys; a key older than the maximum is
-//! refused (401 `api_key_expired`), a key past its rotation date still works and is
+//! with `[keys] max_age_days`, a tier's own `max_key_age_days` and dated keys; a
+//! key older than its maximum is refused (401 `api_key_expired`), a key past its rotation date still works and is
 //! flagged in its audit record, an undated key is not limited.
 
 #[path = "../examples/gateway/app.rs"]
@@ -36,7 +36,17 @@ async fn old_keys_are_refused_and_keys_due_for_rotation_flagged() {
             rfc3339(rotate_by)
         )
     };
-    let mut inventory = String::from("[keys]\nmax_age_days = 90\n\n");
+    let mut inventory = String::from(
+        "[keys]\nmax_age_days = 90\n\n[tiers.partner]\nper_second = 50\nburst = 100\nmax_key_age_days = 30\n\n",
+    );
+    // 45 days old: inside the inventory's 90 days, past the partner tier's 30.
+    inventory.push_str(&client_toml(
+        "partner",
+        &[
+            entry("nhik_partner_key", now - day * 45, now + day),
+            "tier = \"partner\"".to_owned(),
+        ],
+    ));
     inventory.push_str(&client_toml(
         "old",
         &[entry("nhik_old_key", now - day * 120, now + day)],
@@ -77,6 +87,12 @@ async fn old_keys_are_refused_and_keys_due_for_rotation_flagged() {
     assert!(
         r.body["detail"].as_str().is_some_and(|d| d.contains("rotate")),
         "{}",
+        r.text
+    );
+    let r = orders("nhik_partner_key").await;
+    assert_eq!(
+        r.body["reason"], "api_key_expired",
+        "the tier's own maximum: {}",
         r.text
     );
     for k in ["nhik_due_key", "nhik_fresh_key", "nhik_undated"] {

@@ -175,11 +175,11 @@ fn lint(inventory: &Inventory, now: SystemTime, window: Option<Duration>) -> Vec
         for hash in c.api_keys() {
             let dates = c.api_key_dates(hash);
             let short = &hash.to_string()[..15];
-            if let (Some(created), Some(max)) = (dates.created, inventory.max_key_age())
+            if let (Some(created), Some(max)) = (dates.created, inventory.max_key_age_for(c.tier()))
                 && now.duration_since(created).is_ok_and(|age| age >= max)
             {
                 out.push(format!(
-                    "client {id:?}: key {short}… is older than [keys] max_age_days and is refused"
+                    "client {id:?}: key {short}… is older than its maximum key age and is refused"
                 ));
             } else if let Some(t) = dates.rotate_by.filter(|t| *t <= now) {
                 out.push(format!(
@@ -259,7 +259,7 @@ mod tests {
         let w = lint(&inventory, now, Some(day * 30));
         assert_eq!(w.len(), 5, "{w:?}");
         assert!(w[0].starts_with("client \"gone\" expired on"), "{w:?}");
-        assert!(w[1].contains("is older than [keys] max_age_days"), "{w:?}");
+        assert!(w[1].contains("is older than its maximum key age"), "{w:?}");
         assert!(w[2].contains("was due for rotation on"), "{w:?}");
         assert!(w[3].starts_with("client \"paused\" is suspended"), "{w:?}");
         assert!(w[4].starts_with("client \"soon\" expires in 10 days"), "{w:?}");

@@ -26,7 +26,7 @@ const CLIENT_FIELDS: &[&str] = &[
     "issuers",
     "labels",
 ];
-const TIER_FIELDS: &[&str] = &["per_second", "burst"];
+const TIER_FIELDS: &[&str] = &["per_second", "burst", "max_key_age_days"];
 
 pub(crate) fn parse(text: &str) -> Result<InventoryBuilder, InventoryError> {
     let doc: Table = text
@@ -79,6 +79,23 @@ pub(crate) fn parse(text: &str) -> Result<InventoryBuilder, InventoryError> {
         })?;
         for (name, value) in tiers {
             builder = builder.tier(name.clone(), parse_tier(name, value)?);
+            match value.get("max_key_age_days") {
+                None => {}
+                Some(Value::Integer(days)) if (1..=36_500).contains(days) => {
+                    builder = builder.tier_max_key_age(
+                        name.clone(),
+                        std::time::Duration::from_secs(*days as u64 * 86_400),
+                    );
+                }
+                Some(_) => {
+                    return Err(tier_error(
+                        name,
+                        Some("max_key_age_days"),
+                        Kind::Invalid,
+                        "must be a number of days from 1 to 36500".into(),
+                    ));
+                }
+            }
         }
     }
     if let Some(clients) = doc.get("client") {
@@ -106,7 +123,7 @@ fn parse_tier(name: &str, value: &Value) -> Result<Tier, InventoryError> {
             name,
             Some(unknown),
             Kind::UnknownField,
-            "unknown field; expected `per_second` or `burst`".into(),
+            "unknown field; expected `per_second`, `burst` or `max_key_age_days`".into(),
         ));
     }
     let int = |field: &str| -> Result<u32, InventoryError> {
@@ -540,7 +557,19 @@ burst = 100
             "api_keys",
             Kind::Invalid,
         );
-        for bad in ["[keys]\nmax_age_days = 0\n", "[keys]\nmax_age = 30\n"] {
+        // A tier's own maximum overrides the inventory's.
+        let tiered = format!(
+            "[keys]\nmax_age_days = 90\n\n[tiers.partner]\nper_second = 5\nburst = 10\nmax_key_age_days = 30\n\n{HEAD}tier = \"partner\"\n"
+        );
+        let inv = crate::registry::Inventory::from_toml_str(&tiered).expect("loads");
+        let month = std::time::Duration::from_secs(30 * 86_400);
+        assert_eq!(inv.max_key_age_for("partner"), Some(month));
+        assert_eq!(inv.max_key_age_for("default"), inv.max_key_age());
+        for bad in [
+            "[keys]\nmax_age_days = 0\n",
+            "[keys]\nmax_age = 30\n",
+            "[tiers.p]\nper_second = 1\nburst = 1\nmax_key_age_days = -3\n",
+        ] {
             assert!(crate::registry::Inventory::from_toml_str(bad).is_err(), "{bad}");
         }
     }

@@ -26,6 +26,8 @@
 //! per_second = 50
 //! burst = 100
 //!
+//! max_key_age_days = 90             # optional: this tier's maximum key age
+//!
 //! [keys]
 //! max_age_days = 365                # optional: refuse keys created longer ago
 //! ```
@@ -797,6 +799,8 @@ pub struct Inventory {
     tiers: FxMap<Arc<str>, Tier>,
     expiry_warning: Duration,
     max_key_age: Option<Duration>,
+    /// Per-tier maximum key ages, overriding `max_key_age`.
+    tier_key_ages: FxMap<Arc<str>, Duration>,
 }
 
 impl Inventory {
@@ -885,6 +889,12 @@ impl Inventory {
     pub fn max_key_age(&self) -> Option<Duration> {
         self.max_key_age
     }
+
+    /// The oldest a key of a client of `tier` may be: the tier's own maximum, else
+    /// the inventory's.
+    pub fn max_key_age_for(&self, tier: &str) -> Option<Duration> {
+        self.tier_key_ages.get(tier).copied().or(self.max_key_age)
+    }
 }
 
 /// Builds an [`Inventory`] in code.
@@ -895,6 +905,7 @@ pub struct InventoryBuilder {
     tiers: Vec<(String, Tier)>,
     expiry_warning: Duration,
     max_key_age: Option<Duration>,
+    tier_key_ages: Vec<(String, Duration)>,
 }
 
 impl Default for InventoryBuilder {
@@ -904,6 +915,7 @@ impl Default for InventoryBuilder {
             tiers: Vec::new(),
             expiry_warning: DEFAULT_EXPIRY_WARNING,
             max_key_age: None,
+            tier_key_ages: Vec::new(),
         }
     }
 }
@@ -932,6 +944,13 @@ impl InventoryBuilder {
     /// must be rotated before then. Keys registered without a date are not limited.
     pub fn max_key_age(mut self, age: Duration) -> Self {
         self.max_key_age = Some(age);
+        self
+    }
+
+    /// Sets the maximum key age of the clients of `tier` (which must be defined),
+    /// overriding [`InventoryBuilder::max_key_age`] for them.
+    pub fn tier_max_key_age(mut self, tier: impl Into<String>, age: Duration) -> Self {
+        self.tier_key_ages.push((tier.into(), age));
         self
     }
 
@@ -973,7 +992,19 @@ impl InventoryBuilder {
             tiers,
             expiry_warning: self.expiry_warning,
             max_key_age: self.max_key_age,
+            tier_key_ages: FxMap::default(),
         };
+        for (tier, age) in self.tier_key_ages {
+            if tier != DEFAULT_TIER && !inv.tiers.contains_key(tier.as_str()) {
+                return Err(InventoryError {
+                    kind: InventoryErrorKind::UnknownTier,
+                    location: Location::Tier(tier),
+                    field: Some("max_key_age_days".into()),
+                    message: "a maximum key age for a tier that is not defined".into(),
+                });
+            }
+            inv.tier_key_ages.insert(Arc::from(tier.as_str()), age);
+        }
         for (index, record) in self.clients.into_iter().enumerate() {
             let id = record.id.to_string();
             let err = |field: &str, kind, message: String| {
@@ -1222,6 +1253,12 @@ pub trait ClientRegistry: Send + Sync + fmt::Debug + 'static {
     fn max_key_age(&self) -> Option<Duration> {
         None
     }
+    /// The oldest a key of a client of `tier` may be: the tier's own maximum, else
+    /// [`ClientRegistry::max_key_age`].
+    fn max_key_age_for(&self, tier: &str) -> Option<Duration> {
+        let _ = tier;
+        self.max_key_age()
+    }
     /// Registers a condition every inventory this registry serves must meet, and
     /// checks the inventory served now. Controls call it when they are built: the
     /// identity layer requires every client to list its issuers when it trusts
@@ -1357,6 +1394,9 @@ impl ClientRegistry for InMemoryRegistry {
     fn max_key_age(&self) -> Option<Duration> {
         self.current.load().max_key_age()
     }
+    fn max_key_age_for(&self, tier: &str) -> Option<Duration> {
+        self.current.load().max_key_age_for(tier)
+    }
     fn require(&self, requirement: InventoryRequirement) -> Result<(), InventoryError> {
         let mut requirements = self.requirements_lock();
         requirement.check(&self.current.load())?;
@@ -1385,6 +1425,9 @@ impl<R: ClientRegistry + ?Sized> ClientRegistry for Arc<R> {
     }
     fn max_key_age(&self) -> Option<Duration> {
         (**self).max_key_age()
+    }
+    fn max_key_age_for(&self, tier: &str) -> Option<Duration> {
+        (**self).max_key_age_for(tier)
     }
     fn expiry_warning(&self) -> Duration {
         (**self).expiry_warning()

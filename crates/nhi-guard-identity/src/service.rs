@@ -429,7 +429,7 @@ impl Config {
             ));
         };
         let dates = record.api_key_dates(&hash);
-        if let (Some(created), Some(max_age)) = (dates.created, self.registry.max_key_age())
+        if let (Some(created), Some(max_age)) = (dates.created, self.registry.max_key_age_for(record.tier()))
             && now.duration_since(created).is_ok_and(|age| age >= max_age)
         {
             return fail(Denial::invalid_token(

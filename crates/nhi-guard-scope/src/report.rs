@@ -217,7 +217,7 @@ fn days_left(expires: SystemTime, now: SystemTime) -> i64 {
 }
 
 /// Builds the report of one client from its record and recorded usage;
-/// `max_key_age` is the inventory's maximum API-key age, if any.
+/// `max_key_age` is the maximum API-key age for the client's tier, if any.
 pub fn client_report(
     record: &ClientRecord,
     usage: &ClientUsage,
@@ -315,7 +315,7 @@ pub async fn inventory_report(
             now,
             since,
             warning,
-            registry.max_key_age(),
+            registry.max_key_age_for(record.tier()),
         ));
     }
     let stale_clients = clients.iter().filter(|c| c.stale).count();
