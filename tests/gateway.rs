@@ -571,6 +571,8 @@ async fn explains_the_walk(gw: &Gateway, method: &str) {
             .send("GET", &format!("/admin/risk/decisions?{bad}"), ops, peer)
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+        assert_eq!(r.headers["content-type"], "application/problem+json", "{bad}");
+        assert_eq!(r.body["status"], 400, "{bad}: {}", r.text);
     }
     // Only for the admin scope.
     let r = gw

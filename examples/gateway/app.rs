@@ -202,13 +202,8 @@ pub(crate) fn risk_decisions_route<S: Clone + Send + Sync + 'static>(risk: RiskO
     })
 }
 
-fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode, Json<Value>) {
-    let bad = |detail: String| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "title": "Bad Request", "status": 400, "detail": detail })),
-        )
-    };
+fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> axum::response::Response {
+    let bad = |detail: String| problem(StatusCode::BAD_REQUEST, &detail);
     if let Some(name) = query
         .keys()
         .find(|k| !matches!(k.as_str(), "client" | "key" | "limit"))
@@ -272,10 +267,7 @@ fn explain(risk: &RiskOperator, query: &HashMap<String, String>) -> (StatusCode,
             })
         })
         .collect();
-    (
-        StatusCode::OK,
-        Json(json!({ "decisions": decisions, "active": active })),
-    )
+    Json(json!({ "decisions": decisions, "active": active })).into_response()
 }
 
 /// `GET /admin/clients`: the least-privilege report, with the ungoverned callers

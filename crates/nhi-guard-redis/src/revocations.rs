@@ -31,7 +31,29 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use nhi_guard_identity::{Revocation, Revocations, Revoked};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Why Redis could not be used: its error kind only, as the other stores of this
+/// crate report it (no URL, no server text that could echo one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationsError(String);
+
+impl std::fmt::Display for RevocationsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RevocationsError {}
+
+impl From<redis::RedisError> for RevocationsError {
+    fn from(e: redis::RedisError) -> Self {
+        Self(format!("redis: {:?}", e.kind()))
+    }
+}
+
+/// How long one Redis command may take before the change is kept for later.
+const TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A change made on this replica that Redis has not seen yet.
 #[derive(Debug, Clone)]
@@ -83,9 +105,14 @@ impl RedisRevocations {
     ///
     /// # Errors
     /// Redis is unreachable at start.
-    pub async fn start(url: &str, prefix: &str, local: Revocations) -> Result<Self, redis::RedisError> {
+    pub async fn start(url: &str, prefix: &str, local: Revocations) -> Result<Self, RevocationsError> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client.clone()).await?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(TIMEOUT);
+        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         let inner = Arc::new(Inner {
             local,
             conn,
@@ -292,8 +319,22 @@ async fn follow(client: redis::Client, inner: std::sync::Weak<Inner>) {
             return;
         }
         if let Err(e) = subscribed {
+            let e = RevocationsError::from(e);
             tracing::warn!(target: "nhi_guard::identity", error = %e, "revocation subscription lost; retrying");
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_kind_never_the_url() {
+        let e = redis::Client::open("redis://:hunter2@cache:notaport/0").expect_err("bad URL");
+        let shown = RevocationsError::from(e).to_string();
+        assert!(shown.starts_with("redis: "), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("cache"), "{shown}");
     }
 }
