@@ -16,7 +16,7 @@
 //!   is back (retried by the background task), then reaches the others.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), redis::RedisError> {
+//! # async fn run() -> Result<(), nhi_guard_redis::revocations::RevocationsError> {
 //! use nhi_guard_identity::Revocations;
 //! use nhi_guard_redis::revocations::RedisRevocations;
 //!
