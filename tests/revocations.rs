@@ -1,7 +1,9 @@
-//! Revocation across replicas: two gateways sharing one real `redis-server`
+//! The lifecycle across replicas: two gateways sharing one real `redis-server`
 //! (started by the test on a free loopback port; skipped without it, except in CI).
 //! A revocation made on one holds on the other at once, survives the other's
-//! restart and Redis restarting empty, and a lift reaches every replica.
+//! restart and Redis restarting empty, and a lift reaches every replica; a client
+//! seen on one replica is seen (not stale, its newest token's age known) in the
+//! other's report.
 
 #[path = "../examples/gateway/app.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -161,4 +163,85 @@ async fn a_revocation_holds_on_every_replica_and_survives_restarts() {
     redis.restart();
     let latency = until(&client, &b, Some("client_revoked")).await;
     eprintln!("revocation made while Redis was down reached replica b {latency:?} after Redis came back");
+}
+
+/// The report of `gw` (as its own operator), with `query`.
+async fn report(gw: &Gateway, query: &str) -> serde_json::Value {
+    let (status, body) = admin(gw, http::Method::GET, &format!("/admin/clients{query}"), "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+fn client<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .find(|c| c["client_id"] == id)
+        .unwrap_or_else(|| panic!("{id} in the report"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_seen_on_one_replica_is_not_stale_on_another() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let vars = [("NHI_GUARD_REDIS_URL", url.as_str())];
+    let a = Gateway::start(&vars).await.expect("replica a");
+    let b = Gateway::start(&vars).await.expect("replica b");
+
+    // inventory-sync calls a alone, with a token issued 20 hours ago (a day is the
+    // longest lifetime the gateway accepts).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let demo = a.guard.demo.as_ref().expect("demo issuer");
+    let token = demo.mint_claims(&serde_json::json!({
+        "iss": demo.iss(), "aud": config::from_lookup(common::lookup(&vars)).expect("config").audience,
+        "sub": "inventory-sync",
+        "client_id": "inventory-sync", "scope": "inventory:read",
+        "iat": now - 20 * 3600, "exp": now + 600, "jti": "lifecycle-1",
+    }));
+    let r = get(
+        &http_client(None),
+        &format!("{}/inventory/sku-1", a.base()),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // b's report knows within its flush period (a second); without Redis it would
+    // call inventory-sync never seen.
+    let start = Instant::now();
+    let seen = loop {
+        let report = report(&b, "").await;
+        let sync = client(&report, "inventory-sync").clone();
+        if sync["never_seen"] == false {
+            break sync;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{sync}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("a client seen on replica a was seen in replica b's report after {:?}", start.elapsed());
+    assert_eq!(seen["stale"], false, "{seen}");
+    assert!(seen["last_seen"].is_string(), "{seen}");
+    // The gateway's clock stands at its start, a moment before `now`.
+    let age = seen["newest_token"]["age_seconds"].as_u64().expect("token age");
+    assert!((20 * 3600 - 60..=20 * 3600).contains(&age), "{seen}");
+    assert_eq!(seen["newest_token"]["age_days"], 0, "{seen}");
+    assert_eq!(seen["used"][0]["scope"], "inventory:read", "{seen}");
+    let report_b = report(&b, "").await;
+    assert_eq!(client(&report_b, "reporting-bot")["never_seen"], true);
+    assert!(report_b["never_seen_clients"].as_u64().expect("count") >= 1);
+
+    // Not seen since a later time: stale, on every replica.
+    let later = nhi_guard::core::rfc3339(nhi_guard::core::clock::Clock::now(&b.clock) + Duration::from_secs(3600));
+    for gw in [&a, &b] {
+        let report = report(gw, &format!("?since={later}")).await;
+        let sync = client(&report, "inventory-sync");
+        assert_eq!(sync["stale"], true, "{sync}");
+        assert!(report["stale_clients"].as_u64().expect("count") >= 1);
+    }
 }

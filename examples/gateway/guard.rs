@@ -178,7 +178,16 @@ pub(crate) async fn build(
     };
 
     // Scope, with the usage store behind the least-privilege report.
-    let usage: SharedUsageStore = Arc::new(InMemoryUsageStore::default());
+    // With Redis, every replica's records are shared: a client seen on any replica
+    // is not stale in this one's report.
+    let usage: SharedUsageStore = match &config.redis_url {
+        Some(url) => Arc::new(
+            nhi_guard_redis::usage::RedisUsageStore::connect(url, "nhi-guard:")
+                .await
+                .map_err(|e| format!("NHI_GUARD_REDIS_URL: scope usage: {e}"))?,
+        ),
+        None => Arc::new(InMemoryUsageStore::default()),
+    };
     let scope = ScopeLayer::new(policy()).usage_store(usage.clone());
     let reports = ReportService::new(registry.clone(), usage)
         .clock(clock.clone())

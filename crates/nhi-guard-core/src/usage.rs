@@ -73,6 +73,17 @@ pub struct ClientUsage {
     pub denied: BTreeMap<String, ScopeStat>,
     /// The store hit a memory bound for this client and dropped some scopes.
     pub truncated: bool,
+    /// When the newest token the client presented was issued (its `iat`), if it
+    /// presented tokens that say.
+    #[serde(serialize_with = "serialize_opt_time")]
+    pub newest_token: Option<SystemTime>,
+}
+
+fn serialize_opt_time<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_time(t, s),
+        None => s.serialize_none(),
+    }
 }
 
 impl ClientUsage {
@@ -86,11 +97,12 @@ impl ClientUsage {
             }
         }
         self.truncated |= other.truncated;
+        self.newest_token = self.newest_token.max(other.newest_token);
     }
 
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
-        self.used.is_empty() && self.denied.is_empty()
+        self.used.is_empty() && self.denied.is_empty() && self.newest_token.is_none()
     }
 }
 
@@ -131,6 +143,13 @@ pub trait ScopeUsageStore: Send + Sync + fmt::Debug + 'static {
     /// been) refused because it lacks `scope`.
     fn record_denied(&self, client: &ClientId, scope: &str, at: SystemTime);
 
+    /// `client` presented a token issued at `issued_at` (its `iat`). The store
+    /// keeps the newest, so the report can tell how old the tokens a client still
+    /// uses are. The default implementation keeps nothing.
+    fn record_token(&self, client: &ClientId, issued_at: SystemTime) {
+        let _ = (client, issued_at);
+    }
+
     /// Everything known about `client` (merged across replicas for shared stores).
     fn usage(&self, client: &ClientId) -> UsageFuture<'_>;
 }
@@ -144,6 +163,9 @@ impl<T: ScopeUsageStore + ?Sized> ScopeUsageStore for Arc<T> {
     }
     fn record_denied(&self, client: &ClientId, scope: &str, at: SystemTime) {
         (**self).record_denied(client, scope, at);
+    }
+    fn record_token(&self, client: &ClientId, issued_at: SystemTime) {
+        (**self).record_token(client, issued_at);
     }
     fn usage(&self, client: &ClientId) -> UsageFuture<'_> {
         (**self).usage(client)
@@ -212,6 +234,8 @@ type ClientMap = HashMap<ClientId, ClientCell, crate::hash::FxBuildHasher>;
 #[derive(Debug, Default)]
 struct ClientCell {
     last_seen: AtomicU64,
+    /// The newest token's `iat` in nanoseconds since the epoch; 0 for none.
+    newest_token: AtomicU64,
     used: Vec<Stat>,
     denied: Vec<Stat>,
     truncated: AtomicBool,
@@ -224,6 +248,18 @@ enum Kind {
 }
 
 impl ClientCell {
+    fn usage(&self) -> ClientUsage {
+        ClientUsage {
+            used: snapshot(&self.used),
+            denied: snapshot(&self.denied),
+            truncated: self.truncated.load(Ordering::Relaxed),
+            newest_token: match self.newest_token.load(Ordering::Relaxed) {
+                0 => None,
+                nanos => Some(UNIX_EPOCH + Duration::from_nanos(nanos)),
+            },
+        }
+    }
+
     fn stats(&self, kind: Kind) -> &Vec<Stat> {
         match kind {
             Kind::Used => &self.used,
@@ -291,12 +327,37 @@ impl InMemoryUsageStore {
         let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
         match clients.get(client.as_str()) {
             None => ClientUsage::default(),
-            Some(cell) => ClientUsage {
-                used: snapshot(&cell.used),
-                denied: snapshot(&cell.denied),
-                truncated: cell.truncated.load(Ordering::Relaxed),
-            },
+            Some(cell) => cell.usage(),
         }
+    }
+
+    /// The cell of `client`, made (evicting the least recently seen client when
+    /// full) when absent. Holds the write side of the lock.
+    fn cell_mut<'a>(&self, clients: &'a mut ClientMap, client: &ClientId) -> &'a mut ClientCell {
+        if !clients.contains_key(client.as_str()) && clients.len() >= self.limits.max_clients {
+            let oldest = clients
+                .iter()
+                .min_by_key(|(_, c)| c.last_seen.load(Ordering::Relaxed))
+                .map(|(id, _)| id.clone());
+            if let Some(id) = oldest {
+                clients.remove(&id);
+            }
+        }
+        clients.entry(client.clone()).or_default()
+    }
+
+    /// Takes everything recorded so far, leaving the store empty: the deltas a
+    /// shared store flushes to its backend. A record made while draining lands
+    /// either in what is returned or in the emptied store, never in neither.
+    pub fn drain(&self) -> Vec<(ClientId, ClientUsage)> {
+        let taken = std::mem::take(&mut *self.clients.write().unwrap_or_else(PoisonError::into_inner));
+        taken
+            .into_iter()
+            .map(|(id, cell)| {
+                let usage = cell.usage();
+                (id, usage)
+            })
+            .collect::<Vec<_>>()
     }
 
     fn record(&self, client: &ClientId, scope: &str, at: SystemTime, kind: Kind) {
@@ -315,16 +376,7 @@ impl InMemoryUsageStore {
         }
         // First time for this client or scope: the write side.
         let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
-        if !clients.contains_key(client.as_str()) && clients.len() >= self.limits.max_clients {
-            let oldest = clients
-                .iter()
-                .min_by_key(|(_, c)| c.last_seen.load(Ordering::Relaxed))
-                .map(|(id, _)| id.clone());
-            if let Some(id) = oldest {
-                clients.remove(&id);
-            }
-        }
-        let cell = clients.entry(client.clone()).or_default();
+        let cell = self.cell_mut(&mut clients, client);
         cell.last_seen.fetch_max(nanos, Ordering::Relaxed);
         let (stats, max) = match kind {
             Kind::Used => (&mut cell.used, self.limits.max_scopes_per_client),
@@ -351,6 +403,24 @@ impl ScopeUsageStore for InMemoryUsageStore {
 
     fn record_denied(&self, client: &ClientId, scope: &str, at: SystemTime) {
         self.record(client, scope, at, Kind::Denied);
+    }
+
+    fn record_token(&self, client: &ClientId, issued_at: SystemTime) {
+        // At least 1 ns: 0 stands for "none".
+        let nanos = duration_nanos(issued_at.duration_since(UNIX_EPOCH).unwrap_or_default()).max(1);
+        {
+            let clients = self.clients.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(cell) = clients.get(client.as_str()) {
+                if cell.newest_token.load(Ordering::Relaxed) < nanos {
+                    cell.newest_token.fetch_max(nanos, Ordering::Relaxed);
+                }
+                return;
+            }
+        }
+        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+        self.cell_mut(&mut clients, client)
+            .newest_token
+            .fetch_max(nanos, Ordering::Relaxed);
     }
 
     fn usage(&self, client: &ClientId) -> UsageFuture<'_> {
@@ -433,5 +503,26 @@ mod tests {
         assert_eq!(u.denied["z"].count, 1);
         let json = serde_json::to_value(&u).expect("valid");
         assert_eq!(json["used"]["x"]["last"], "2027-01-15T08:00:20Z");
+        assert_eq!(json["newest_token"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn keeps_the_newest_token_per_client_and_merges_the_newest() {
+        let (s1, s2) = (InMemoryUsageStore::new(), InMemoryUsageStore::new());
+        let c = ClientId::from("a");
+        // A client first seen through its token alone.
+        s1.record_token(&c, t(100));
+        s1.record_token(&c, t(50));
+        assert_eq!(s1.usage_now(&c).newest_token, Some(t(100)));
+        assert!(!s1.usage_now(&c).is_empty());
+        s1.record_use(&c, "x", t(120));
+        assert_eq!(s1.usage_now(&c).newest_token, Some(t(100)));
+        s2.record_token(&c, t(200));
+        let mut u = s1.usage_now(&c);
+        u.merge(&s2.usage_now(&c));
+        assert_eq!(u.newest_token, Some(t(200)));
+        let json = serde_json::to_value(&u).expect("valid");
+        assert_eq!(json["newest_token"], "2027-01-15T08:03:20Z");
+        assert_eq!(s1.usage_now(&ClientId::from("b")).newest_token, None);
     }
 }

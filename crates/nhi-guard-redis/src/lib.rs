@@ -26,5 +26,6 @@ mod ratelimit;
 pub mod revocations;
 pub mod risk;
 pub mod testing;
+pub mod usage;
 
 pub use crate::ratelimit::{ConfigError, RedisStore, RedisStoreBuilder};

@@ -89,6 +89,18 @@ pub struct KeyReport {
     pub too_old: bool,
 }
 
+/// The newest token a client presented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TokenReport {
+    /// When it was issued (its `iat`, RFC 3339).
+    pub issued_at: String,
+    /// Seconds between its issue and the report.
+    pub age_seconds: u64,
+    /// Whole days between its issue and the report.
+    pub age_days: u64,
+}
+
 /// The least-privilege view of one client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -129,6 +141,9 @@ pub struct ClientReport {
     pub never_seen: bool,
     /// Its API keys with their age and rotation state.
     pub api_keys: Vec<KeyReport>,
+    /// The newest token it presented (for clients whose tokens come from an
+    /// issuer and say when they were issued); `None` when none was seen.
+    pub newest_token: Option<TokenReport>,
 }
 
 /// The least-privilege report over the whole inventory.
@@ -291,6 +306,14 @@ pub fn client_report(
                 }
             })
             .collect(),
+        newest_token: usage.newest_token.map(|issued| {
+            let age = now.duration_since(issued).unwrap_or_default().as_secs();
+            TokenReport {
+                issued_at: rfc3339(issued),
+                age_seconds: age,
+                age_days: age / 86_400,
+            }
+        }),
     }
 }
 

@@ -237,6 +237,9 @@ fn check<ReqBody, ResBody>(
                 store.record_denied(p.client_id(), scope, at);
             }
         }
+        if let Some(issued) = p.credential_issued() {
+            store.record_token(p.client_id(), issued);
+        }
     }
 
     let client = principal.map(|p| p.client_id().as_str()).unwrap_or("");
