@@ -224,7 +224,10 @@ async fn a_client_seen_on_one_replica_is_not_stale_on_another() {
         assert!(start.elapsed() < Duration::from_secs(10), "{sync}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    eprintln!("a client seen on replica a was seen in replica b's report after {:?}", start.elapsed());
+    eprintln!(
+        "a client seen on replica a was seen in replica b's report after {:?}",
+        start.elapsed()
+    );
     assert_eq!(seen["stale"], false, "{seen}");
     assert!(seen["last_seen"].is_string(), "{seen}");
     // The gateway's clock stands at its start, a moment before `now`.
@@ -237,7 +240,8 @@ async fn a_client_seen_on_one_replica_is_not_stale_on_another() {
     assert!(report_b["never_seen_clients"].as_u64().expect("count") >= 1);
 
     // Not seen since a later time: stale, on every replica.
-    let later = nhi_guard::core::rfc3339(nhi_guard::core::clock::Clock::now(&b.clock) + Duration::from_secs(3600));
+    let later =
+        nhi_guard::core::rfc3339(nhi_guard::core::clock::Clock::now(&b.clock) + Duration::from_secs(3600));
     for gw in [&a, &b] {
         let report = report(gw, &format!("?since={later}")).await;
         let sync = client(&report, "inventory-sync");

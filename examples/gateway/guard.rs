@@ -40,6 +40,8 @@ pub(crate) struct Guard {
     /// Revoked clients, API keys and tokens: this process's set, shared through
     /// Redis when configured.
     pub(crate) revocations: crate::app::RevocationAdmin,
+    /// The usage records shared through Redis, flushed once more on shutdown.
+    pub(crate) shared_usage: Option<nhi_guard_redis::usage::RedisUsageStore>,
 }
 
 impl Guard {
@@ -180,12 +182,16 @@ pub(crate) async fn build(
     // Scope, with the usage store behind the least-privilege report.
     // With Redis, every replica's records are shared: a client seen on any replica
     // is not stale in this one's report.
-    let usage: SharedUsageStore = match &config.redis_url {
-        Some(url) => Arc::new(
+    let shared_usage = match &config.redis_url {
+        Some(url) => Some(
             nhi_guard_redis::usage::RedisUsageStore::connect(url, "nhi-guard:")
                 .await
                 .map_err(|e| format!("NHI_GUARD_REDIS_URL: scope usage: {e}"))?,
         ),
+        None => None,
+    };
+    let usage: SharedUsageStore = match &shared_usage {
+        Some(store) => Arc::new(store.clone()),
         None => Arc::new(InMemoryUsageStore::default()),
     };
     let scope = ScopeLayer::new(policy()).usage_store(usage.clone());
@@ -326,6 +332,7 @@ pub(crate) async fn build(
             local: revocations,
             shared: shared_revocations,
         },
+        shared_usage,
     })
 }
 
@@ -369,6 +376,12 @@ pub(crate) async fn serve(
         }
     }
     .map_err(|e| format!("server error: {e}"));
+    // The last second of usage records reaches the other replicas.
+    if let Some(usage) = &guard.shared_usage
+        && let Err(e) = usage.flush().await
+    {
+        tracing::warn!(error = %e, "scope usage not flushed to redis on shutdown");
+    }
     // The audit records of every answered request are queued by now.
     match guard.audit.shutdown().await {
         Ok(stats) => tracing::info!(written = stats.written, "audit log flushed and sealed"),

@@ -106,6 +106,10 @@ pub(crate) fn print_demo(base: &str, demo: &nhi_guard::identity::DemoIssuer) {
     );
     println!("  # the least-privilege report (scope admin)");
     println!("  curl -s {base}/admin/clients -H 'Authorization: Bearer {ops}'");
+    println!("  # the same as one HTML page, with the nhi-guard command (the token from the environment)");
+    println!(
+        "  NHI_GUARD_TOKEN='{ops}' cargo run -p nhi-guard-cli -- report --gateway {base} --html report.html"
+    );
     println!(
         "  # Prometheus metrics (scope admin): requests by control and decision, denials by reason, ..."
     );

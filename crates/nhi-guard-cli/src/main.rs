@@ -6,12 +6,25 @@
 //! nhi-guard inventory lint FILE [--warn-days N]
 //!                                           load FILE as the guard does; print its error, or its warnings
 //! nhi-guard audit verify FILE [NEWER ...]   check the hash chain of audit logs (oldest first)
+//! nhi-guard report [--since T | --unused-days N] [--html FILE]
+//!                                           a running gateway's least-privilege report, as
+//!                                           JSON or as one self-contained HTML page
+//! nhi-guard report --from FILE [--html FILE] the same, from a report saved earlier
+//! nhi-guard revoke client ID | api-key sha256:HEX | jti JTI [--expires-at T]
+//! nhi-guard revoke list | lift ID           a running gateway's revocations
 //! ```
 //!
+//! The gateway commands take `--gateway URL` (or `NHI_GUARD_GATEWAY`), the
+//! operator's credential from `--token-file FILE` (or `NHI_GUARD_TOKEN`) or
+//! `--api-key-file FILE` (or `NHI_GUARD_API_KEY`), never on the command line, and
+//! `--ca-file FILE` (or `NHI_GUARD_CA_FILE`) for a gateway with a private CA.
+//!
 //! Exit status: 0 all good; 1 a finding (an inventory that does not load, a broken
-//! audit chain); 2 an audit log intact but not sealed; 3 a file that cannot be read;
-//! 64 a usage error. Errors are one line on standard error naming the file, field
-//! or argument at fault.
+//! audit chain, a malformed file); 2 an audit log intact but not sealed; 3 a file
+//! that cannot be read or written; 4 the gateway refused the request (4xx); 5 the
+//! gateway could not be reached or failed (5xx, an answer that is not JSON); 64 a
+//! usage error. Errors are one line on standard error naming the file, field,
+//! argument or endpoint at fault.
 // A command-line tool: its output is standard output.
 #![allow(clippy::print_stdout)]
 
@@ -20,7 +33,14 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
+use http::Method;
 use nhi_guard_core::registry::{ApiKeyHash, ClientStatus, Inventory};
+use serde_json::{Value, json};
+
+mod html;
+mod remote;
+
+use remote::{Failure, Gateway, GatewayOptions};
 
 /// Usage errors.
 const USAGE: u8 = 64;
@@ -31,7 +51,15 @@ const HELP: &str = "usage:
   nhi-guard inventory lint FILE [--warn-days N]
                                                load FILE as the guard does: its error, or its warnings
   nhi-guard audit verify FILE [NEWER ...]      check the hash chain of audit logs, oldest first
-exit status: 0 good, 1 a finding, 2 an audit log not sealed, 3 a file not readable, 64 usage";
+  nhi-guard report [--since T | --unused-days N] [--html FILE]
+                                               a gateway's least-privilege report: JSON, or an HTML page
+  nhi-guard report --from FILE [--html FILE]   the same from a report saved earlier
+  nhi-guard revoke client ID | api-key sha256:HEX | jti JTI [--expires-at T]
+  nhi-guard revoke list | lift ID              a gateway's revocations
+gateway options: --gateway URL (NHI_GUARD_GATEWAY), --token-file FILE (NHI_GUARD_TOKEN)
+  or --api-key-file FILE (NHI_GUARD_API_KEY), --ca-file FILE (NHI_GUARD_CA_FILE)
+exit status: 0 good, 1 a finding, 2 an audit log not sealed, 3 a file not readable or
+  writable, 4 refused by the gateway, 5 gateway unreachable or failing, 64 usage";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -41,6 +69,8 @@ fn main() -> ExitCode {
         ["key", "hash"] => key_hash(),
         ["inventory", "lint", rest @ ..] => inventory_lint(rest),
         ["audit", "verify", files @ ..] if !files.is_empty() => audit_verify(files),
+        ["report", rest @ ..] => finish(report(rest)),
+        ["revoke", rest @ ..] => finish(revoke(rest)),
         ["help" | "--help" | "-h"] => {
             println!("{HELP}");
             ExitCode::SUCCESS
@@ -52,6 +82,223 @@ fn main() -> ExitCode {
 fn usage(message: &str) -> ExitCode {
     eprintln!("nhi-guard: {message}\n{HELP}");
     ExitCode::from(USAGE)
+}
+
+/// The exit status of a gateway command; its failure as one line.
+fn finish(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) if f.status == USAGE => usage(&f.message),
+        Err(f) => {
+            eprintln!("nhi-guard: {}", f.message);
+            ExitCode::from(f.status)
+        }
+    }
+}
+
+/// A command's positional words and its `--flag value` pairs.
+type Args<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
+/// Splits `args` into positional words and `--flag value` pairs.
+fn split_args<'a>(args: &[&'a str]) -> Result<Args<'a>, Failure> {
+    let (mut words, mut flags) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    while let Some(&arg) = it.next() {
+        if arg.starts_with("--") {
+            let value = it
+                .next()
+                .ok_or_else(|| Failure::new(USAGE, format!("{arg} needs a value")))?;
+            flags.push((arg, *value));
+        } else {
+            words.push(arg);
+        }
+    }
+    Ok((words, flags))
+}
+
+/// Runs one gateway call to completion.
+fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, Failure> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(3, format!("cannot start the I/O runtime: {e}")))?;
+    Ok(runtime.block_on(f))
+}
+
+fn print_json(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// `report`: a running gateway's least-privilege report (`GET /admin/clients`,
+/// with its ungoverned callers) and recent risk decisions (`GET
+/// /admin/risk/decisions`, when the gateway has a risk layer), printed as one JSON
+/// document or written as an HTML page; or such a document read back (`--from`).
+fn report(args: &[&str]) -> Result<(), Failure> {
+    let (words, flags) = split_args(args)?;
+    if let Some(word) = words.first() {
+        return Err(Failure::new(
+            USAGE,
+            format!("report takes options only, not {word:?}"),
+        ));
+    }
+    let mut options = GatewayOptions::default();
+    let (mut html_file, mut from, mut query) = (None, None, None);
+    for (flag, value) in flags {
+        match flag {
+            "--html" => html_file = Some(value),
+            "--from" => from = Some(value),
+            "--since" => query = Some(format!("?since={}", value.replace('+', "%2B"))),
+            "--unused-days" => match value.parse::<u32>() {
+                Ok(n) => query = Some(format!("?unused_days={n}")),
+                Err(_) => {
+                    return Err(Failure::new(
+                        USAGE,
+                        format!("--unused-days {value:?}: a number of days"),
+                    ));
+                }
+            },
+            _ if options.take(flag, value) => {}
+            _ => return Err(Failure::new(USAGE, format!("report does not take {flag}"))),
+        }
+    }
+    let doc = match from {
+        Some(file) => {
+            if options.gateway.is_some() || query.is_some() {
+                return Err(Failure::new(
+                    USAGE,
+                    "--from reads a saved report: no --gateway, --since or --unused-days",
+                ));
+            }
+            let text =
+                std::fs::read_to_string(file).map_err(|e| Failure::new(3, format!("--from {file}: {e}")))?;
+            match serde_json::from_str::<Value>(&text) {
+                Ok(doc) if doc.get("clients_report").is_some_and(Value::is_object) => doc,
+                Ok(_) => {
+                    return Err(Failure::new(
+                        1,
+                        format!(
+                            "--from {file}: field clients_report: missing; save the output of `nhi-guard report`"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(Failure::new(1, format!("--from {file}: not JSON: {e}"))),
+            }
+        }
+        None => {
+            let gateway = Gateway::new(&options)?;
+            block_on(async {
+                let clients = gateway
+                    .get_json(
+                        &format!("/admin/clients{}", query.as_deref().unwrap_or("")),
+                        false,
+                    )
+                    .await?;
+                let risk = gateway.get_json("/admin/risk/decisions?limit=1000", true).await?;
+                Ok::<_, Failure>(json!({
+                    "gateway": gateway.base(),
+                    "fetched_at": nhi_guard_core::rfc3339(SystemTime::now()),
+                    "clients_report": clients,
+                    "risk_decisions": risk,
+                }))
+            })??
+        }
+    };
+    match html_file {
+        None => print_json(&doc),
+        Some(file) => {
+            std::fs::write(file, html::render(&doc))
+                .map_err(|e| Failure::new(3, format!("--html {file}: {e}")))?;
+            let count = |v: &Value| v.as_array().map_or(0, Vec::len);
+            let report = &doc["clients_report"];
+            eprintln!(
+                "nhi-guard: wrote {file}: {} clients, {} ungoverned clients, {} ungoverned keys",
+                count(&report["clients"]),
+                count(&report["ungoverned"]["clients"]),
+                count(&report["ungoverned"]["api_keys"]),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `revoke`: revokes a client, an API key or a token on a running gateway
+/// (`POST /admin/revocations`), lists the revocations in force, or lifts one.
+fn revoke(args: &[&str]) -> Result<(), Failure> {
+    let (words, flags) = split_args(args)?;
+    let mut options = GatewayOptions::default();
+    let mut expires_at = None;
+    for (flag, value) in flags {
+        match flag {
+            "--expires-at" => expires_at = Some(value),
+            _ if options.take(flag, value) => {}
+            _ => return Err(Failure::new(USAGE, format!("revoke does not take {flag}"))),
+        }
+    }
+    if expires_at.is_some() && words.first() != Some(&"jti") {
+        return Err(Failure::new(USAGE, "--expires-at goes with revoke jti only"));
+    }
+    let (method, path, body) = match words.as_slice() {
+        ["client", id] => (
+            Method::POST,
+            "/admin/revocations".to_owned(),
+            Some(json!({ "client_id": id })),
+        ),
+        ["api-key", hash] => {
+            ApiKeyHash::parse(hash).map_err(|_| {
+                Failure::new(
+                    USAGE,
+                    format!("revoke api-key {hash:?}: give the key's inventory line, sha256: and 64 hex digits (`nhi-guard key hash` makes it)"),
+                )
+            })?;
+            (
+                Method::POST,
+                "/admin/revocations".to_owned(),
+                Some(json!({ "api_key": hash })),
+            )
+        }
+        ["jti", jti] => {
+            let mut body = json!({ "jti": jti });
+            if let Some(t) = expires_at {
+                body["expires_at"] = json!(t);
+            }
+            (Method::POST, "/admin/revocations".to_owned(), Some(body))
+        }
+        ["list"] => (Method::GET, "/admin/revocations".to_owned(), None),
+        ["lift", id]
+            if !id.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            (Method::DELETE, format!("/admin/revocations/{id}"), None)
+        }
+        ["lift", id] => {
+            return Err(Failure::new(
+                USAGE,
+                format!("revoke lift {id:?}: not a revocation id"),
+            ));
+        }
+        _ => {
+            return Err(Failure::new(
+                USAGE,
+                "revoke takes client ID, api-key sha256:HEX, jti JTI [--expires-at T], list, or lift ID",
+            ));
+        }
+    };
+    let gateway = Gateway::new(&options)?;
+    let (_, answer) = block_on(gateway.call(method.clone(), &path, body.as_ref()))??;
+    if method == Method::DELETE {
+        println!("lifted {}", &path["/admin/revocations/".len()..]);
+        return Ok(());
+    }
+    let answer: Value = serde_json::from_slice(&answer).map_err(|e| {
+        Failure::new(
+            remote::UNREACHABLE,
+            format!("{method} {}{path}: the answer is not JSON: {e}", gateway.base()),
+        )
+    })?;
+    print_json(&answer);
+    Ok(())
 }
 
 /// A random key: the prefix and 32 random bytes in base64url (43 characters).

@@ -123,7 +123,13 @@ impl RedisUsageStore {
     /// # Errors
     /// An invalid URL or an unreachable server (the error kind only).
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, UsageStoreError> {
-        Self::connect_with(url, prefix, Duration::from_secs(90 * 86_400), Duration::from_secs(1)).await
+        Self::connect_with(
+            url,
+            prefix,
+            Duration::from_secs(90 * 86_400),
+            Duration::from_secs(1),
+        )
+        .await
     }
 
     /// [`connect`](Self::connect) with the time a client's records outlive its
@@ -159,7 +165,10 @@ impl RedisUsageStore {
             }),
         };
         if every != Duration::MAX {
-            tokio::spawn(flush_every(Arc::downgrade(&store.inner), every.max(Duration::from_millis(10))));
+            tokio::spawn(flush_every(
+                Arc::downgrade(&store.inner),
+                every.max(Duration::from_millis(10)),
+            ));
         }
         Ok(store)
     }
@@ -212,12 +221,9 @@ impl Inner {
                 .iter()
                 .map(|(s, stat)| (format!("u|{s}"), *stat))
                 .chain(usage.denied.iter().map(|(s, stat)| (format!("d|{s}"), *stat)));
-            let token = usage.newest_token.map(|t| {
-                (
-                    TOKEN_FIELD.to_owned(),
-                    ScopeStat { count: 0, last: t },
-                )
-            });
+            let token = usage
+                .newest_token
+                .map(|t| (TOKEN_FIELD.to_owned(), ScopeStat { count: 0, last: t }));
             let entries: Vec<(String, ScopeStat)> = scopes.chain(token).collect();
             invocation.arg(entries.len());
             for (field, stat) in entries {
@@ -262,7 +268,10 @@ fn parse(fields: &BTreeMap<String, u64>) -> ClientUsage {
             continue;
         };
         let last = fields.get(&format!("l:{name}")).copied().unwrap_or_default();
-        let stat = ScopeStat { count, last: at(last) };
+        let stat = ScopeStat {
+            count,
+            last: at(last),
+        };
         if let Some(scope) = name.strip_prefix("u|") {
             usage.used.insert(scope.to_owned(), stat);
         } else if let Some(scope) = name.strip_prefix("d|") {

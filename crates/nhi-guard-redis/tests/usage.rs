@@ -24,7 +24,9 @@ async fn replica(url: &str) -> RedisUsageStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_usage_and_the_newest_token() {
-    let Some(mut redis) = RedisServer::start() else { return };
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
     let url = redis.url();
     let (a, b) = (replica(&url).await, replica(&url).await);
     let sync = ClientId::from("inventory-sync");
@@ -56,7 +58,10 @@ async fn replicas_share_usage_and_the_newest_token() {
 
     // A replica that restarts (a new store) sees everything.
     let c = replica(&url).await;
-    assert_eq!(c.usage(&sync).await.expect("read").used["orders:read"].last, t(30));
+    assert_eq!(
+        c.usage(&sync).await.expect("read").used["orders:read"].last,
+        t(30)
+    );
     assert!(c.usage(&ClientId::from("nobody")).await.expect("read").is_empty());
 
     // Redis down: the flush fails and keeps the records, the report read fails.
@@ -84,9 +89,14 @@ async fn replicas_share_usage_and_the_newest_token() {
 async fn the_background_flush_reaches_other_replicas() {
     let Some(redis) = RedisServer::start() else { return };
     let url = redis.url();
-    let a = RedisUsageStore::connect_with(&url, "nhi-guard:", Duration::from_secs(86_400), Duration::from_millis(20))
-        .await
-        .expect("connects");
+    let a = RedisUsageStore::connect_with(
+        &url,
+        "nhi-guard:",
+        Duration::from_secs(86_400),
+        Duration::from_millis(20),
+    )
+    .await
+    .expect("connects");
     let b = replica(&url).await;
     let client = ClientId::from("billing-export");
     a.record_use(&client, "invoices:read", t(1));
