@@ -42,12 +42,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nhi_guard::identity::DemoIssuer;
 use nhi_guard_testkit::temp::TempDir;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer as CaIssuer, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::ServerConfig;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use nhi_guard_testkit::tls::TestCa;
 use serde_json::json;
 use tokio_rustls::TlsAcceptor;
 
@@ -60,58 +55,6 @@ const JWKS: &str = "/jwks.json";
 // An HTTPS issuer: a test CA and a hyper server over tokio-rustls (the pattern of
 // crates/nhi-guard-identity/tests/jwks_https.rs).
 // ---------------------------------------------------------------------------
-
-/// A certificate authority made for one test.
-struct TestCa {
-    pem: String,
-    issuer: CaIssuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("CA key");
-        let pem = params.self_signed(&key).expect("CA certificate").pem();
-        Self {
-            pem,
-            issuer: CaIssuer::new(params, key),
-        }
-    }
-
-    /// The CA certificate, PEM.
-    fn pem(&self) -> &str {
-        &self.pem
-    }
-
-    /// A TLS server configuration with a certificate for 127.0.0.1 signed by this CA.
-    fn server_config(&self) -> Arc<ServerConfig> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf parameters");
-        params.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().expect("IP"))];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate")
-            .der()
-            .clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .expect("server certificate");
-        Arc::new(config)
-    }
-}
 
 /// A token issuer at `https://127.0.0.1:PORT`: OpenID Connect discovery at
 /// `/.well-known/openid-configuration`, its JWKS at `/jwks.json`, tokens signed

@@ -31,6 +31,7 @@ use std::time::Duration;
 use common::{Gateway, get, http_client};
 use http::StatusCode;
 use nhi_guard_testkit::temp::TempDir;
+use nhi_guard_testkit::tls::{TestCa, TlsFront};
 use serde_json::Value;
 
 /// What one run of the command gave.
@@ -282,6 +283,37 @@ async fn report_and_revoke_against_a_running_gateway() {
         "{}",
         run.stderr
     );
+
+    // Over https, with the gateway's CA given by --ca-file (a TLS front on
+    // 127.0.0.1 with a certificate of a CA made here): it answers; without the CA
+    // file the certificate is not trusted (exit 5, the endpoint named).
+    let ca = TestCa::new("gateway test CA");
+    let front = TlsFront::start(&ca, gw.server.addr).await;
+    let ca_file = write(&dir, "ca.pem", ca.pem());
+    let https = front.base();
+    let run = nhi_guard(&[
+        "revoke",
+        "list",
+        "--gateway",
+        &https,
+        "--token-file",
+        s(&token),
+        "--ca-file",
+        s(&ca_file),
+    ])
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("\"revocations\""), "{}", run.stdout);
+    let run = nhi_guard(&["revoke", "list", "--gateway", &https, "--token-file", s(&token)]).await;
+    assert_eq!(run.code, 5, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with(&format!("nhi-guard: GET {https}/admin/revocations: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("certificate"), "{}", run.stderr);
+    drop(front);
 
     // Each change made through the command is its own audit record naming the
     // operator.

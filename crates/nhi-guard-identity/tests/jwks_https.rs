@@ -5,8 +5,8 @@
 //! refused; the platform store honouring `SSL_CERT_FILE` (in a child process, as
 //! the variable is read from the environment).
 //!
-//! [`TestCa`] and [`HttpsIssuer`] are a small reusable pattern for any test that
-//! needs an issuer over TLS: copy them.
+//! The CA is the testkit's (`nhi_guard_testkit::tls::TestCa`, feature `tls`);
+//! [`HttpsIssuer`] serves documents over TLS with its certificate.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -26,12 +26,7 @@ use nhi_guard_core::metrics::{ISSUER_METADATA_FETCHES_TOTAL, JWKS_FETCHES_TOTAL}
 use nhi_guard_identity::{Algorithm, HttpFetcher, IdentityLayer, Issuer, JwksConfig, RemoteKeys};
 use nhi_guard_testkit::metrics::Snapshot;
 use nhi_guard_testkit::temp::TempDir;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer as CaIssuer, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::ServerConfig;
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use nhi_guard_testkit::tls::TestCa;
 use serde_json::{Value, json};
 use tokio_rustls::TlsAcceptor;
 use tower::{Layer, ServiceExt, service_fn};
@@ -39,58 +34,6 @@ use tower::{Layer, ServiceExt, service_fn};
 // ---------------------------------------------------------------------------
 // A reusable HTTPS issuer: a test CA and a hyper server over tokio-rustls.
 // ---------------------------------------------------------------------------
-
-/// A certificate authority made for one test.
-struct TestCa {
-    pem: String,
-    issuer: CaIssuer<'static, KeyPair>,
-}
-
-impl TestCa {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            pem,
-            issuer: CaIssuer::new(params, key),
-        }
-    }
-
-    /// The CA certificate, PEM: what a fetcher is told to trust.
-    fn pem(&self) -> &[u8] {
-        self.pem.as_bytes()
-    }
-
-    /// A TLS server configuration with a certificate for 127.0.0.1 and localhost
-    /// signed by this CA.
-    fn server_config(&self) -> Arc<ServerConfig> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![
-            SanType::IpAddress("127.0.0.1".parse().unwrap()),
-            SanType::DnsName("localhost".try_into().unwrap()),
-        ];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap().der().clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .unwrap();
-        Arc::new(config)
-    }
-}
 
 #[derive(Default)]
 struct Served {
@@ -109,7 +52,7 @@ struct HttpsIssuer {
 }
 
 impl HttpsIssuer {
-    async fn start(tls: Arc<ServerConfig>) -> Self {
+    async fn start(tls: Arc<rustls::ServerConfig>) -> Self {
         let state = Arc::new(Mutex::new(Served::default()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -205,7 +148,7 @@ fn config(clock: &Arc<ManualClock>) -> JwksConfig {
 fn fetcher_trusting(ca: &TestCa) -> Arc<HttpFetcher> {
     Arc::new(
         HttpFetcher::builder()
-            .add_root_certificates_pem(ca.pem())
+            .add_root_certificates_pem(ca.pem().as_bytes())
             .unwrap()
             .build(),
     )

@@ -16,6 +16,9 @@
 //! assert_eq!(seen.counter(REQUESTS_TOTAL, &[("control", "risk"), ("decision", "allow")]), 1);
 //! ```
 
+#[cfg(feature = "tls")]
+pub mod tls;
+
 /// Assertions on recorded metrics.
 pub mod metrics {
 
