@@ -7,8 +7,8 @@ use std::sync::Arc;
 use nhi_guard_audit::AuditLayer;
 use nhi_guard_core::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
-use nhi_guard_core::denial::DefaultRenderer;
 use nhi_guard_core::registry::SharedRegistry;
+use nhi_guard_core::settings::LayerSettings;
 use nhi_guard_identity::{IdentityLayer, IdentityLayerBuilder};
 use nhi_guard_ratelimit::{AuthFailureLimitLayer, RateLimitLayer};
 use nhi_guard_risk::{RiskEdgeLayer, RiskLayer};
@@ -65,7 +65,7 @@ impl NhiGuard {
         NhiGuardBuilder {
             registry,
             clock: Arc::new(SystemClock),
-            resolver: ClientAddrResolver::new(),
+            resolver: None,
             audit: None,
             address_limit: None,
             failure_limit: None,
@@ -121,7 +121,7 @@ impl std::error::Error for BuildError {}
 pub struct NhiGuardBuilder {
     registry: SharedRegistry,
     clock: SharedClock,
-    resolver: ClientAddrResolver,
+    resolver: Option<ClientAddrResolver>,
     audit: Option<AuditLayer>,
     address_limit: Option<RateLimitLayer>,
     failure_limit: Option<AuthFailureLimitLayer>,
@@ -148,21 +148,24 @@ impl fmt::Debug for NhiGuardBuilder {
 }
 
 impl NhiGuardBuilder {
-    /// One clock for every control (default: the system clock).
+    /// The clock of every control that was not given its own (default: the
+    /// system clock).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self
     }
 
-    /// One client-address resolver (trusted proxies) for every control.
+    /// One client-address resolver (trusted proxies) for the whole stack. A
+    /// resolver given to one layer instead is used by the whole stack too; two
+    /// different resolvers are a build error (the address is resolved once per
+    /// request, by the outermost layer).
     pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
-        self.resolver = resolver;
+        self.resolver = Some(resolver);
         self
     }
 
-    /// The `realm` of every control's `WWW-Authenticate` challenge (default `api`).
-    /// Sets the default renderer of each control; a control given its own renderer
-    /// afterwards keeps it.
+    /// The `realm` of the `WWW-Authenticate` challenges of every control that was
+    /// not given its own renderer or realm (default `api`).
     pub fn realm(mut self, realm: impl Into<Arc<str>>) -> Self {
         self.realm = Some(realm.into());
         self
@@ -283,12 +286,73 @@ impl NhiGuardBuilder {
             }
         }
 
-        let clock = self.clock;
-        let resolver = self.resolver;
-        let renderer = self
-            .realm
-            .as_ref()
-            .map(|r| DefaultRenderer::new().realm(r.clone()));
+        // The settings every layer takes: the stack fills only what a layer left
+        // unset. The client address is resolved once per request, by the
+        // outermost layer, so every resolver given must be the same one.
+        let mut stack = LayerSettings::new().clock(self.clock);
+        if let Some(realm) = &self.realm {
+            stack = stack.realm(realm.clone());
+        }
+        let own_resolvers = [
+            (
+                "audit",
+                self.audit.as_ref().and_then(AuditLayer::own_client_addr_resolver),
+            ),
+            (
+                "address_rate_limit",
+                self.address_limit
+                    .as_ref()
+                    .and_then(RateLimitLayer::own_client_addr_resolver),
+            ),
+            (
+                "auth_failure_limit",
+                self.failure_limit
+                    .as_ref()
+                    .and_then(AuthFailureLimitLayer::own_client_addr_resolver),
+            ),
+            (
+                "identity",
+                self.identity
+                    .as_ref()
+                    .and_then(IdentityLayerBuilder::own_client_addr_resolver),
+            ),
+            (
+                "risk",
+                self.risk.as_ref().and_then(RiskLayer::own_client_addr_resolver),
+            ),
+            (
+                "rate_limit",
+                self.rate_limit
+                    .as_ref()
+                    .and_then(RateLimitLayer::own_client_addr_resolver),
+            ),
+            (
+                "scope",
+                self.scope.as_ref().and_then(ScopeLayer::own_client_addr_resolver),
+            ),
+        ];
+        let mut resolver = self.resolver.map(|r| ("the stack", r));
+        for (control, own) in own_resolvers {
+            let Some(own) = own else { continue };
+            match &resolver {
+                None => resolver = Some((control, own.clone())),
+                Some((_, r)) if r == own => {}
+                Some((first, _)) => {
+                    return Err(BuildError::new(
+                        control,
+                        "client_addr_resolver",
+                        format!(
+                            "differs from the one given to {first}: the outermost layer resolves \
+                             the client address for the whole stack, so give one resolver \
+                             (NhiGuardBuilder::client_addr_resolver)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some((_, r)) = resolver {
+            stack = stack.client_addr_resolver(r);
+        }
         // The limits in front of identity look for credentials where it does.
         let api_key_header = self
             .identity
@@ -296,47 +360,28 @@ impl NhiGuardBuilder {
             .and_then(|b| b.api_key_header_name().cloned());
         let identity = match self.identity {
             Some(mut b) => Some({
-                if let Some(r) = &renderer {
-                    b = b.renderer(r.clone());
-                }
                 if self.scope.is_some() {
                     // The scope policy decides which routes are public; identity
                     // still refuses every invalid credential, and the scope layer
                     // answers a missing one with the same 401 challenge.
                     b = b.optional(true);
                 }
-                b.clock(clock.clone())
-                    .client_addr_resolver(resolver.clone())
+                b.inherit(&stack)
                     .build()
                     .map_err(|e| BuildError::new("identity", e.field(), e.to_string()))?
             }),
             None => None,
         };
-        let risk = self.risk.map(|mut r| {
-            if let Some(rd) = &renderer {
-                r = r.renderer(rd.clone());
-            }
-            r.clock(clock.clone()).client_addr_resolver(resolver.clone())
-        });
+        let risk = self.risk.map(|r| r.inherit(&stack));
         let edge = risk.as_ref().map(RiskLayer::edge);
         let with_common = |mut l: RateLimitLayer| {
-            if let Some(r) = &renderer {
-                l = l.renderer(r.clone());
-            }
             if let Some(h) = &api_key_header {
                 l = l.api_key_header(h.clone());
             }
-            l.clock(clock.clone())
-                .client_addr_resolver(resolver.clone())
-                .registry(self.registry.clone())
+            l.inherit(&stack).registry(self.registry.clone())
         };
         let layers = Stack::new(
-            Maybe(self.scope.map(|mut s| {
-                if let Some(r) = &renderer {
-                    s = s.renderer(r.clone());
-                }
-                s.clock(clock.clone()).client_addr_resolver(resolver.clone())
-            })),
+            Maybe(self.scope.map(|s| s.inherit(&stack))),
             Stack::new(
                 Maybe(self.rate_limit.map(with_common)),
                 Stack::new(
@@ -347,19 +392,14 @@ impl NhiGuardBuilder {
                             Maybe(edge),
                             Stack::new(
                                 Maybe(self.failure_limit.map(|mut f| {
-                                    if let Some(r) = &renderer {
-                                        f = f.renderer(r.clone());
-                                    }
                                     if let Some(h) = &api_key_header {
                                         f = f.api_key_header(h.clone());
                                     }
-                                    f.clock(clock.clone()).client_addr_resolver(resolver.clone())
+                                    f.inherit(&stack)
                                 })),
                                 Stack::new(
                                     Maybe(self.address_limit.map(with_common)),
-                                    tower::util::option_layer(self.audit.map(|a| {
-                                        a.clock(clock.clone()).client_addr_resolver(resolver.clone())
-                                    })),
+                                    tower::util::option_layer(self.audit.map(|a| a.inherit(&stack))),
                                 ),
                             ),
                         ),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use http::HeaderName;
 use nhi_guard_core::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
+use nhi_guard_core::settings::{Explicit, LayerSettings};
 use tower_layer::Layer;
 
 use crate::error::ConfigError;
@@ -32,6 +33,7 @@ pub(crate) struct LayerConfig {
     pub(crate) writer: AuditWriter,
     pub(crate) resolver: ClientAddrResolver,
     pub(crate) clock: SharedClock,
+    pub(crate) explicit: Explicit,
     pub(crate) raw_path_fallback: bool,
     pub(crate) query_allow: Vec<Box<str>>,
     pub(crate) header_allow: Vec<HeaderName>,
@@ -78,6 +80,7 @@ impl AuditLayer {
                 writer,
                 resolver: ClientAddrResolver::new(),
                 clock: Arc::new(SystemClock),
+                explicit: Explicit::default(),
                 raw_path_fallback: false,
                 query_allow: Vec::new(),
                 header_allow: Vec::new(),
@@ -95,15 +98,33 @@ impl AuditLayer {
     /// (trusted proxies).
     #[must_use]
     pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
-        self.cfg().resolver = resolver;
+        let cfg = self.cfg();
+        cfg.resolver = resolver;
+        cfg.explicit.resolver = true;
         self
     }
 
     /// The clock that stamps `time` when this layer creates the context.
     #[must_use]
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.cfg().clock = clock;
+        let cfg = self.cfg();
+        cfg.clock = clock;
+        cfg.explicit.clock = true;
         self
+    }
+
+    /// Takes the stack's clock and resolver for those this layer was not given
+    /// (see [`nhi_guard_core::settings`]; the audit layer renders no denial).
+    #[must_use]
+    pub fn inherit(mut self, stack: &LayerSettings) -> Self {
+        let c = self.cfg();
+        c.explicit.fill(stack, &mut c.clock, &mut c.resolver, None);
+        self
+    }
+
+    /// The client-address resolver set on this layer, if one was.
+    pub fn own_client_addr_resolver(&self) -> Option<&ClientAddrResolver> {
+        self.cfg.explicit.resolver.then_some(&self.cfg.resolver)
     }
 
     /// Records the raw path when no route template is known (off by default:

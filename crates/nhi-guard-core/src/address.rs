@@ -150,7 +150,7 @@ pub struct InvalidIpv6Prefix(pub u8);
 /// let addr = resolver.resolve(req.headers(), req.extensions()).unwrap();
 /// assert_eq!(addr.ip().to_string(), "203.0.113.7");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct ClientAddrResolver {
     trusted: Vec<IpNet>,

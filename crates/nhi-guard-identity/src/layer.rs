@@ -10,6 +10,7 @@ use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
 use nhi_guard_core::hash::FxBuildHasher;
 use nhi_guard_core::registry::{ClientRegistry, InventoryRequirement, SharedRegistry};
+use nhi_guard_core::settings::{Explicit, LayerSettings};
 
 use crate::cache::TokenCache;
 use crate::jwt::Issuer;
@@ -132,6 +133,7 @@ impl IdentityLayer {
             realm: None,
             resolver: ClientAddrResolver::new(),
             clock: Arc::new(SystemClock),
+            explicit: Explicit::default(),
             cache_capacity: Some(10_000),
             max_token_bytes: 8 * 1024,
             cert_mapper: None,
@@ -165,6 +167,7 @@ pub struct IdentityLayerBuilder {
     realm: Option<Arc<str>>,
     resolver: ClientAddrResolver,
     clock: SharedClock,
+    explicit: Explicit,
     cache_capacity: Option<u64>,
     max_token_bytes: usize,
     cert_mapper: Option<CertificateMapper>,
@@ -250,13 +253,32 @@ impl IdentityLayerBuilder {
     /// How the client address is resolved (trusted proxies), for `networks`.
     pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
         self.resolver = resolver;
+        self.explicit.resolver = true;
         self
     }
 
     /// The clock (tests use `ManualClock` or `TokioClock`).
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self.explicit.clock = true;
         self
+    }
+
+    /// Takes the stack's clock, resolver and renderer for those this layer was not
+    /// given (see [`nhi_guard_core::settings`]); a realm set here counts as a
+    /// renderer.
+    pub fn inherit(mut self, stack: &LayerSettings) -> Self {
+        self.explicit
+            .fill(stack, &mut self.clock, &mut self.resolver, None);
+        if self.renderer.is_none() && self.realm.is_none() {
+            self.renderer = stack.denial_renderer().cloned();
+        }
+        self
+    }
+
+    /// The client-address resolver set on this layer, if one was.
+    pub fn own_client_addr_resolver(&self) -> Option<&ClientAddrResolver> {
+        self.explicit.resolver.then_some(&self.resolver)
     }
 
     /// Capacity of the verified-token cache (default 10 000 tokens); `0` turns

@@ -14,6 +14,7 @@ use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::denial::{DefaultRenderer, Protocol, RenderDenial, SharedRenderer, respond};
 use nhi_guard_core::future::ResponseFuture as GuardFuture;
 use nhi_guard_core::presented::{DEFAULT_API_KEY_HEADER, presented_credential};
+use nhi_guard_core::settings::{Explicit, LayerSettings};
 use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision, ceil_secs};
 use nhi_guard_core::{CredentialFingerprint, Denial, GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
@@ -35,6 +36,7 @@ struct FailureConfig {
     clock: SharedClock,
     resolver: ClientAddrResolver,
     renderer: SharedRenderer,
+    explicit: Explicit,
     by_address: bool,
     by_credential: bool,
     shadow: bool,
@@ -96,6 +98,7 @@ impl AuthFailureLimitLayer {
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
                 renderer: DefaultRenderer::new().shared(),
+                explicit: Explicit::default(),
                 by_address: true,
                 by_credential: true,
                 shadow: false,
@@ -119,22 +122,43 @@ impl AuthFailureLimitLayer {
     /// Reads time from `clock`.
     #[must_use]
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.config_mut().clock = clock;
+        let config = self.config_mut();
+        config.clock = clock;
+        config.explicit.clock = true;
         self
     }
 
     /// Resolves client addresses with `resolver`, when this layer creates the context.
     #[must_use]
     pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
-        self.config_mut().resolver = resolver;
+        let config = self.config_mut();
+        config.resolver = resolver;
+        config.explicit.resolver = true;
         self
     }
 
     /// Renders denials with `renderer`.
     #[must_use]
     pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
-        self.config_mut().renderer = Arc::new(renderer);
+        let config = self.config_mut();
+        config.renderer = Arc::new(renderer);
+        config.explicit.renderer = true;
         self
+    }
+
+    /// Takes the stack's clock, resolver and renderer for those this layer was not
+    /// given (see [`nhi_guard_core::settings`]).
+    #[must_use]
+    pub fn inherit(mut self, stack: &LayerSettings) -> Self {
+        let c = self.config_mut();
+        c.explicit
+            .fill(stack, &mut c.clock, &mut c.resolver, Some(&mut c.renderer));
+        self
+    }
+
+    /// The client-address resolver set on this layer, if one was.
+    pub fn own_client_addr_resolver(&self) -> Option<&ClientAddrResolver> {
+        self.config.explicit.resolver.then_some(&self.config.resolver)
     }
 
     /// Whether failures count per client address (default true).

@@ -9,6 +9,7 @@ use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
 use nhi_guard_core::presented::DEFAULT_API_KEY_HEADER;
 use nhi_guard_core::registry::SharedRegistry;
+use nhi_guard_core::settings::{Explicit, LayerSettings};
 use nhi_guard_core::store::{Quota, RateLimitStore};
 use tower_layer::Layer;
 
@@ -65,6 +66,7 @@ pub(crate) struct Config {
     pub(crate) clock: SharedClock,
     pub(crate) resolver: ClientAddrResolver,
     pub(crate) renderer: SharedRenderer,
+    pub(crate) explicit: Explicit,
     pub(crate) registry: Option<SharedRegistry>,
     pub(crate) default_quota: Quota,
     pub(crate) route_groups: Vec<(Arc<str>, Arc<str>)>,
@@ -124,6 +126,7 @@ impl RateLimitLayer {
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
                 renderer: DefaultRenderer::new().shared(),
+                explicit: Explicit::default(),
                 registry: None,
                 default_quota: Quota::from_tier(nhi_guard_core::Tier::BUILT_IN_DEFAULT),
                 route_groups: Vec::new(),
@@ -214,7 +217,9 @@ impl RateLimitLayer {
     /// use their own time (Redis: the server's).
     #[must_use]
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.config_mut().clock = clock;
+        let config = self.config_mut();
+        config.clock = clock;
+        config.explicit.clock = true;
         self
     }
 
@@ -222,15 +227,34 @@ impl RateLimitLayer {
     /// creates the security context.
     #[must_use]
     pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
-        self.config_mut().resolver = resolver;
+        let config = self.config_mut();
+        config.resolver = resolver;
+        config.explicit.resolver = true;
         self
     }
 
     /// Renders denials with `renderer`.
     #[must_use]
     pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
-        self.config_mut().renderer = Arc::new(renderer);
+        let config = self.config_mut();
+        config.renderer = Arc::new(renderer);
+        config.explicit.renderer = true;
         self
+    }
+
+    /// Takes the stack's clock, resolver and renderer for those this layer was not
+    /// given (see [`nhi_guard_core::settings`]).
+    #[must_use]
+    pub fn inherit(mut self, stack: &LayerSettings) -> Self {
+        let c = self.config_mut();
+        c.explicit
+            .fill(stack, &mut c.clock, &mut c.resolver, Some(&mut c.renderer));
+        self
+    }
+
+    /// The client-address resolver set on this layer, if one was.
+    pub fn own_client_addr_resolver(&self) -> Option<&ClientAddrResolver> {
+        self.config.explicit.resolver.then_some(&self.config.resolver)
     }
 
     /// Looks tiers up in `registry` on each request (`registry.tier(principal's

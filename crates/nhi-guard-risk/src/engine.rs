@@ -158,6 +158,8 @@ pub(crate) struct Engine {
     pub(crate) clock: SharedClock,
     pub(crate) resolver: ClientAddrResolver,
     pub(crate) renderer: SharedRenderer,
+    /// Which of clock, resolver and renderer were set on the layer.
+    pub(crate) explicit: nhi_guard_core::settings::Explicit,
     /// `nhi_guard_requests_total{control="risk"}`: the edge half counts its
     /// refusals, the identified half every request it decides.
     pub(crate) metrics: nhi_guard_core::metrics::ControlMetrics,

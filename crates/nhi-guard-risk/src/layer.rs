@@ -8,6 +8,7 @@ use std::time::Duration;
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
 use nhi_guard_core::metrics::{ControlMetrics, LazyHistogram};
 use nhi_guard_core::risk_store::RiskStore;
+use nhi_guard_core::settings::{Explicit, LayerSettings};
 use nhi_guard_core::{ClientAddrResolver, SharedClock, SystemClock};
 use tower_layer::Layer;
 
@@ -72,6 +73,7 @@ impl RiskLayer {
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
                 renderer: DefaultRenderer::new().shared(),
+                explicit: Explicit::default(),
                 metrics: ControlMetrics::new(nhi_guard_core::Control::Risk),
                 score: LazyHistogram::new(nhi_guard_core::metrics::RISK_SCORE),
                 decisions: Arc::new(DecisionLog::new(1_000)),
@@ -103,6 +105,7 @@ impl RiskLayer {
                 clock: e.clock.clone(),
                 resolver: e.resolver.clone(),
                 renderer: e.renderer.clone(),
+                explicit: e.explicit,
                 metrics: e.metrics.clone(),
                 score: e.score.clone(),
                 decisions: e.decisions.clone(),
@@ -278,29 +281,49 @@ impl RiskLayer {
     /// a context created here use this clock.
     #[must_use]
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.edit().clock = clock;
+        let e = self.edit();
+        e.clock = clock;
+        e.explicit.clock = true;
         self
     }
 
     /// How the client address is resolved when this layer creates the context.
     #[must_use]
     pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
-        self.edit().resolver = resolver;
+        let e = self.edit();
+        e.resolver = resolver;
+        e.explicit.resolver = true;
         self
     }
 
     /// Replaces the denial renderer.
     #[must_use]
-    pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
-        self.edit().renderer = Arc::new(renderer);
-        self
+    pub fn renderer(self, renderer: impl RenderDenial) -> Self {
+        self.shared_renderer(Arc::new(renderer))
     }
 
     /// A shared renderer.
     #[must_use]
     pub fn shared_renderer(mut self, renderer: SharedRenderer) -> Self {
-        self.edit().renderer = renderer;
+        let e = self.edit();
+        e.renderer = renderer;
+        e.explicit.renderer = true;
         self
+    }
+
+    /// Takes the stack's clock, resolver and renderer for those this layer was not
+    /// given (see [`nhi_guard_core::settings`]).
+    #[must_use]
+    pub fn inherit(mut self, stack: &LayerSettings) -> Self {
+        let e = self.edit();
+        e.explicit
+            .fill(stack, &mut e.clock, &mut e.resolver, Some(&mut e.renderer));
+        self
+    }
+
+    /// The client-address resolver set on this layer, if one was.
+    pub fn own_client_addr_resolver(&self) -> Option<&ClientAddrResolver> {
+        self.engine.explicit.resolver.then_some(&self.engine.resolver)
     }
 
     /// Shares blocks, step-ups and authentication-failure evidence with other

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use nhi_guard_core::clock::SharedClock;
 use nhi_guard_core::denial::{DefaultRenderer, SharedRenderer};
 use nhi_guard_core::metrics::ControlMetrics;
+use nhi_guard_core::settings::{Explicit, LayerSettings};
 use nhi_guard_core::usage::SharedUsageStore;
 use nhi_guard_core::{ClientAddrResolver, Control, RenderDenial, SystemClock};
 use tower_layer::Layer;
@@ -41,6 +42,7 @@ pub(crate) struct Config {
     pub(crate) store: Option<SharedUsageStore>,
     pub(crate) clock: SharedClock,
     pub(crate) resolver: ClientAddrResolver,
+    pub(crate) explicit: Explicit,
     pub(crate) metrics: ControlMetrics,
 }
 
@@ -130,6 +132,7 @@ impl ScopeLayer {
                 store: None,
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
+                explicit: Explicit::default(),
                 metrics: ControlMetrics::new(Control::Scope),
             }),
         }
@@ -159,13 +162,17 @@ impl ScopeLayer {
     /// The `realm` of `WWW-Authenticate` challenges (default `api`), with the
     /// default rendering.
     pub fn realm(mut self, realm: impl Into<Arc<str>>) -> Self {
-        self.config_mut().renderer = DefaultRenderer::new().realm(realm).shared();
+        let config = self.config_mut();
+        config.renderer = DefaultRenderer::new().realm(realm).shared();
+        config.explicit.renderer = true;
         self
     }
 
     /// Replaces the rendering of denials.
     pub fn renderer(mut self, renderer: impl RenderDenial) -> Self {
-        self.config_mut().renderer = Arc::new(renderer);
+        let config = self.config_mut();
+        config.renderer = Arc::new(renderer);
+        config.explicit.renderer = true;
         self
     }
 
@@ -177,14 +184,32 @@ impl ScopeLayer {
 
     /// The clock of contexts this layer creates (default: the system clock).
     pub fn clock(mut self, clock: SharedClock) -> Self {
-        self.config_mut().clock = clock;
+        let config = self.config_mut();
+        config.clock = clock;
+        config.explicit.clock = true;
         self
     }
 
     /// How contexts this layer creates resolve the client address.
     pub fn client_addr_resolver(mut self, resolver: ClientAddrResolver) -> Self {
-        self.config_mut().resolver = resolver;
+        let config = self.config_mut();
+        config.resolver = resolver;
+        config.explicit.resolver = true;
         self
+    }
+
+    /// Takes the stack's clock, resolver and renderer for those this layer was not
+    /// given (see [`nhi_guard_core::settings`]).
+    pub fn inherit(mut self, stack: &LayerSettings) -> Self {
+        let c = self.config_mut();
+        c.explicit
+            .fill(stack, &mut c.clock, &mut c.resolver, Some(&mut c.renderer));
+        self
+    }
+
+    /// The client-address resolver set on this layer, if one was.
+    pub fn own_client_addr_resolver(&self) -> Option<&ClientAddrResolver> {
+        self.config.explicit.resolver.then_some(&self.config.resolver)
     }
 
     /// The policy, when this layer has one (not for per-route layers).
