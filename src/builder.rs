@@ -7,6 +7,7 @@ use std::sync::Arc;
 use nhi_guard_audit::AuditLayer;
 use nhi_guard_core::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
+use nhi_guard_core::config::{ConfigError, ConfigErrorKind};
 use nhi_guard_core::registry::SharedRegistry;
 use nhi_guard_core::settings::LayerSettings;
 use nhi_guard_identity::{IdentityLayer, IdentityLayerBuilder};
@@ -79,41 +80,9 @@ impl NhiGuard {
     }
 }
 
-/// Which part of the configuration is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError {
-    control: &'static str,
-    field: &'static str,
-    message: String,
-}
-
-impl BuildError {
-    fn new(control: &'static str, field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            control,
-            field,
-            message: message.into(),
-        }
-    }
-
-    /// The control at fault (`identity`, `scope`, `rate_limit`, `risk`, `audit`, `registry`).
-    pub fn control(&self) -> &'static str {
-        self.control
-    }
-
-    /// The field at fault.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}: {}", self.control, self.field, self.message)
-    }
-}
-
-impl std::error::Error for BuildError {}
+/// Which part of the configuration is wrong: the one [`ConfigError`] of every
+/// control, so a control's error goes into the stack's with `?`.
+pub type BuildError = ConfigError;
 
 /// Configures the whole stack. Each control is optional and configured through its
 /// own builder; [`NhiGuardBuilder::build`] validates them together.
@@ -258,14 +227,16 @@ impl NhiGuardBuilder {
                     "risk",
                     "identity",
                     "risk scoring needs the identity layer (its signals key on verified clients)",
-                ));
+                )
+                .kind_of(ConfigErrorKind::Missing));
             }
             if self.scope.is_some() {
                 return Err(BuildError::new(
                     "scope",
                     "identity",
                     "scope checks need the identity layer to set a principal",
-                ));
+                )
+                .kind_of(ConfigErrorKind::Missing));
             }
         }
         if let Some(policy) = self.scope.as_ref().and_then(ScopeLayer::policy) {
@@ -346,7 +317,8 @@ impl NhiGuardBuilder {
                              the client address for the whole stack, so give one resolver \
                              (NhiGuardBuilder::client_addr_resolver)"
                         ),
-                    ));
+                    )
+                    .kind_of(ConfigErrorKind::Conflict));
                 }
             }
         }
@@ -366,9 +338,7 @@ impl NhiGuardBuilder {
                     // answers a missing one with the same 401 challenge.
                     b = b.optional(true);
                 }
-                b.inherit(&stack)
-                    .build()
-                    .map_err(|e| BuildError::new("identity", e.field(), e.to_string()))?
+                b.inherit(&stack).build()?
             }),
             None => None,
         };

@@ -8,6 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, JsonLinesFile, TracingSink};
 use nhi_guard::core::ClientAddrResolver;
 use nhi_guard::core::clock::SharedClock;
+use nhi_guard::core::config::ConfigError;
 use nhi_guard::core::metrics as guard_metrics;
 use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
 use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
@@ -216,12 +217,7 @@ pub(crate) async fn build(
     // The flood shield in front of identity: anonymous traffic and failed
     // credentials count per address; a verified client is governed by its tier
     // alone, however many of its calls share one address (NAT, batch host, sidecar).
-    let mut address_limit = RateLimitLayer::new()
-        .limit(Limit::per_address("per-address", config.address_limit).exempt_verified())
-        .map_err(|e| e.to_string())?;
-    let mut client_limit = RateLimitLayer::new()
-        .limit(Limit::per_client("per-client"))
-        .map_err(|e| e.to_string())?;
+    let (mut address_limit, mut client_limit) = limits(config).map_err(|e| e.to_string())?;
     if let Some(store) = &shared {
         address_limit = address_limit.shared_store(store.clone());
         client_limit = client_limit.shared_store(store.clone());
@@ -241,28 +237,7 @@ pub(crate) async fn build(
     let risk = match mode {
         None => None,
         Some(mode) => {
-            let mut layer = RiskLayer::new()
-                .mode(mode)
-                // The bulk tier's clients read and reserve in volume by contract.
-                .bulk_tier("bulk")
-                .route(
-                    Route::new("GET", "/inventory/{sku}")
-                        .map_err(|e| e.to_string())?
-                        .group("inventory"),
-                )
-                .map_err(|e| e.to_string())?
-                .route(
-                    Route::new("POST", "/inventory/{sku}/reserve")
-                        .map_err(|e| e.to_string())?
-                        .scarce(),
-                )
-                .map_err(|e| e.to_string())?
-                .route(
-                    Route::new("GET", "/admin/clients")
-                        .and_then(|r| r.sensitivity(1.5))
-                        .map_err(|e| e.to_string())?,
-                )
-                .map_err(|e| e.to_string())?;
+            let mut layer = risk_layer(mode).map_err(|e| e.to_string())?;
             if let Some(url) = &config.redis_url {
                 let store = nhi_guard_redis::risk::RedisRiskStore::connect(
                     url,
@@ -334,6 +309,27 @@ pub(crate) async fn build(
         },
         shared_usage,
     })
+}
+
+/// The flood shield in front of identity (per address, verified clients exempt)
+/// and the per-client limit at each client's inventory tier.
+fn limits(config: &Config) -> Result<(RateLimitLayer, RateLimitLayer), ConfigError> {
+    let address = RateLimitLayer::new()
+        .limit(Limit::per_address("per-address", config.address_limit).exempt_verified())?;
+    let client = RateLimitLayer::new().limit(Limit::per_client("per-client"))?;
+    Ok((address, client))
+}
+
+/// Risk: enumeration on the inventory reads, hoarding on reservations, the report
+/// more sensitive.
+fn risk_layer(mode: Mode) -> Result<RiskLayer, ConfigError> {
+    RiskLayer::new()
+        .mode(mode)
+        // The bulk tier's clients read and reserve in volume by contract.
+        .bulk_tier("bulk")
+        .route(Route::new("GET", "/inventory/{sku}")?.group("inventory"))?
+        .route(Route::new("POST", "/inventory/{sku}/reserve")?.scarce())?
+        .route(Route::new("GET", "/admin/clients")?.sensitivity(1.5)?)
 }
 
 /// Serves `router` (recording each connection's peer address for the client-address

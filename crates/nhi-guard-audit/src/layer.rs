@@ -143,12 +143,14 @@ impl AuditLayer {
     pub fn allow_query_param(mut self, name: &str) -> Result<Self, ConfigError> {
         if name.is_empty() || name.contains(['&', '=', '#']) || name.chars().any(char::is_whitespace) {
             return Err(ConfigError::new(
+                "audit",
                 "allow_query_param",
                 format!("{name:?} is not a query parameter name"),
             ));
         }
         if looks_secret(name) {
             return Err(ConfigError::new(
+                "audit",
                 "allow_query_param",
                 format!("{name:?} may carry a credential and is never recorded"),
             ));
@@ -164,10 +166,12 @@ impl AuditLayer {
     /// or names a credential-bearing header (`authorization`, `cookie`,
     /// `x-api-key`, anything with `token`, `key`, `secret`, `auth`, ...).
     pub fn allow_header(mut self, name: &str) -> Result<Self, ConfigError> {
-        let header = HeaderName::try_from(name)
-            .map_err(|_| ConfigError::new("allow_header", format!("{name:?} is not a header name")))?;
+        let header = HeaderName::try_from(name).map_err(|_| {
+            ConfigError::new("audit", "allow_header", format!("{name:?} is not a header name"))
+        })?;
         if looks_secret(header.as_str()) {
             return Err(ConfigError::new(
+                "audit",
                 "allow_header",
                 format!("{name:?} may carry a credential and is never recorded"),
             ));
@@ -187,7 +191,11 @@ impl AuditLayer {
     /// [`ConfigError`] for `sample_allowed` when `rate` is not within 0.0..=1.0.
     pub fn sample_allowed(mut self, rate: f64) -> Result<Self, ConfigError> {
         if !(0.0..=1.0).contains(&rate) {
-            return Err(ConfigError::new("sample_allowed", "must be between 0.0 and 1.0"));
+            return Err(ConfigError::new(
+                "audit",
+                "sample_allowed",
+                "must be between 0.0 and 1.0",
+            ));
         }
         // In range, so the cast is exact enough and cannot overflow.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]

@@ -381,7 +381,11 @@ impl JsonLinesFile {
     /// A [`crate::ConfigError`] for `rotate_at` when `bytes` is 0.
     pub fn rotate_at(mut self, bytes: u64) -> Result<Self, crate::ConfigError> {
         if bytes == 0 {
-            return Err(crate::ConfigError::new("rotate_at", "must be greater than 0"));
+            return Err(crate::ConfigError::new(
+                "audit",
+                "rotate_at",
+                "must be greater than 0",
+            ));
         }
         self.max_bytes = bytes;
         Ok(self)
@@ -393,7 +397,11 @@ impl JsonLinesFile {
     /// A [`crate::ConfigError`] for `keep_rotated` when `n` is 0.
     pub fn keep_rotated(mut self, n: usize) -> Result<Self, crate::ConfigError> {
         if n == 0 {
-            return Err(crate::ConfigError::new("keep_rotated", "must be at least 1"));
+            return Err(crate::ConfigError::new(
+                "audit",
+                "keep_rotated",
+                "must be at least 1",
+            ));
         }
         self.keep = n;
         Ok(self)
@@ -499,7 +507,7 @@ impl ChannelSink {
     /// A [`crate::ConfigError`] for `capacity` when it is 0.
     pub fn new(capacity: usize) -> Result<(Self, mpsc::Receiver<AuditEntry>), crate::ConfigError> {
         if capacity == 0 {
-            return Err(crate::ConfigError::new("capacity", "must be at least 1"));
+            return Err(crate::ConfigError::new("audit", "capacity", "must be at least 1"));
         }
         let (tx, rx) = mpsc::channel(capacity);
         Ok((Self { tx }, rx))

@@ -330,7 +330,11 @@ impl AuditWriterBuilder {
     /// [`ConfigError`] for `capacity` when 0 or above 2^24.
     pub fn capacity(mut self, records: usize) -> Result<Self, ConfigError> {
         if records == 0 || records > 1 << 24 {
-            return Err(ConfigError::new("capacity", "must be between 1 and 16777216"));
+            return Err(ConfigError::new(
+                "audit",
+                "capacity",
+                "must be between 1 and 16777216",
+            ));
         }
         self.capacity = records;
         Ok(self)
@@ -348,7 +352,11 @@ impl AuditWriterBuilder {
     /// [`ConfigError`] for `checkpoint_every` when 0.
     pub fn checkpoint_every(mut self, records: u64) -> Result<Self, ConfigError> {
         if records == 0 {
-            return Err(ConfigError::new("checkpoint_every", "must be at least 1"));
+            return Err(ConfigError::new(
+                "audit",
+                "checkpoint_every",
+                "must be at least 1",
+            ));
         }
         self.checkpoint_every = records;
         Ok(self)
@@ -363,6 +371,7 @@ impl AuditWriterBuilder {
     pub fn checkpoint_interval(mut self, interval: Duration) -> Result<Self, ConfigError> {
         if interval.is_zero() {
             return Err(ConfigError::new(
+                "audit",
                 "checkpoint_interval",
                 "must be greater than zero",
             ));

@@ -37,6 +37,7 @@
 pub mod address;
 pub mod body;
 pub mod clock;
+pub mod config;
 pub mod context;
 pub mod denial;
 pub mod digest;

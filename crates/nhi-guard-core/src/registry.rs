@@ -1437,6 +1437,20 @@ impl<R: ClientRegistry + ?Sized> ClientRegistry for Arc<R> {
     }
 }
 
+impl From<InventoryError> for crate::config::ConfigError {
+    /// The inventory's error as the controls' configuration error (control
+    /// `registry`; a duplicate is a conflict).
+    fn from(e: InventoryError) -> Self {
+        use crate::config::{ConfigError, ConfigErrorKind};
+        let kind = match e.kind {
+            InventoryErrorKind::Duplicate => ConfigErrorKind::Conflict,
+            _ => ConfigErrorKind::Invalid,
+        };
+        let field = e.field.clone().unwrap_or_else(|| "inventory".to_owned());
+        ConfigError::new("registry", field, e.to_string()).kind_of(kind)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -416,6 +416,14 @@ pub trait RateLimitStore: Send + Sync + fmt::Debug + 'static {
     fn check(&self, checks: Arc<[RateLimitCheck]>, mode: CheckMode) -> StoreFuture;
 }
 
+impl From<QuotaError> for crate::config::ConfigError {
+    /// The quota's error as the controls' configuration error (control
+    /// `rate_limit`, field `quota.<field>`).
+    fn from(e: QuotaError) -> Self {
+        crate::config::ConfigError::new("rate_limit", format!("quota.{}", e.field), e.problem)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1015,6 +1015,14 @@ fn jwks_uri_for(issuer: &str, jwks_uri: &str) -> Result<Uri, FetchError> {
     Ok(uri)
 }
 
+impl From<FetcherConfigError> for nhi_guard_core::config::ConfigError {
+    /// The fetcher's error as the controls' configuration error (control
+    /// `identity`, field `root_certificates`).
+    fn from(e: FetcherConfigError) -> Self {
+        nhi_guard_core::config::ConfigError::new("identity", "root_certificates", e.message)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,27 +31,7 @@ pub enum Credential {
     ClientCertificate,
 }
 
-/// Invalid identity configuration, naming the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("identity layer: `{field}`: {message}")]
-pub struct ConfigError {
-    field: &'static str,
-    message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-
-    /// The builder field at fault.
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
+pub use nhi_guard_core::config::ConfigError;
 
 pub(crate) struct Config {
     pub(crate) issuers: Vec<Issuer>,
@@ -346,9 +326,10 @@ impl IdentityLayerBuilder {
     pub fn build(self) -> Result<IdentityLayer, ConfigError> {
         let api_key_header = self
             .api_key_header
-            .map_err(|m| ConfigError::new("api_key_header", m))?;
+            .map_err(|m| ConfigError::new("identity", "api_key_header", m))?;
         if self.order.is_empty() {
             return Err(ConfigError::new(
+                "identity",
                 "order",
                 "at least one credential kind is required",
             ));
@@ -356,24 +337,36 @@ impl IdentityLayerBuilder {
         let mut order = Vec::new();
         for c in self.order {
             if order.contains(&c) {
-                return Err(ConfigError::new("order", format!("{c:?} is listed twice")));
+                return Err(ConfigError::new(
+                    "identity",
+                    "order",
+                    format!("{c:?} is listed twice"),
+                ));
             }
             order.push(c);
         }
         if order.contains(&Credential::Bearer) && self.issuers.is_empty() && order.len() == 1 {
             return Err(ConfigError::new(
+                "identity",
                 "issuer",
                 "bearer tokens need at least one issuer",
             ));
         }
         if self.max_token_bytes < 64 {
-            return Err(ConfigError::new("max_token_bytes", "must be at least 64"));
+            return Err(ConfigError::new(
+                "identity",
+                "max_token_bytes",
+                "must be at least 64",
+            ));
         }
         let mut by_iss = HashMap::default();
         for (i, issuer) in self.issuers.iter().enumerate() {
-            issuer.validate().map_err(|m| ConfigError::new("issuer", m))?;
+            issuer
+                .validate()
+                .map_err(|m| ConfigError::new("identity", "issuer", m))?;
             if by_iss.insert(issuer.iss.clone(), i).is_some() {
                 return Err(ConfigError::new(
+                    "identity",
                     "issuer",
                     format!("{:?} is configured twice", issuer.iss),
                 ));
@@ -385,7 +378,7 @@ impl IdentityLayerBuilder {
                 .require(InventoryRequirement::trusted_issuers(
                     self.issuers.iter().map(|i| i.iss.clone()),
                 ))
-                .map_err(|e| ConfigError::new("registry", e.to_string()))?;
+                .map_err(|e| ConfigError::new("identity", "registry", e.to_string()))?;
         }
         let renderer = match self.renderer {
             Some(r) => r,

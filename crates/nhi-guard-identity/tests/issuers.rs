@@ -228,7 +228,7 @@ fn a_client_without_issuers_under_two_issuers_fails_the_build_naming_it() {
     let msg = err.to_string();
     assert!(
         msg.starts_with(
-            "identity layer: `registry`: client `legacy-batch` ([[client]] entry 2), field `issuers`: missing"
+            "identity: `registry`: client `legacy-batch` ([[client]] entry 2), field `issuers`: missing"
         ),
         "{msg}"
     );

@@ -17,38 +17,7 @@ use crate::limit::Limit;
 use crate::memory::{InMemoryStore, MAX_LIMITS};
 use crate::service::RateLimit;
 
-/// Why a rate-limit configuration is invalid. Names the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    field: &'static str,
-    message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-
-    /// The configuration field at fault (`limits`, `limit.name`, `limit.cost`, ...).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid rate-limit configuration: {}: {}",
-            self.field, self.message
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use nhi_guard_core::config::ConfigError;
 
 /// Where the layer keeps its state.
 #[derive(Debug, Clone)]
@@ -154,27 +123,31 @@ impl RateLimitLayer {
     pub fn limit(mut self, limit: Limit) -> Result<Self, ConfigError> {
         if self.config.limits.len() >= MAX_LIMITS {
             return Err(ConfigError::new(
+                "rate_limit",
                 "limits",
                 format!("at most {MAX_LIMITS} limits per layer"),
             ));
         }
         if limit.name.is_empty() || !limit.name.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
             return Err(ConfigError::new(
+                "rate_limit",
                 "limit.name",
                 "must be non-empty printable ASCII (it is sent in the RateLimit-Policy field)",
             ));
         }
         if self.config.limits.iter().any(|l| l.name == limit.name) {
             return Err(ConfigError::new(
+                "rate_limit",
                 "limit.name",
                 format!("`{}` is used twice", limit.name),
             ));
         }
         if limit.cost == 0 {
-            return Err(ConfigError::new("limit.cost", "must be at least 1"));
+            return Err(ConfigError::new("rate_limit", "limit.cost", "must be at least 1"));
         }
         if limit.exempt_verified && !matches!(limit.key, crate::limit::KeyKind::Address) {
             return Err(ConfigError::new(
+                "rate_limit",
                 "limit.exempt_verified",
                 format!(
                     "`{}` is not a per-address limit; only per-address limits exempt verified clients",
@@ -285,10 +258,18 @@ impl RateLimitLayer {
     /// `route_group.name` when the name is empty.
     pub fn route_group(mut self, group: &str, path_prefix: &str) -> Result<Self, ConfigError> {
         if !path_prefix.starts_with('/') {
-            return Err(ConfigError::new("route_group.path_prefix", "must start with `/`"));
+            return Err(ConfigError::new(
+                "rate_limit",
+                "route_group.path_prefix",
+                "must start with `/`",
+            ));
         }
         if group.is_empty() {
-            return Err(ConfigError::new("route_group.name", "must not be empty"));
+            return Err(ConfigError::new(
+                "rate_limit",
+                "route_group.name",
+                "must not be empty",
+            ));
         }
         let c = self.config_mut();
         c.route_groups

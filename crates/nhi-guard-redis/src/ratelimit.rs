@@ -74,38 +74,7 @@ for i = 1, n do out[#out + 1] = diffs[i] end
 return out
 ";
 
-/// Why a Redis store configuration is invalid. Names the field at fault.
-#[derive(Debug)]
-pub struct ConfigError {
-    field: &'static str,
-    message: String,
-}
-
-impl ConfigError {
-    fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-
-    /// The field at fault (`url`, `fallback_store`, `timeout`).
-    pub fn field(&self) -> &'static str {
-        self.field
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid Redis store configuration: {}: {}",
-            self.field, self.message
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use nhi_guard_core::config::ConfigError;
 
 /// Builds a [`RedisStore`].
 #[must_use]
@@ -176,15 +145,16 @@ impl RedisStoreBuilder {
     fn validate(&self) -> Result<(redis::Client, ConnectionManagerConfig), ConfigError> {
         if self.policy == FailurePolicy::FallbackLocal && self.fallback.is_none() {
             return Err(ConfigError::new(
+                "redis",
                 "fallback_store",
                 "FailurePolicy::FallbackLocal needs a fallback store",
             ));
         }
         if self.timeout.is_zero() {
-            return Err(ConfigError::new("timeout", "must be longer than zero"));
+            return Err(ConfigError::new("redis", "timeout", "must be longer than zero"));
         }
         let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| ConfigError::new("url", format!("not a Redis URL ({:?})", e.kind())))?;
+            .map_err(|e| ConfigError::new("redis", "url", format!("not a Redis URL ({:?})", e.kind())))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
             .set_response_timeout(Some(self.timeout))
@@ -218,7 +188,7 @@ impl RedisStoreBuilder {
         let (client, config) = self.validate()?;
         let conn = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| ConfigError::new("url", format!("cannot connect ({:?})", e.kind())))?;
+            .map_err(|e| ConfigError::new("redis", "url", format!("cannot connect ({:?})", e.kind())))?;
         Ok(self.finish(conn))
     }
 
@@ -230,7 +200,7 @@ impl RedisStoreBuilder {
     pub fn build_lazy(self) -> Result<RedisStore, ConfigError> {
         let (client, config) = self.validate()?;
         let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| ConfigError::new("url", format!("cannot connect ({:?})", e.kind())))?;
+            .map_err(|e| ConfigError::new("redis", "url", format!("cannot connect ({:?})", e.kind())))?;
         Ok(self.finish(conn))
     }
 }

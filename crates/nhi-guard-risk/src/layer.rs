@@ -152,22 +152,32 @@ impl RiskLayer {
     /// Unless `1 ≤ throttle ≤ step_up ≤ block ≤ 100`; the error names the field.
     pub fn thresholds(mut self, t: Thresholds) -> Result<Self, ConfigError> {
         if t.throttle == 0 {
-            return Err(ConfigError::new("thresholds.throttle", "must be at least 1"));
+            return Err(ConfigError::new(
+                "risk",
+                "thresholds.throttle",
+                "must be at least 1",
+            ));
         }
         if t.step_up < t.throttle {
             return Err(ConfigError::new(
+                "risk",
                 "thresholds.step_up",
                 "must be at least thresholds.throttle",
             ));
         }
         if t.block < t.step_up {
             return Err(ConfigError::new(
+                "risk",
                 "thresholds.block",
                 "must be at least thresholds.step_up",
             ));
         }
         if t.block > 100 {
-            return Err(ConfigError::new("thresholds.block", "must be at most 100"));
+            return Err(ConfigError::new(
+                "risk",
+                "thresholds.block",
+                "must be at most 100",
+            ));
         }
         self.edit().thresholds = t;
         Ok(self)
@@ -184,7 +194,7 @@ impl RiskLayer {
             ("cooldowns.block", c.block),
         ] {
             if d.is_zero() || d > Duration::from_secs(30 * 86_400) {
-                return Err(ConfigError::new(name, "must be between 1 ns and 30 days"));
+                return Err(ConfigError::new("risk", name, "must be between 1 ns and 30 days"));
             }
         }
         let e = self.edit();
@@ -204,7 +214,7 @@ impl RiskLayer {
     /// When `interval` is zero.
     pub fn throttle_interval(mut self, interval: Duration) -> Result<Self, ConfigError> {
         if interval.is_zero() {
-            return Err(ConfigError::new("throttle_interval", "must not be zero"));
+            return Err(ConfigError::new("risk", "throttle_interval", "must not be zero"));
         }
         self.edit().throttle_interval = interval;
         Ok(self)
@@ -217,7 +227,11 @@ impl RiskLayer {
     /// When `max_age` is under one second.
     pub fn step_up_max_age(mut self, max_age: Duration) -> Result<Self, ConfigError> {
         if max_age < Duration::from_secs(1) {
-            return Err(ConfigError::new("step_up_max_age", "must be at least 1 s"));
+            return Err(ConfigError::new(
+                "risk",
+                "step_up_max_age",
+                "must be at least 1 s",
+            ));
         }
         self.edit().max_age = max_age;
         Ok(self)
@@ -231,6 +245,7 @@ impl RiskLayer {
     pub fn tier_multiplier(mut self, tier: &str, multiplier: f32) -> Result<Self, ConfigError> {
         if !multiplier.is_finite() || !(0.0..=10.0).contains(&multiplier) {
             return Err(ConfigError::new(
+                "risk",
                 format!("tier_multiplier[{tier}]"),
                 "must be a finite number from 0 to 10",
             ));

@@ -52,11 +52,12 @@ impl Route {
         let method = match method {
             "*" => None,
             m => Some(
-                Method::from_bytes(m.as_bytes()).map_err(|_| ConfigError::new(field(), "invalid method"))?,
+                Method::from_bytes(m.as_bytes())
+                    .map_err(|_| ConfigError::new("risk", field(), "invalid method"))?,
             ),
         };
         let Some(rest) = pattern.strip_prefix('/') else {
-            return Err(ConfigError::new(field(), "pattern must start with '/'"));
+            return Err(ConfigError::new("risk", field(), "pattern must start with '/'"));
         };
         let mut segments = Vec::new();
         for seg in rest.split('/') {
@@ -64,10 +65,14 @@ impl Route {
                 let name = name
                     .strip_suffix('}')
                     .filter(|n| !n.is_empty() && !n.contains(['{', '}']))
-                    .ok_or_else(|| ConfigError::new(field(), format!("malformed capture {seg:?}")))?;
+                    .ok_or_else(|| ConfigError::new("risk", field(), format!("malformed capture {seg:?}")))?;
                 segments.push(Segment::Capture(name.into()));
             } else if seg.contains(['{', '}']) {
-                return Err(ConfigError::new(field(), format!("malformed capture {seg:?}")));
+                return Err(ConfigError::new(
+                    "risk",
+                    field(),
+                    format!("malformed capture {seg:?}"),
+                ));
             } else {
                 segments.push(Segment::Literal(seg.into()));
             }
@@ -104,6 +109,7 @@ impl Route {
             .position(|s| matches!(s, Segment::Capture(n) if &**n == capture))
             .ok_or_else(|| {
                 ConfigError::new(
+                    "risk",
                     format!("route[{}].resource", self.pattern),
                     format!("no capture named {capture:?}"),
                 )
@@ -126,6 +132,7 @@ impl Route {
     pub fn sensitivity(mut self, weight: f32) -> Result<Self, ConfigError> {
         if !weight.is_finite() || !(0.0..=10.0).contains(&weight) {
             return Err(ConfigError::new(
+                "risk",
                 format!("route[{}].sensitivity", self.pattern),
                 "must be a finite number from 0 to 10",
             ));
@@ -152,6 +159,7 @@ impl Route {
     pub fn capacity(mut self, items: u32) -> Result<Self, ConfigError> {
         if items == 0 {
             return Err(ConfigError::new(
+                "risk",
                 format!("route[{}].capacity", self.pattern),
                 "must be at least 1 item",
             ));
@@ -204,7 +212,7 @@ pub(crate) struct RouteTable {
 impl RouteTable {
     pub(crate) fn push(&mut self, route: Route, hasher: &KeyHasher) -> Result<(), ConfigError> {
         if self.routes.len() >= usize::from(u16::MAX) {
-            return Err(ConfigError::new("routes", "too many routes"));
+            return Err(ConfigError::new("risk", "routes", "too many routes"));
         }
         let group = hasher.hash_tagged(5, &*route.group);
         self.routes.push((route, group));

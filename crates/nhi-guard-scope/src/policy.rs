@@ -383,6 +383,20 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+impl From<PolicyError> for nhi_guard_core::config::ConfigError {
+    /// The policy's error as the controls' configuration error (control `scope`,
+    /// field `policy`; overlapping rules are a conflict).
+    fn from(e: PolicyError) -> Self {
+        use nhi_guard_core::config::{ConfigError, ConfigErrorKind};
+        let kind = match e.kind {
+            PolicyErrorKind::Conflict => ConfigErrorKind::Conflict,
+            PolicyErrorKind::NoMethod | PolicyErrorKind::EmptyRequirement => ConfigErrorKind::Missing,
+            _ => ConfigErrorKind::Invalid,
+        };
+        ConfigError::new("scope", "policy", e.to_string()).kind_of(kind)
+    }
+}
+
 /// The methods a rule applies to: one, several, or any.
 ///
 /// `Method` values, arrays and slices of them convert into it.

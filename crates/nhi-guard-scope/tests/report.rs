@@ -56,15 +56,27 @@ fn fixture() -> Fixture {
 }
 
 async fn send(layer: &ScopeLayer, client: &str, method: Method, path: &str) -> StatusCode {
+    send_with(layer, client, method, path, &[]).await
+}
+
+async fn send_with(
+    layer: &ScopeLayer,
+    client: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> StatusCode {
     let svc = MapRequestLayer::new(identify).layer(layer.layer(service_fn(|_req: Request<()>| async {
         Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
     })));
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
-        .header("x-test-client", client)
-        .body(())
-        .expect("request");
+        .header("x-test-client", client);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(()).expect("request");
     svc.oneshot(req).await.expect("infallible").status()
 }
 
@@ -76,7 +88,15 @@ async fn script(f: &Fixture) {
     assert_eq!(send(l, "inventory-sync", Method::GET, "/inventory/a7").await, 200);
     assert_eq!(send(l, "ops-console", Method::GET, "/admin/clients").await, 200);
     f.clock.advance(9 * DAY);
-    assert_eq!(send(l, "inventory-sync", Method::GET, "/orders/2").await, 200);
+    // Tokens issued 2 h and 1 h before this moment: the newer one is kept.
+    for iat in [10 * 86_400 - 7_200, 10 * 86_400 - 3_600] {
+        let iat = iat.to_string();
+        let headers = [("x-test-iat", iat.as_str())];
+        assert_eq!(
+            send_with(l, "inventory-sync", Method::GET, "/orders/2", &headers).await,
+            200
+        );
+    }
     for _ in 0..3 {
         assert_eq!(
             send(l, "inventory-sync", Method::GET, "/admin/clients").await,
@@ -124,7 +144,7 @@ async fn report_after_a_scripted_sequence() {
             "granted": ["inventory:read", "orders:read", "orders:write"],
             "used": [
                 {"scope": "inventory:read", "uses": 1, "last_used": "2027-01-16T08:00:00Z", "granted": true},
-                {"scope": "orders:read", "uses": 2, "last_used": "2027-01-25T08:00:00Z", "granted": true},
+                {"scope": "orders:read", "uses": 3, "last_used": "2027-01-25T08:00:00Z", "granted": true},
             ],
             "unused": ["inventory:read", "orders:write"],
             "denied": [
@@ -135,6 +155,8 @@ async fn report_after_a_scripted_sequence() {
             "stale": false,
             "never_seen": false,
             "api_keys": [],
+            // Issued 2027-01-25T07:00:00Z; the report is made 20 days later.
+            "newest_token": {"issued_at": "2027-01-25T07:00:00Z", "age_seconds": 20 * 86_400 + 3_600, "age_days": 20},
         })
     );
     // Stale identities: ops-console was last seen before the window, monitor never.

@@ -65,10 +65,20 @@ pub fn identify<B>(mut req: Request<B>) -> Request<B> {
         .get("x-test-client")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // `x-test-iat: SECONDS` (since t0): the principal's token was issued then.
+    let iat = req
+        .headers()
+        .get("x-test-iat")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(|secs| t0() + std::time::Duration::from_secs(secs));
     if let Some(id) = client
         && let Some(rec) = inventory().client(&id)
     {
-        req.extensions_mut().insert(principal_of((**rec).clone()));
+        let mut principal = principal_of((**rec).clone());
+        if let Some(iat) = iat {
+            principal = principal.credential_issued_at(iat);
+        }
+        req.extensions_mut().insert(principal);
     }
     req
 }
