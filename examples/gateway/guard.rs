@@ -16,7 +16,7 @@ use nhi_guard::identity::{
     DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys, Revocations,
     UngovernedClients,
 };
-use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryStore, Limit, RateLimitLayer};
+use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryRateLimitStore, Limit, RateLimitLayer};
 use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, Route};
 use nhi_guard::scope::report::{ReportService, warn_unreachable_rules};
 use nhi_guard::scope::{InMemoryUsageStore, Policy, Require, ScopeLayer, SharedUsageStore};
@@ -208,7 +208,7 @@ pub(crate) async fn build(
             nhi_guard_redis::RedisStore::builder(url.as_str())
                 .key_prefix("nhi-guard:rl:")
                 .failure_policy(FailurePolicy::FallbackLocal)
-                .fallback_store(Arc::new(InMemoryStore::new()))
+                .fallback_store(Arc::new(InMemoryRateLimitStore::new()))
                 .build_lazy()
                 .map_err(|e| format!("NHI_GUARD_REDIS_URL: {e}"))?,
         )),

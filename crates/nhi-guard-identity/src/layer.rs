@@ -16,7 +16,7 @@ use crate::cache::TokenCache;
 use crate::jwt::Issuer;
 use crate::mtls::CertificateDetails;
 use crate::revocation::Revocations;
-use crate::service::Identity;
+use crate::service::IdentityService;
 use crate::ungoverned::UngovernedClients;
 
 /// A kind of credential, for [`IdentityLayerBuilder::order`].
@@ -124,10 +124,10 @@ impl IdentityLayer {
 }
 
 impl<S> tower_layer::Layer<S> for IdentityLayer {
-    type Service = Identity<S>;
+    type Service = IdentityService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Identity {
+        IdentityService {
             inner,
             config: self.config.clone(),
         }

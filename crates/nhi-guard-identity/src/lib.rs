@@ -105,7 +105,7 @@ pub use crate::keys::{KeySet, VerifyingKey};
 pub use crate::layer::{ConfigError, Credential, IdentityLayer, IdentityLayerBuilder};
 pub use crate::mtls::{CertificateDetails, PeerCertificates};
 pub use crate::revocation::{Revocation, Revocations, Revoked};
-pub use crate::service::{Identity, ResponseFuture};
+pub use crate::service::{IdentityService, ResponseFuture};
 pub use crate::ungoverned::{UngovernedClients, UngovernedSnapshot};
 pub use jsonwebtoken::Algorithm;
 /// The rustls version of [`HttpFetcher::with_tls`] and the mTLS glue.

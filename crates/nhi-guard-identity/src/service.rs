@@ -1,4 +1,4 @@
-//! `Identity<S>`: the service, and the credential checks it runs in `call`.
+//! `IdentityService<S>`: the service, and the credential checks it runs in `call`.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -30,14 +30,14 @@ const MAX_API_KEY_BYTES: usize = 512;
 
 /// The service of [`crate::IdentityLayer`].
 #[derive(Clone)]
-pub struct Identity<S> {
+pub struct IdentityService<S> {
     pub(crate) inner: S,
     pub(crate) config: Arc<Config>,
 }
 
-impl<S: fmt::Debug> fmt::Debug for Identity<S> {
+impl<S: fmt::Debug> fmt::Debug for IdentityService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
+        f.debug_struct("IdentityService")
             .field("inner", &self.inner)
             .field("config", &self.config)
             .finish()
@@ -681,7 +681,7 @@ where
     }
 }
 
-impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for Identity<S>
+impl<S, ReqBody, ResBody> tower_service::Service<Request<ReqBody>> for IdentityService<S>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,

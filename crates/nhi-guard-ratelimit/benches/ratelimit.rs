@@ -26,7 +26,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision};
-use nhi_guard_ratelimit::{InMemoryStore, Limit, LocalCheck, RateLimitLayer};
+use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, LocalCheck, RateLimitLayer};
 use tower::{Layer, Service, service_fn};
 use tower_governor::GovernorLayer;
 use tower_governor::governor::GovernorConfigBuilder;
@@ -119,7 +119,7 @@ fn bench<S>(
 
 fn nhi(headers: bool) -> impl Service<Request<Body>, Error = Infallible> {
     RateLimitLayer::new()
-        .in_memory_store(Arc::new(InMemoryStore::with_max_keys(2 * KEYS as usize)))
+        .in_memory_store(Arc::new(InMemoryRateLimitStore::with_max_keys(2 * KEYS as usize)))
         .headers_on_allowed(headers)
         .limit(Limit::per_address("per-ip", nhi_quota()))
         .expect("limit")
@@ -165,7 +165,7 @@ fn stores(c: &mut Criterion) {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(_) => [0; 4],
     };
-    let check_one = |store: &InMemoryStore, i: u32| {
+    let check_one = |store: &InMemoryRateLimitStore, i: u32| {
         let kb = key(i);
         let check = [LocalCheck {
             policy: "per-ip",
@@ -177,11 +177,11 @@ fn stores(c: &mut Criterion) {
         let mut out = [RateLimitDecision::default(); 1];
         store.check_at(now(), &check, CheckMode::Consume, &mut out)
     };
-    let mut store: Option<InMemoryStore> = None;
+    let mut store: Option<InMemoryRateLimitStore> = None;
     let mut i = 0u32;
-    group.bench_function("nhi-guard InMemoryStore", |b| {
+    group.bench_function("nhi-guard InMemoryRateLimitStore", |b| {
         let store = store.get_or_insert_with(|| {
-            let store = InMemoryStore::with_max_keys(2 * KEYS as usize);
+            let store = InMemoryRateLimitStore::with_max_keys(2 * KEYS as usize);
             for k in 0..KEYS {
                 check_one(&store, k);
             }

@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::memory::{InMemoryStore, LocalCheck};
+use crate::memory::{InMemoryRateLimitStore, LocalCheck};
 use crate::service::addr_bytes;
 
 /// The policy name of the per-address failure limit.
@@ -32,7 +32,7 @@ pub const FAILURES_BY_CREDENTIAL: &str = "auth-failures-by-credential";
 #[derive(Clone)]
 struct FailureConfig {
     quota: Quota,
-    store: Arc<InMemoryStore>,
+    store: Arc<InMemoryRateLimitStore>,
     clock: SharedClock,
     resolver: ClientAddrResolver,
     renderer: SharedRenderer,
@@ -94,7 +94,7 @@ impl AuthFailureLimitLayer {
         Self {
             config: Arc::new(FailureConfig {
                 quota,
-                store: Arc::new(InMemoryStore::with_max_keys(100_000)),
+                store: Arc::new(InMemoryRateLimitStore::with_max_keys(100_000)),
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
                 renderer: DefaultRenderer::new().shared(),
@@ -114,7 +114,7 @@ impl AuthFailureLimitLayer {
 
     /// Keeps failure counts in `store`.
     #[must_use]
-    pub fn store(mut self, store: Arc<InMemoryStore>) -> Self {
+    pub fn store(mut self, store: Arc<InMemoryRateLimitStore>) -> Self {
         self.config_mut().store = store;
         self
     }

@@ -14,8 +14,8 @@ use nhi_guard_core::store::{Quota, RateLimitStore};
 use tower_layer::Layer;
 
 use crate::limit::Limit;
-use crate::memory::{InMemoryStore, MAX_LIMITS};
-use crate::service::RateLimit;
+use crate::memory::{InMemoryRateLimitStore, MAX_LIMITS};
+use crate::service::RateLimitService;
 
 pub use nhi_guard_core::config::ConfigError;
 
@@ -23,7 +23,7 @@ pub use nhi_guard_core::config::ConfigError;
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
     /// The in-process store, called synchronously (no future, no allocation).
-    Local(Arc<InMemoryStore>),
+    Local(Arc<InMemoryRateLimitStore>),
     /// A shared store (Redis), called through its future.
     Shared(Arc<dyn RateLimitStore>),
 }
@@ -91,7 +91,7 @@ impl RateLimitLayer {
         Self {
             config: Arc::new(Config {
                 limits: Vec::new(),
-                backend: Backend::Local(Arc::new(InMemoryStore::new())),
+                backend: Backend::Local(Arc::new(InMemoryRateLimitStore::new())),
                 clock: Arc::new(SystemClock),
                 resolver: ClientAddrResolver::new(),
                 renderer: DefaultRenderer::new().shared(),
@@ -170,9 +170,9 @@ impl RateLimitLayer {
         Ok(self)
     }
 
-    /// Keeps state in `store` (an [`InMemoryStore`] of your own size or clock).
+    /// Keeps state in `store` (an [`InMemoryRateLimitStore`] of your own size or clock).
     #[must_use]
-    pub fn in_memory_store(mut self, store: Arc<InMemoryStore>) -> Self {
+    pub fn in_memory_store(mut self, store: Arc<InMemoryRateLimitStore>) -> Self {
         self.config_mut().backend = Backend::Local(store);
         self
     }
@@ -306,9 +306,9 @@ impl RateLimitLayer {
 }
 
 impl<S> Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
+    type Service = RateLimitService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::new(inner, self.config.clone())
+        RateLimitService::new(inner, self.config.clone())
     }
 }

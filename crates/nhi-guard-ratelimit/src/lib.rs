@@ -17,7 +17,7 @@
 //! [`AuthFailureLimitLayer`] is the fail2ban-style companion: only failed
 //! authentications spend its quota, per address and per credential fingerprint.
 //!
-//! State lives in an [`InMemoryStore`] (sharded, bounded, exact under concurrency,
+//! State lives in an [`InMemoryRateLimitStore`] (sharded, bounded, exact under concurrency,
 //! no allocation or boxed future per request) or in any shared
 //! [`RateLimitStore`](nhi_guard_core::store::RateLimitStore), such as
 //! `nhi_guard_redis::RedisStore`.
@@ -65,5 +65,12 @@ pub use crate::failure::{
 pub use crate::future::ResponseFuture;
 pub use crate::layer::{ConfigError, RateLimitLayer};
 pub use crate::limit::{KeyFn, Limit, RequestCost};
-pub use crate::memory::{DEFAULT_MAX_KEYS, InMemoryStore, LocalCheck, MAX_LIMITS};
-pub use crate::service::RateLimit;
+pub use crate::memory::{DEFAULT_MAX_KEYS, InMemoryRateLimitStore, LocalCheck, MAX_LIMITS};
+
+/// The former name of [`InMemoryRateLimitStore`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `InMemoryRateLimitStore`, as the other in-memory stores"
+)]
+pub type InMemoryStore = InMemoryRateLimitStore;
+pub use crate::service::RateLimitService;

@@ -48,7 +48,7 @@ struct Shard {
 /// Each key is a 64-bit keyed hash (folded multiply with random per-store seeds) of the
 /// policy, subject and qualifier, mapped to its TAT in nanoseconds: 16 bytes of
 /// payload per key in a `HashMap` shard, about 20 to 40 bytes per live key with the
-/// table's load factor (see [`InMemoryStore::memory_bytes`]). Two different keys
+/// table's load factor (see [`InMemoryRateLimitStore::memory_bytes`]). Two different keys
 /// share a cell only on a 64-bit hash collision, which an attacker cannot aim for
 /// without the random key.
 ///
@@ -62,13 +62,13 @@ struct Shard {
 /// makes its shard forget its idle keys (whose TAT is past, which changes no
 /// decision); if every key there is still active it forgets the eighth closest to
 /// idle, which forgives those keys part of their debt
-/// (counted in [`InMemoryStore::evicted_active`]).
+/// (counted in [`InMemoryRateLimitStore::evicted_active`]).
 ///
 /// ```
 /// use nhi_guard_core::store::{CheckMode, Quota};
-/// use nhi_guard_ratelimit::{InMemoryStore, LocalCheck};
+/// use nhi_guard_ratelimit::{InMemoryRateLimitStore, LocalCheck};
 ///
-/// let store = InMemoryStore::new();
+/// let store = InMemoryRateLimitStore::new();
 /// let quota = Quota::per_second(1).and_then(|q| q.with_burst(2)).unwrap();
 /// let check = [LocalCheck { policy: "per-client", key: b"billing-export", qualifier: b"", quota, cost: 1 }];
 /// let mut out = [Default::default(); 1];
@@ -78,7 +78,7 @@ struct Shard {
 /// assert!(!store.check_at(now, &check, CheckMode::Consume, &mut out));
 /// assert_eq!(out[0].retry_after.as_secs(), 1);
 /// ```
-pub struct InMemoryStore {
+pub struct InMemoryRateLimitStore {
     shards: Box<[Shard]>,
     shard_bits: u32,
     len: AtomicUsize,
@@ -89,9 +89,9 @@ pub struct InMemoryStore {
     evicted_active: AtomicU64,
 }
 
-impl fmt::Debug for InMemoryStore {
+impl fmt::Debug for InMemoryRateLimitStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InMemoryStore")
+        f.debug_struct("InMemoryRateLimitStore")
             .field("shards", &self.shards.len())
             .field("max_keys", &self.max_keys)
             .field("len", &self.len())
@@ -99,13 +99,13 @@ impl fmt::Debug for InMemoryStore {
     }
 }
 
-impl Default for InMemoryStore {
+impl Default for InMemoryRateLimitStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl InMemoryStore {
+impl InMemoryRateLimitStore {
     /// A store bounded to [`DEFAULT_MAX_KEYS`] live keys, on the system clock.
     pub fn new() -> Self {
         Self::with_max_keys(DEFAULT_MAX_KEYS)
@@ -139,7 +139,7 @@ impl InMemoryStore {
     }
 
     /// Uses `clock` for [`RateLimitStore::check`] (the layer passes its own time to
-    /// [`InMemoryStore::check_at`]).
+    /// [`InMemoryRateLimitStore::check_at`]).
     #[must_use]
     pub fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
@@ -402,14 +402,14 @@ fn lock(m: &Mutex<Map>) -> MutexGuard<'_, Map> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl RateLimitStore for InMemoryStore {
+impl RateLimitStore for InMemoryRateLimitStore {
     fn check(&self, checks: Arc<[RateLimitCheck]>, mode: CheckMode) -> StoreFuture {
         let result = self.check_owned(&checks, mode);
         Box::pin(std::future::ready(result))
     }
 }
 
-impl InMemoryStore {
+impl InMemoryRateLimitStore {
     /// [`RateLimitStore::check`] without the future, at the store's clock.
     ///
     /// # Errors
@@ -475,7 +475,7 @@ mod tests {
 
     #[test]
     fn steady_rate_after_burst() {
-        let s = InMemoryStore::new();
+        let s = InMemoryRateLimitStore::new();
         let c = [check("p", b"k", quota(10, 3), 1)];
         let mut out = [RateLimitDecision::default(); 1];
         for _ in 0..3 {
@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn cost_spends_several_units() {
-        let s = InMemoryStore::new();
+        let s = InMemoryRateLimitStore::new();
         let mut out = [RateLimitDecision::default(); 1];
         let q = quota(10, 10);
         assert!(s.check_at(NOW, &[check("p", b"k", q, 7)], CheckMode::Consume, &mut out));
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn refused_request_spends_nothing_on_other_limits() {
-        let s = InMemoryStore::new();
+        let s = InMemoryRateLimitStore::new();
         let mut out = [RateLimitDecision::default(); 2];
         let wide = quota(100, 100);
         let narrow = quota(1, 1);
@@ -555,7 +555,7 @@ mod tests {
 
     #[test]
     fn peek_spends_nothing() {
-        let s = InMemoryStore::new();
+        let s = InMemoryRateLimitStore::new();
         let mut out = [RateLimitDecision::default(); 1];
         let c = [check("p", b"k", quota(1, 1), 1)];
         for _ in 0..5 {
@@ -568,7 +568,7 @@ mod tests {
 
     #[test]
     fn concurrent_requests_admit_exactly_the_burst() {
-        let s = Arc::new(InMemoryStore::with_max_keys(1000));
+        let s = Arc::new(InMemoryRateLimitStore::with_max_keys(1000));
         let q = quota(1, 500);
         let threads: Vec<_> = (0..8)
             .map(|_| {
@@ -604,7 +604,7 @@ mod tests {
 
     #[test]
     fn memory_stays_bounded_and_idle_keys_go_first() {
-        let s = InMemoryStore::with_max_keys(1024);
+        let s = InMemoryRateLimitStore::with_max_keys(1024);
         let q = quota(1, 5);
         let mut out = [RateLimitDecision::default(); 1];
         // A busy key, spent at NOW.
@@ -625,7 +625,7 @@ mod tests {
 
     #[test]
     fn full_of_active_keys_still_bounded() {
-        let s = InMemoryStore::with_max_keys(256);
+        let s = InMemoryRateLimitStore::with_max_keys(256);
         let q = quota(1, 5);
         let mut out = [RateLimitDecision::default(); 1];
         for i in 0..10_000u64 {

@@ -1,4 +1,4 @@
-//! `RateLimit<S>`: the service and its decision.
+//! `RateLimitService<S>`: the service and its decision.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -21,12 +21,12 @@ use crate::limit::{KeyKind, Limit, QuotaSource, RequestCost};
 use crate::memory::{LocalCheck, MAX_LIMITS};
 
 /// The service of [`RateLimitLayer`](crate::RateLimitLayer).
-pub struct RateLimit<S> {
+pub struct RateLimitService<S> {
     inner: S,
     config: Arc<Config>,
 }
 
-impl<S: Clone> Clone for RateLimit<S> {
+impl<S: Clone> Clone for RateLimitService<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -35,16 +35,16 @@ impl<S: Clone> Clone for RateLimit<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+impl<S: fmt::Debug> fmt::Debug for RateLimitService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
+        f.debug_struct("RateLimitService")
             .field("inner", &self.inner)
             .field("config", &self.config)
             .finish()
     }
 }
 
-impl<S> RateLimit<S> {
+impl<S> RateLimitService<S> {
     pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
         Self { inner, config }
     }
@@ -341,7 +341,7 @@ pub(crate) fn addr_bytes(ip: IpAddr, buf: &mut [u8; 16]) -> usize {
     }
 }
 
-impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimitService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
 {
@@ -364,7 +364,7 @@ where
     }
 }
 
-impl<S> RateLimit<S> {
+impl<S> RateLimitService<S> {
     fn call_n<const N: usize, ReqB, ResB>(
         &mut self,
         mut req: Request<ReqB>,

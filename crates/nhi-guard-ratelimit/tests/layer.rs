@@ -17,7 +17,7 @@ use nhi_guard_core::store::{
     CheckMode, Quota, RateLimitCheck, RateLimitStore, StoreError, StoreErrorKind, StoreFuture,
 };
 use nhi_guard_core::{CredentialInfo, GuardBody, Principal, ScopeSet, SecurityContext, Tier};
-use nhi_guard_ratelimit::{InMemoryStore, Limit, RateLimitLayer, RequestCost};
+use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, RateLimitLayer, RequestCost};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 type Body = Full<Bytes>;
@@ -435,7 +435,7 @@ async fn per_route_groups_and_overrides() {
 #[tokio::test]
 async fn several_limits_all_must_pass_and_refusals_spend_nothing() {
     let clock = clock();
-    let store = Arc::new(InMemoryStore::new());
+    let store = Arc::new(InMemoryRateLimitStore::new());
     let mut svc = RateLimitLayer::new()
         .clock(Arc::new(clock.clone()))
         .in_memory_store(store.clone())
@@ -669,7 +669,7 @@ impl RateLimitStore for DownStore {
 async fn shared_store_path_decides_like_the_local_one_and_fails_closed_with_503() {
     let clock = clock();
     let shared: Arc<dyn RateLimitStore> =
-        Arc::new(InMemoryStore::new().with_clock(Arc::new(clock.clone()) as SharedClock));
+        Arc::new(InMemoryRateLimitStore::new().with_clock(Arc::new(clock.clone()) as SharedClock));
     let mut svc = RateLimitLayer::new()
         .shared_store(shared)
         .limit(Limit::per_address("per-ip", quota(1, 2)))
@@ -733,7 +733,7 @@ async fn follows_paused_tokio_time() {
         .expect("limit")
         .layer(ok_service());
     let statuses = |svc: &mut _| {
-        let svc: &mut nhi_guard_ratelimit::RateLimit<_> = svc;
+        let svc: &mut nhi_guard_ratelimit::RateLimitService<_> = svc;
         let (req, _) = Req::to("/").from("192.0.2.5:1").build();
         let mut svc = svc.clone();
         async move {
@@ -813,7 +813,7 @@ async fn an_exempting_address_limit_never_refuses_a_verified_client() {
     let clock = clock();
     let local = RateLimitLayer::new();
     let shared = RateLimitLayer::new().shared_store(Arc::new(
-        InMemoryStore::new().with_clock(Arc::new(clock.clone()) as SharedClock),
+        InMemoryRateLimitStore::new().with_clock(Arc::new(clock.clone()) as SharedClock),
     ));
     for (backend, layer) in [("local", local), ("shared", shared)] {
         let mut svc = layer

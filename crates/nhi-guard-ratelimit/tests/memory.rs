@@ -2,7 +2,7 @@
 //! account of its tables, and the process's resident memory (Linux).
 
 use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision};
-use nhi_guard_ratelimit::{InMemoryStore, LocalCheck};
+use nhi_guard_ratelimit::{InMemoryRateLimitStore, LocalCheck};
 
 fn rss_bytes() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -15,7 +15,7 @@ fn rss_bytes() -> Option<usize> {
 fn a_million_live_keys_cost_at_most_128_bytes_each() {
     const KEYS: u64 = 1_000_000;
     let before = rss_bytes();
-    let store = InMemoryStore::with_max_keys(KEYS as usize);
+    let store = InMemoryRateLimitStore::with_max_keys(KEYS as usize);
     let quota = Quota::per_second(1).expect("quota");
     let now = 1_800_000_000_000_000_000;
     let mut out = [RateLimitDecision::default(); 1];

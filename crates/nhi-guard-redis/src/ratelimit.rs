@@ -136,7 +136,7 @@ impl RedisStoreBuilder {
     }
 
     /// The store to decide with under [`FailurePolicy::FallbackLocal`], typically
-    /// `nhi_guard_ratelimit::InMemoryStore`.
+    /// `nhi_guard_ratelimit::InMemoryRateLimitStore`.
     pub fn fallback_store(mut self, store: Arc<dyn RateLimitStore>) -> Self {
         self.fallback = Some(store);
         self
@@ -243,13 +243,13 @@ struct Inner {
 /// ```no_run
 /// use std::sync::Arc;
 /// use nhi_guard_core::store::FailurePolicy;
-/// use nhi_guard_ratelimit::{InMemoryStore, Limit, RateLimitLayer};
+/// use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, RateLimitLayer};
 /// use nhi_guard_redis::RedisStore;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = RedisStore::builder("redis://127.0.0.1:6379")
 ///     .failure_policy(FailurePolicy::FallbackLocal)
-///     .fallback_store(Arc::new(InMemoryStore::new()))
+///     .fallback_store(Arc::new(InMemoryRateLimitStore::new()))
 ///     .connect()
 ///     .await?;
 /// let layer = RateLimitLayer::new()

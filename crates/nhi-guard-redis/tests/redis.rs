@@ -11,7 +11,7 @@ use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::registry::ClientRecord;
 use nhi_guard_core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard_core::{CredentialInfo, Principal, ScopeSet, Tier};
-use nhi_guard_ratelimit::{InMemoryStore, Limit, RateLimitLayer};
+use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, RateLimitLayer};
 use nhi_guard_redis::RedisStore;
 use nhi_guard_redis::testing::RedisServer as Server;
 use tower::{Layer, Service, ServiceExt, service_fn};
@@ -177,7 +177,7 @@ async fn failure_policies_when_redis_dies_and_recovery_when_it_returns() {
             .retry_after_failure(Duration::from_millis(20))
             .failure_policy(policy);
         if policy == FailurePolicy::FallbackLocal {
-            b = b.fallback_store(Arc::new(InMemoryStore::new()));
+            b = b.fallback_store(Arc::new(InMemoryRateLimitStore::new()));
         }
         b
     };

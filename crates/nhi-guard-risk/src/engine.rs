@@ -18,7 +18,7 @@ use crate::route::RouteTable;
 use crate::signal::{AddrFacts, CredentialClass, Outcome, Phase, Points, RequestFacts, RouteFacts, Signal};
 use crate::signals::nanos;
 use crate::state::KeyHasher;
-use crate::sticky::{MemoryRiskStore, StickyHit};
+use crate::sticky::{InMemoryRiskStore, StickyHit};
 
 /// The `violated-policies` name of a risk throttle.
 pub const ABNORMAL_USAGE_POLICY: &str = "abnormal-usage-detected";
@@ -152,7 +152,7 @@ pub(crate) struct Engine {
     pub(crate) tiers: HashMap<Box<str>, f32, FxBuildHasher>,
     /// Tiers entitled to volume (see [`crate::RiskLayer::bulk_tier`]).
     pub(crate) bulk_tiers: Vec<Box<str>>,
-    pub(crate) sticky: Arc<MemoryRiskStore>,
+    pub(crate) sticky: Arc<InMemoryRiskStore>,
     pub(crate) shared: Option<Shared>,
     pub(crate) mode: Mode,
     pub(crate) clock: SharedClock,

@@ -21,7 +21,7 @@ use crate::service::{Risk, RiskEdge};
 use crate::signal::{Phase, Signal};
 use crate::signals;
 use crate::state::KeyHasher;
-use crate::sticky::MemoryRiskStore;
+use crate::sticky::InMemoryRiskStore;
 
 /// Builds the risk layer: signals, routes, thresholds, cool-downs and mode.
 ///
@@ -55,7 +55,7 @@ impl RiskLayer {
                 signals: signals.into(),
                 edge,
                 routes: RouteTable::default(),
-                sticky: Arc::new(MemoryRiskStore::with_hasher(
+                sticky: Arc::new(InMemoryRiskStore::with_hasher(
                     hasher.clone(),
                     100_000,
                     longest(&cooldowns),
@@ -199,7 +199,7 @@ impl RiskLayer {
         }
         let e = self.edit();
         e.cooldowns = c;
-        e.sticky = Arc::new(MemoryRiskStore::with_hasher(
+        e.sticky = Arc::new(InMemoryRiskStore::with_hasher(
             e.hasher.clone(),
             100_000,
             longest(&c),
@@ -284,10 +284,16 @@ impl RiskLayer {
         self
     }
 
-    /// Shadow mode: score and record, never refuse.
+    /// Shadow mode (`true`): score and record, never refuse, as the other layers'
+    /// `shadow(true)`. `false` enforces again; a layer turned [`Mode::Off`] stays
+    /// off.
     #[must_use]
-    pub fn shadow(self) -> Self {
-        self.mode(Mode::Shadow)
+    pub fn shadow(self, shadow: bool) -> Self {
+        match (shadow, self.engine.mode) {
+            (true, _) => self.mode(Mode::Shadow),
+            (false, Mode::Shadow) => self.mode(Mode::Enforce),
+            (false, _) => self,
+        }
     }
 
     /// The clock (tests use [`nhi_guard_core::clock::ManualClock`]). Requests are
@@ -414,5 +420,19 @@ impl<S> Layer<S> for RiskEdgeLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         RiskEdge::new(Risk::new(inner, self.engine.clone(), Phase::Edge))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_takes_a_bool_like_the_other_layers() {
+        let mode = |l: &RiskLayer| l.engine.mode;
+        assert_eq!(mode(&RiskLayer::new().shadow(true)), Mode::Shadow);
+        assert_eq!(mode(&RiskLayer::new().shadow(true).shadow(false)), Mode::Enforce);
+        assert_eq!(mode(&RiskLayer::new().mode(Mode::Off).shadow(false)), Mode::Off);
+        assert_eq!(mode(&RiskLayer::new().mode(Mode::Off).shadow(true)), Mode::Shadow);
     }
 }

@@ -122,4 +122,11 @@ pub use crate::service::{Risk, RiskEdge};
 pub use crate::signal::{
     CredentialClass, Curve, Outcome, Phase, Points, RequestFacts, RouteFacts, Signal, SignalMemory,
 };
-pub use crate::sticky::MemoryRiskStore;
+pub use crate::sticky::InMemoryRiskStore;
+
+/// The former name of [`InMemoryRiskStore`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed `InMemoryRiskStore`, as the other in-memory stores"
+)]
+pub type MemoryRiskStore = InMemoryRiskStore;

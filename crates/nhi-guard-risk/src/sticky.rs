@@ -49,7 +49,7 @@ pub(crate) enum StickyHit {
 
 /// In-process sticky decisions: bounded, each expiring at its `until`.
 #[derive(Debug)]
-pub struct MemoryRiskStore {
+pub struct InMemoryRiskStore {
     hasher: KeyHasher,
     entries: BoundedMap<Entry>,
     /// Blocks earned per key in the last day: repeat offenders get longer blocks
@@ -59,7 +59,7 @@ pub struct MemoryRiskStore {
     distinct: BoundedMap<(u64, Hll64, CappedSet<64>)>,
 }
 
-impl MemoryRiskStore {
+impl InMemoryRiskStore {
     /// A store holding at most `capacity` decisions, none lasting longer than
     /// `longest`.
     pub fn new(capacity: usize, longest: Duration) -> Self {
@@ -306,7 +306,7 @@ fn unreachable_entry(now: u64) -> Entry {
     }
 }
 
-impl RiskStore for MemoryRiskStore {
+impl RiskStore for InMemoryRiskStore {
     fn increment(&self, name: Arc<str>, window: Duration, now: SystemTime) -> RiskStoreFuture<u64> {
         let w = duration_nanos(window).max(1);
         let now_n = unix_nanos(now);

@@ -612,7 +612,7 @@ async fn a_failing_shared_store_fails_open_by_default_and_closed_when_told() {
 #[tokio::test]
 async fn memory_store_implements_the_shared_store_contract() {
     use nhi_guard_core::risk_store::{RiskStore, StickyAction, StickyDecision};
-    let store = nhi_guard_risk::MemoryRiskStore::new(1000, Duration::from_secs(3600));
+    let store = nhi_guard_risk::InMemoryRiskStore::new(1000, Duration::from_secs(3600));
     let now = UNIX_EPOCH + Duration::from_secs(T0);
     let w = Duration::from_secs(60);
     let name: Arc<str> = Arc::from("fail:addr:127.0.0.1");

@@ -1,7 +1,7 @@
 //! Two replicas of a service, each with its own risk layer, sharing one store:
 //! authentication failures add up across replicas, a block made by one is enforced
 //! by the other, and an operator's lift reaches both. Run against the in-process
-//! `MemoryRiskStore` always, and against a real `redis-server` started by the test
+//! `InMemoryRiskStore` always, and against a real `redis-server` started by the test
 //! (skipped with a message when the binary is missing, unless `CI=true`).
 
 use std::convert::Infallible;
@@ -20,7 +20,7 @@ use nhi_guard_core::{
     ScopeSet, SecurityContext, Tier,
 };
 use nhi_guard_redis::testing::RedisServer;
-use nhi_guard_risk::{MemoryRiskStore, RiskLayer, RiskOperator, SharedLimits};
+use nhi_guard_risk::{InMemoryRiskStore, RiskLayer, RiskOperator, SharedLimits};
 use tower::{Layer, ServiceExt, service_fn};
 
 type Res = Response<GuardBody<GuardBody<String>>>;
@@ -160,7 +160,7 @@ async fn replicas_share(store: Arc<dyn RiskStore>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_an_in_process_store() {
-    replicas_share(Arc::new(MemoryRiskStore::new(
+    replicas_share(Arc::new(InMemoryRiskStore::new(
         10_000,
         Duration::from_secs(86_400),
     )))
