@@ -114,6 +114,13 @@ fn fast_hash(seeds: &[u64; 4], bytes: &[u8]) -> u64 {
     fold(a ^ s3, b ^ s2)
 }
 
+/// SHA-256 of `data`: the one implementation the controls use (RustCrypto's
+/// `sha2`, with the CPU's SHA extensions when present).
+#[inline]
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
 fn fold(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     (p as u64) ^ ((p >> 64) as u64)

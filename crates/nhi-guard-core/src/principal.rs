@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::registry::{ClientRecord, Tier};
 use crate::scope::ScopeSet;
@@ -91,7 +90,7 @@ pub struct CredentialFingerprint([u8; 12]);
 impl CredentialFingerprint {
     /// Fingerprints raw credential bytes (a token, an API key, a DER certificate).
     pub fn of(credential: &[u8]) -> Self {
-        Self::from_sha256(&Sha256::digest(credential).into())
+        Self::from_sha256(&crate::digest::sha256(credential))
     }
 
     /// The fingerprint of a credential whose SHA-256 is already known.

@@ -113,10 +113,8 @@ pub use rustls;
 
 pub use nhi_guard_core::{Principal, SecurityContext};
 
-/// SHA-256 (aws-lc-rs).
+/// SHA-256, as everywhere in the guard (`nhi_guard_core::digest::sha256`).
 pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
+    // The same implementation as the context's credential digest table.
+    nhi_guard_core::digest::sha256(data)
 }
