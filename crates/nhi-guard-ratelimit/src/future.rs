@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use nhi_guard_core::denial::Protocol;
+use nhi_guard_core::future::Rejection;
 use nhi_guard_core::store::{CheckMode, RateLimitCheck, RateLimitDecision, StoreFuture};
 use nhi_guard_core::{GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
@@ -121,11 +122,10 @@ pin_project! {
         // its address on a shared store before its answer goes out.
         Charging {
             check: StoreFuture,
-            response: Option<Box<Response<GuardBody<ResB>>>>,
+            response: Rejection<ResB>,
         },
-        // Boxed: refusals are the rare path, and the future is moved on every call.
         Ready {
-            response: Option<Box<Response<GuardBody<ResB>>>>,
+            response: Rejection<ResB>,
         },
     }
 }
@@ -156,7 +156,7 @@ impl<S, ReqB, F, ResB> ResponseFuture<S, ReqB, F, ResB> {
     pub(crate) fn ready(response: Response<GuardBody<ResB>>) -> Self {
         Self {
             state: State::Ready {
-                response: Some(Box::new(response)),
+                response: Rejection::new(response),
             },
         }
     }
@@ -183,7 +183,7 @@ where
                 StateProj::Checking { check, pending } => {
                     let result = ready!(check.as_mut().poll(cx));
                     let Some(p) = pending.take() else {
-                        return Poll::Ready(Ok(internal_error()));
+                        return Poll::Ready(Ok(Rejection::default().take()));
                     };
                     let Pending {
                         mut inner,
@@ -214,7 +214,7 @@ where
                             deferred,
                         },
                         Verdict::Reject(res) => State::Ready {
-                            response: Some(Box::new(res)),
+                            response: Rejection::new(res),
                         },
                     };
                     self.as_mut().project().state.set(next);
@@ -234,7 +234,7 @@ where
                     };
                     self.as_mut().project().state.set(State::Charging {
                         check,
-                        response: Some(Box::new(res)),
+                        response: Rejection::new(res),
                     });
                 }
                 StateProj::Charging { check, response } => {
@@ -242,19 +242,12 @@ where
                         // The request is answered either way; only its count is lost.
                         tracing::debug!(target: "nhi_guard::rate_limit", error = %e, "counting an unverified request failed");
                     }
-                    return Poll::Ready(Ok(response.take().map_or_else(internal_error, |r| *r)));
+                    return Poll::Ready(Ok(response.take()));
                 }
                 StateProj::Ready { response } => {
-                    return Poll::Ready(Ok(response.take().map_or_else(internal_error, |r| *r)));
+                    return Poll::Ready(Ok(response.take()));
                 }
             }
         }
     }
-}
-
-/// Polled after completion: a well-formed empty 500 rather than a panic.
-fn internal_error<B>() -> Response<GuardBody<B>> {
-    let mut res = Response::new(GuardBody::full(bytes::Bytes::new()));
-    *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-    res
 }

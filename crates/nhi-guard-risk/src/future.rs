@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::Response;
+use nhi_guard_core::future::Rejection;
 use nhi_guard_core::{GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
 
@@ -39,9 +40,8 @@ pin_project! {
             future: F,
             observe: Option<Box<Observation>>,
         },
-        // Boxed: refusals are the rare path, and the future is moved on every call.
         Rejected {
-            response: Option<Box<Response<GuardBody<B>>>>,
+            response: Rejection<B>,
         },
         Shared {
             future: Boxed<B, E>,
@@ -70,7 +70,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     pub(crate) fn rejected(response: Response<GuardBody<B>>) -> Self {
         Self {
             kind: Kind::Rejected {
-                response: Some(Box::new(response)),
+                response: Rejection::new(response),
             },
         }
     }
@@ -98,14 +98,7 @@ where
                 }
                 Poll::Ready(Ok(res.map(GuardBody::inner)))
             }
-            KindProj::Rejected { response } => match response.take() {
-                Some(res) => Poll::Ready(Ok(*res)),
-                None => {
-                    let mut res = Response::new(GuardBody::full(bytes::Bytes::new()));
-                    *res.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                    Poll::Ready(Ok(res))
-                }
-            },
+            KindProj::Rejected { response } => Poll::Ready(Ok(response.take())),
             KindProj::Shared { future } => future.as_mut().poll(cx),
         }
     }
