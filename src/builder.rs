@@ -421,53 +421,12 @@ impl fmt::Debug for NhiGuardLayer {
 }
 
 impl<S> Layer<S> for NhiGuardLayer {
-    type Service = NhiGuardService<S>;
+    // Not wrapped in a named service type: rustdoc then spends minutes and tens of
+    // gigabytes deriving the auto-trait impls of the nested layer types.
+    type Service = <Layers as Layer<Boxed<S>>>::Service;
 
     fn layer(&self, inner: S) -> Self::Service {
-        NhiGuardService {
-            inner: self.layers.layer(Boxed(inner)),
-        }
-    }
-}
-
-/// The service of [`NhiGuardLayer`]: your service behind the whole stack.
-///
-/// Its response future is the composition of the layers' own; it is `Send` when
-/// your service's is, as axum and tonic require.
-pub struct NhiGuardService<S> {
-    inner: <Layers as Layer<Boxed<S>>>::Service,
-}
-
-impl<S: Clone> Clone for NhiGuardService<S> {
-    fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<S> fmt::Debug for NhiGuardService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NhiGuardService").finish_non_exhaustive()
-    }
-}
-
-impl<S, R> tower_service::Service<R> for NhiGuardService<S>
-where
-    <Layers as Layer<Boxed<S>>>::Service: tower_service::Service<R>,
-{
-    type Response = <<Layers as Layer<Boxed<S>>>::Service as tower_service::Service<R>>::Response;
-    type Error = <<Layers as Layer<Boxed<S>>>::Service as tower_service::Service<R>>::Error;
-    type Future = <<Layers as Layer<Boxed<S>>>::Service as tower_service::Service<R>>::Future;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: R) -> Self::Future {
-        self.inner.call(req)
+        self.layers.layer(Boxed(inner))
     }
 }
 

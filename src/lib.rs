@@ -40,7 +40,7 @@ mod maybe;
     feature = "risk",
     feature = "audit"
 ))]
-pub use crate::builder::{BuildError, NhiGuard, NhiGuardBuilder, NhiGuardLayer, NhiGuardService};
+pub use crate::builder::{BuildError, NhiGuard, NhiGuardBuilder, NhiGuardLayer};
 
 pub use nhi_guard_core as core;
 pub use nhi_guard_core::{
