@@ -76,11 +76,6 @@ impl LayerSettings {
         self.renderer(DefaultRenderer::new().realm(realm).shared())
     }
 
-    /// The resolver, when set.
-    pub fn resolver(&self) -> Option<&ClientAddrResolver> {
-        self.resolver.as_ref()
-    }
-
     /// The renderer, when set.
     pub fn denial_renderer(&self) -> Option<&SharedRenderer> {
         self.renderer.as_ref()
