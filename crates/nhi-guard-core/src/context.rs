@@ -217,7 +217,10 @@ pub struct ContextState {
     pub client_expiring_soon: bool,
     /// The presented credential is past the rotation date the inventory gave it.
     pub credential_rotation_due: bool,
-    /// The route template (`/inventory/{sku}`), when a control or the router knows it.
+    /// The route template (`/inventory/{sku}`). A [`snapshot`](SecurityContext::snapshot)
+    /// holds the template the first route table matched; in the live state it is
+    /// only what was set by hand (a router or proxy that knows it), which
+    /// [`SecurityContext::route`] reads when no table matched the request.
     pub route: Option<Arc<str>>,
     /// The scope outcome.
     pub scopes: Option<ScopeOutcome>,
@@ -242,6 +245,8 @@ struct Inner {
     client_addr: Option<ClientAddr>,
     state: Mutex<ContextState>,
     credential_digest: OnceLock<CredentialDigest>,
+    /// The request's route, set by the first route table that matched it.
+    route: OnceLock<crate::route::RouteMatch>,
 }
 
 /// Identifies a clock object by its address: the guard's layers share one
@@ -323,6 +328,7 @@ impl SecurityContext {
                 client_addr,
                 state: Mutex::new(ContextState::default()),
                 credential_digest: OnceLock::new(),
+                route: OnceLock::new(),
             }),
         }
     }
@@ -341,6 +347,27 @@ impl SecurityContext {
         let ctx = Self::new(addr, clock);
         req.extensions_mut().insert(ctx.clone());
         ctx
+    }
+
+    /// The template of the request's route (`/inventory/{sku}`): the route the
+    /// first [`Routes`](crate::route::Routes) table to match the request found, else
+    /// [`ContextState::route`].
+    pub fn route(&self) -> Option<Arc<str>> {
+        match self.inner.route.get() {
+            Some(crate::route::RouteMatch {
+                template: Some(t), ..
+            }) => Some(t.clone()),
+            _ => self.lock().route.clone(),
+        }
+    }
+
+    pub(crate) fn route_match(&self) -> Option<&crate::route::RouteMatch> {
+        self.inner.route.get()
+    }
+
+    /// Records the first table's match; later tables keep their answer to themselves.
+    pub(crate) fn record_route(&self, m: crate::route::RouteMatch) {
+        let _ = self.inner.route.set(m);
     }
 
     /// The context in these extensions, if a guard layer created one.
@@ -431,9 +458,17 @@ impl SecurityContext {
         f(&mut self.lock())
     }
 
-    /// A copy of the whole state.
+    /// A copy of the whole state, with the template of the matched route in
+    /// [`ContextState::route`].
     pub fn snapshot(&self) -> ContextState {
-        self.lock().clone()
+        let mut state = self.lock().clone();
+        if let Some(crate::route::RouteMatch {
+            template: Some(t), ..
+        }) = self.inner.route.get()
+        {
+            state.route = Some(t.clone());
+        }
+        state
     }
 
     /// The verified principal, if identity has run and succeeded.

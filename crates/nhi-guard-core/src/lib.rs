@@ -49,6 +49,7 @@ pub mod presented;
 pub mod principal;
 pub mod registry;
 pub mod risk_store;
+pub mod route;
 pub mod scope;
 pub mod settings;
 pub mod store;

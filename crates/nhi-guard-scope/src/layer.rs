@@ -24,10 +24,16 @@ pub(crate) enum Matcher {
 }
 
 impl Matcher {
+    /// The request's rule: matched once per request against the policy's table.
     #[inline]
-    pub(crate) fn find(&self, method: &http::Method, path: &str) -> (Option<&Rule>, Fallback) {
+    pub(crate) fn find(
+        &self,
+        method: &http::Method,
+        path: &str,
+        extensions: &http::Extensions,
+    ) -> (Option<&Rule>, Fallback) {
         match self {
-            Self::Policy(p) => (p.find(method, path), p.fallback()),
+            Self::Policy(p) => (p.resolve(method, path, extensions), p.fallback()),
             Self::Fixed(r) => (Some(r), Fallback::Deny),
         }
     }

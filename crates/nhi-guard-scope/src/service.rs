@@ -194,17 +194,15 @@ fn check<ReqBody, ResBody>(
         }
     }
 
-    let (rule, fallback) = config.matcher.find(req.method(), path);
+    let (rule, fallback) = config.matcher.find(req.method(), path, req.extensions());
 
     let verdict = evaluate(rule, fallback, principal);
     let missing = verdict.as_ref().err().and_then(Refusal::missing);
     let passes = verdict.is_ok() || config.shadow;
 
-    // One lock: route template, scope outcome and (when passing) the decision.
+    // One lock: scope outcome and (when passing) the decision. The route template
+    // is in the context already: the policy's table recorded it when matching.
     ctx.update(|s| {
-        if let Some(route) = rule.and_then(Rule::route_arc) {
-            s.route = Some(route.clone());
-        }
         if let Some(rule) = rule {
             let granted = principal.map_or_else(ScopeSet::empty, |p| p.scopes().clone());
             s.scopes = Some(ScopeOutcome {

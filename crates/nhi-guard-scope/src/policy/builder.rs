@@ -1,83 +1,22 @@
-//! [`PolicyBuilder`] and the [`Methods`] a rule applies to.
-
-use std::fmt;
-use std::sync::Arc;
+//! [`PolicyBuilder`]: a policy's own route table, one rule per route.
 
 use http::Method;
+use nhi_guard_core::route::{Methods, Route, Routes};
 
-use super::pattern::parse_pattern;
-use super::trie::Node;
-use super::{Fallback, Policy, PolicyError, PolicyErrorKind, Require};
-
-/// The methods a rule applies to: one, several, or any.
-///
-/// `Method` values, arrays and slices of them convert into it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Methods(pub(super) Option<Vec<Method>>);
-
-impl Methods {
-    /// Every method.
-    pub const ANY: Methods = Methods(None);
-}
-
-impl From<Method> for Methods {
-    fn from(m: Method) -> Self {
-        Self(Some(vec![m]))
-    }
-}
-
-impl<const N: usize> From<[Method; N]> for Methods {
-    fn from(m: [Method; N]) -> Self {
-        Self(Some(m.to_vec()))
-    }
-}
-
-impl From<&[Method]> for Methods {
-    fn from(m: &[Method]) -> Self {
-        Self(Some(m.to_vec()))
-    }
-}
-
-impl fmt::Display for Methods {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            None => f.write_str("*"),
-            Some(ms) => {
-                for (i, m) in ms.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    f.write_str(m.as_str())?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct RuleSpec {
-    methods: Methods,
-    pattern: String,
-    require: Require,
-}
+use super::{Fallback, Policy, PolicyError, Require};
 
 /// Builds a [`Policy`]. Errors surface in [`PolicyBuilder::build`], naming the rule.
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct PolicyBuilder {
-    rules: Vec<RuleSpec>,
+    routes: Vec<Route>,
     fallback: Fallback,
 }
 
 impl PolicyBuilder {
     /// Adds a rule for `methods` on `pattern`.
     pub fn rule(mut self, methods: impl Into<Methods>, pattern: impl Into<String>, require: Require) -> Self {
-        self.rules.push(RuleSpec {
-            methods: methods.into(),
-            pattern: pattern.into(),
-            require,
-        });
+        self.routes.push(Route::new(methods, pattern).with(require));
         self
     }
 
@@ -141,46 +80,15 @@ impl PolicyBuilder {
     /// parse, an invalid or empty scope list, a rule without methods, or two
     /// equally specific rules that overlap (naming both).
     pub fn build(self) -> Result<Policy, PolicyError> {
-        let mut policy = Policy {
-            nodes: vec![Node::default()],
-            rules: Vec::with_capacity(self.rules.len()),
-            fallback: self.fallback,
-        };
-        for spec in &self.rules {
-            let label = format!("{} {}", spec.methods, spec.pattern);
-            let segments = parse_pattern(&spec.pattern)
-                .map_err(|m| PolicyError::new(PolicyErrorKind::InvalidPattern, &label, m))?;
-            if matches!(&spec.methods.0, Some(ms) if ms.is_empty()) {
-                return Err(PolicyError::new(
-                    PolicyErrorKind::NoMethod,
-                    &label,
-                    "lists no method; use Methods::ANY".into(),
-                ));
-            }
-            let label: Arc<str> = Arc::from(label);
-            let rule = spec
-                .require
-                .compile(label.clone(), Some(Arc::from(spec.pattern.as_str())))?;
-            let id = u32::try_from(policy.rules.len()).unwrap_or(u32::MAX);
-            policy.rules.push(rule);
-            let slot = policy.slot_mut(&segments);
-            slot.insert(&spec.methods, id, &label)?;
-        }
-        for node in &mut policy.nodes {
-            if node.literals.len() > 4 {
-                node.wide = Some(node.literals.iter().cloned().collect());
-            }
-            node.exact.finish();
-            node.wildcard.finish();
-        }
-        Ok(policy)
+        let routes = Routes::builder().routes(self.routes).build()?;
+        Ok(Policy::from_routes(&routes)?.with_fallback(self.fallback))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::MAX_SEGMENTS;
+    use crate::policy::{MAX_SEGMENTS, PolicyErrorKind};
 
     #[test]
     fn equally_specific_overlaps_are_build_errors_naming_both() {
@@ -197,7 +105,7 @@ mod tests {
         assert_eq!(err.rule(), "GET,POST /orders/{order}");
         assert_eq!(
             err.to_string(),
-            "scope policy rule `GET,POST /orders/{order}`: conflicts with rule `GET /orders/{id}`: \
+            "scope policy rule `GET,POST /orders/{order}`: conflicts with route `GET /orders/{id}`: \
              equally specific, both match GET"
         );
         let err = Policy::builder()

@@ -54,6 +54,19 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+impl From<nhi_guard_core::route::RouteError> for PolicyError {
+    /// The route table's error as the policy's, naming the same rule.
+    fn from(e: nhi_guard_core::route::RouteError) -> Self {
+        use nhi_guard_core::route::RouteErrorKind;
+        let kind = match e.kind() {
+            RouteErrorKind::Conflict => PolicyErrorKind::Conflict,
+            RouteErrorKind::NoMethod => PolicyErrorKind::NoMethod,
+            _ => PolicyErrorKind::InvalidPattern,
+        };
+        Self::new(kind, e.route(), e.message().to_owned())
+    }
+}
+
 impl From<PolicyError> for nhi_guard_core::config::ConfigError {
     /// The policy's error as the controls' configuration error (control `scope`,
     /// field `policy`; overlapping rules are a conflict).

@@ -1,37 +1,16 @@
 //! The route policy table: which scopes each method and path requires, compiled
 //! into a segment trie.
 //!
-//! # Patterns
+//! # Routes
 //!
-//! A pattern starts with `/` and is split at every `/` into segments:
-//!
-//! - a literal segment (`orders`, `grpc.health.v1.Health`, or empty as in the
-//!   trailing slash of `/orders/`) matches exactly that text, byte for byte, on the
-//!   raw (not percent-decoded) path, as axum's router does;
-//! - `{name}` matches any one non-empty segment;
-//! - `*` or `{*name}`, only as the last segment, matches the rest of the path: zero
-//!   or more segments, so `/admin/*` covers `/admin`, `/admin/` and `/admin/a/b`.
-//!
-//! Literal text and captures cannot share a segment (`/v{n}` is an error), and a
-//! pattern has at most [`MAX_SEGMENTS`] segments.
-//!
-//! # Precedence
-//!
-//! Among the rules whose method and pattern match a request, the most specific one
-//! decides:
-//!
-//! 1. patterns are compared segment by segment from the left; at the first position
-//!    where they differ, a literal beats a `{param}`, which beats the wildcard, and
-//!    a pattern that ends there beats one that continues with the wildcard;
-//! 2. for the same pattern, a rule naming the request's method beats a rule for any
-//!    method. A `GET` rule also covers `HEAD` unless a rule names `HEAD`.
-//!
-//! Two rules are *equally specific* when their patterns have the same shape (the
-//! same literals and captures at the same positions; capture names do not matter)
-//! and they are both method-specific or both for any method. Equally specific rules
-//! that can match the same request (their methods overlap) are a build error
-//! naming both. So for every request at most one rule is the most specific, and the
-//! order in which rules are added never matters.
+//! Patterns, precedence and conflicts are those of the one route table,
+//! [`nhi_guard_core::route`]: `{param}`, `{*rest}` or `*`, literal segments,
+//! methods with `HEAD` served by `GET`, the most specific route wins, and two
+//! equally specific overlapping routes are a build error naming both. A policy is
+//! either built here with [`Policy::builder`] (each rule one route), or read from a
+//! shared [`Routes`] table whose routes carry a [`Require`] attribute
+//! ([`Policy::from_routes`]): then the scope, risk and rate-limit controls match
+//! the request once, against the same table.
 //!
 //! # Unmatched routes
 //!
@@ -56,17 +35,17 @@
 
 mod builder;
 mod error;
-mod pattern;
 mod requirement;
-mod trie;
+
+use std::sync::Arc;
 
 use http::Method;
+pub use nhi_guard_core::route::{MAX_SEGMENTS, Methods};
+use nhi_guard_core::route::{RouteId, Routes};
 
-pub use self::builder::{Methods, PolicyBuilder};
+pub use self::builder::PolicyBuilder;
 pub use self::error::{PolicyError, PolicyErrorKind};
-pub use self::pattern::MAX_SEGMENTS;
 pub use self::requirement::{Access, Require, Rule};
-use self::trie::{Node, method_index};
 
 /// What happens to a request that no rule matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,14 +60,19 @@ pub enum Fallback {
     Allow,
 }
 
-/// A compiled route policy: a segment trie from method and path to the most
+/// No rule for a route of the table.
+const NO_RULE: u32 = u32::MAX;
+
+/// A compiled route policy: a route table from method and path to the most
 /// specific [`Rule`]. Matching allocates nothing.
 ///
 /// See the [module documentation](self) for patterns and precedence.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    nodes: Vec<Node>,
+    routes: Routes,
     rules: Vec<Rule>,
+    /// Route index → rule index ([`NO_RULE`] for a route without a [`Require`]).
+    by_route: Arc<[u32]>,
     fallback: Fallback,
 }
 
@@ -118,12 +102,80 @@ impl Policy {
         &self.rules
     }
 
+    /// The route table the policy matches against.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The policy of a shared route table: one rule per route with a [`Require`]
+    /// attribute, in the table's order. A request whose route has no `Require`, or
+    /// that matches no route, gets the [`Fallback`] (deny unless
+    /// [`Policy::with_fallback`] says otherwise).
+    ///
+    /// ```
+    /// use nhi_guard_core::route::{Route, Routes};
+    /// use nhi_guard_scope::{Policy, Require};
+    ///
+    /// let routes = Routes::builder()
+    ///     .route(Route::get("/orders/{id}").with(Require::all_of("orders:read")))
+    ///     .route(Route::get("/health").with(Require::public()))
+    ///     .build()
+    ///     .unwrap();
+    /// let policy = Policy::from_routes(&routes).unwrap();
+    /// assert_eq!(policy.find(&http::Method::GET, "/orders/7").unwrap().label(), "GET /orders/{id}");
+    /// ```
+    ///
+    /// # Errors
+    /// A [`PolicyError`] naming the route whose requirement is invalid or empty.
+    pub fn from_routes(routes: &Routes) -> Result<Policy, PolicyError> {
+        let mut rules = Vec::new();
+        let mut by_route = Vec::with_capacity(routes.len());
+        for route in routes.routes() {
+            match route.attr::<Require>() {
+                Some(require) => {
+                    by_route.push(u32::try_from(rules.len()).unwrap_or(NO_RULE));
+                    rules
+                        .push(require.compile(route.label_arc().clone(), Some(route.pattern_arc().clone()))?);
+                }
+                None => by_route.push(NO_RULE),
+            }
+        }
+        Ok(Policy {
+            routes: routes.clone(),
+            rules,
+            by_route: by_route.into(),
+            fallback: Fallback::Deny,
+        })
+    }
+
+    /// The same policy with another [`Fallback`].
+    #[must_use]
+    pub fn with_fallback(mut self, fallback: Fallback) -> Self {
+        self.fallback = fallback;
+        self
+    }
+
     /// The most specific rule for `method` and `path` (the URI path, without the
     /// query), or `None` when no rule matches and the [`Fallback`] applies.
     pub fn find(&self, method: &Method, path: &str) -> Option<&Rule> {
-        let rest = path.strip_prefix('/')?;
-        let index = method_index(method);
-        self.walk(0, Some(rest), index, method)
-            .map(|id| &self.rules[id as usize])
+        self.rule_of(self.routes.find(method, path)?)
+    }
+
+    /// As [`Policy::find`], matching the request once per request
+    /// ([`Routes::resolve`]).
+    #[inline]
+    pub(crate) fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+        extensions: &http::Extensions,
+    ) -> Option<&Rule> {
+        self.rule_of(self.routes.resolve(method, path, extensions)?)
+    }
+
+    #[inline]
+    fn rule_of(&self, id: RouteId) -> Option<&Rule> {
+        let rule = *self.by_route.get(id.index())?;
+        self.rules.get(rule as usize)
     }
 }

@@ -259,10 +259,6 @@ impl Rule {
     pub(crate) fn label_arc(&self) -> &Arc<str> {
         &self.label
     }
-
-    pub(crate) fn route_arc(&self) -> Option<&Arc<str>> {
-        self.route.as_ref()
-    }
 }
 
 #[cfg(test)]

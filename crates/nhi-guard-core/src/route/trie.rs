@@ -1,11 +1,13 @@
-//! The segment trie a policy compiles into, and the matching of a request against it.
+//! The segment trie a route table compiles into, and the matching of a request
+//! against it.
 
 use std::sync::Arc;
 
 use http::Method;
 
+use super::Methods;
+use super::error::{RouteError, RouteErrorKind};
 use super::pattern::Segment;
-use super::{Methods, Policy, PolicyError, PolicyErrorKind};
 
 const NONE: u32 = u32::MAX;
 /// The standard methods, in the order of [`Slot::methods`].
@@ -28,13 +30,13 @@ pub(super) fn method_index(m: &Method) -> Option<usize> {
     STANDARD.iter().position(|s| s == m)
 }
 
-// The keys of wide literal nodes are the policy's own path segments: an unkeyed hash is safe
-// and several times faster than SipHash.
-type FxMap = std::collections::HashMap<Box<str>, u32, nhi_guard_core::hash::FxBuildHasher>;
+// The keys of wide literal nodes are the table's own path segments: an unkeyed hash
+// is safe and several times faster than SipHash.
+type FxMap = std::collections::HashMap<Box<str>, u32, crate::hash::FxBuildHasher>;
 
-/// Rules ending at one node: per method, and for any method.
+/// Routes ending at one node: per method, and for any method.
 #[derive(Debug, Clone)]
-pub(super) struct Slot {
+struct Slot {
     methods: [u32; 9],
     explicit_head: bool,
     other: Vec<(Method, u32)>,
@@ -55,12 +57,12 @@ impl Default for Slot {
 }
 
 impl Slot {
-    pub(super) fn insert(&mut self, methods: &Methods, id: u32, label: &Arc<str>) -> Result<(), PolicyError> {
+    fn insert(&mut self, methods: &Methods, id: u32, label: &Arc<str>) -> Result<(), RouteError> {
         let conflict = |other: &Arc<str>, on: &str| {
-            PolicyError::new(
-                PolicyErrorKind::Conflict,
+            RouteError::new(
+                RouteErrorKind::Conflict,
                 label,
-                format!("conflicts with rule `{other}`: equally specific, both match {on}"),
+                format!("conflicts with route `{other}`: equally specific, both match {on}"),
             )
         };
         match &methods.0 {
@@ -90,11 +92,12 @@ impl Slot {
         Ok(())
     }
 
-    /// Lets `GET` rules cover `HEAD` when no rule names `HEAD`.
-    pub(super) fn finish(&mut self) {
+    /// Lets `GET` routes cover `HEAD` when no route names `HEAD`.
+    fn finish(&mut self) {
         if !self.explicit_head {
             self.methods[1] = self.methods[0];
         }
+        self.labels = Vec::new();
     }
 
     #[inline]
@@ -118,14 +121,14 @@ impl Slot {
 }
 
 #[derive(Debug, Clone, Default)]
-pub(super) struct Node {
+struct Node {
     /// Literal children (build order).
-    pub(super) literals: Vec<(Box<str>, u32)>,
+    literals: Vec<(Box<str>, u32)>,
     /// The same, hashed, for nodes with many literal children.
-    pub(super) wide: Option<FxMap>,
+    wide: Option<FxMap>,
     param: Option<u32>,
-    pub(super) exact: Slot,
-    pub(super) wildcard: Slot,
+    exact: Slot,
+    wildcard: Slot,
 }
 
 impl Node {
@@ -138,43 +141,77 @@ impl Node {
     }
 }
 
-impl Policy {
-    pub(super) fn slot_mut(&mut self, segments: &[Segment<'_>]) -> &mut Slot {
+/// The compiled trie: node 0 is the root.
+#[derive(Debug, Clone)]
+pub(super) struct Trie {
+    nodes: Vec<Node>,
+}
+
+impl Default for Trie {
+    fn default() -> Self {
+        Self {
+            nodes: vec![Node::default()],
+        }
+    }
+}
+
+impl Trie {
+    /// Adds route `id` for `methods` at the node `segments` lead to; an equally
+    /// specific route already there for an overlapping method is an error naming both.
+    pub(super) fn insert(
+        &mut self,
+        segments: &[Segment<'_>],
+        methods: &Methods,
+        id: u32,
+        label: &Arc<str>,
+    ) -> Result<(), RouteError> {
         let mut node = 0usize;
         for seg in segments {
             let next = match seg {
-                Segment::Wildcard => return &mut self.nodes[node].wildcard,
+                Segment::Wildcard => return self.nodes[node].wildcard.insert(methods, id, label),
                 Segment::Literal(text) => self.nodes[node]
                     .literals
                     .iter()
                     .find(|(l, _)| &**l == *text)
                     .map(|(_, n)| *n),
-                Segment::Param => self.nodes[node].param,
+                Segment::Param(_) => self.nodes[node].param,
             };
             node = match next {
                 Some(n) => n as usize,
                 None => {
                     let n = self.nodes.len();
                     self.nodes.push(Node::default());
-                    let id = u32::try_from(n).unwrap_or(u32::MAX);
+                    let child = u32::try_from(n).unwrap_or(u32::MAX);
                     match seg {
-                        Segment::Literal(text) => self.nodes[node].literals.push(((*text).into(), id)),
-                        _ => self.nodes[node].param = Some(id),
+                        Segment::Literal(text) => self.nodes[node].literals.push(((*text).into(), child)),
+                        _ => self.nodes[node].param = Some(child),
                     }
                     n
                 }
             };
         }
-        &mut self.nodes[node].exact
+        self.nodes[node].exact.insert(methods, id, label)
     }
 
-    pub(super) fn walk(
-        &self,
-        node: u32,
-        rest: Option<&str>,
-        index: Option<usize>,
-        method: &Method,
-    ) -> Option<u32> {
+    /// Ends the build: hashed look-ups for wide nodes, `HEAD` served by `GET`.
+    pub(super) fn finish(&mut self) {
+        for node in &mut self.nodes {
+            if node.literals.len() > 4 {
+                node.wide = Some(node.literals.iter().cloned().collect());
+            }
+            node.exact.finish();
+            node.wildcard.finish();
+        }
+    }
+
+    /// The most specific route for `method` on `path`.
+    #[inline]
+    pub(super) fn find(&self, method: &Method, path: &str) -> Option<u32> {
+        let rest = path.strip_prefix('/')?;
+        self.walk(0, Some(rest), method_index(method), method)
+    }
+
+    fn walk(&self, node: u32, rest: Option<&str>, index: Option<usize>, method: &Method) -> Option<u32> {
         let n = &self.nodes[node as usize];
         match rest {
             None => {
@@ -203,15 +240,36 @@ impl Policy {
         }
         n.wildcard.get(index, method)
     }
+
+    /// The route declared with the same shape as a router's template (`{name}` one
+    /// segment, `{*name}` or `*` the rest; capture names do not matter), for
+    /// `method`; `None` when the table has no pattern of that shape for it.
+    pub(super) fn find_template(&self, method: &Method, template: &str) -> Option<u32> {
+        let rest = template.strip_prefix('/')?;
+        let index = method_index(method);
+        let mut node = &self.nodes[0];
+        for seg in rest.split('/') {
+            if seg == "*" || seg.starts_with("{*") {
+                return node.wildcard.get(index, method);
+            }
+            let next = if seg.starts_with('{') && seg.ends_with('}') {
+                node.param
+            } else {
+                node.literal(seg)
+            };
+            node = &self.nodes[next? as usize];
+        }
+        node.exact.get(index, method)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::policy::Require;
+    use super::super::{Methods, Route, Routes};
+    use http::Method;
 
-    fn pattern<'a>(p: &'a Policy, m: Method, path: &str) -> Option<&'a str> {
-        p.find(&m, path).map(|r| r.label())
+    fn pattern(p: &Routes, m: Method, path: &str) -> Option<String> {
+        p.find(&m, path).map(|id| p[id].label().to_owned())
     }
 
     #[test]
@@ -225,73 +283,94 @@ mod tests {
             ("/*", Methods::ANY),
         ];
         for rotation in 0..rules.len() {
-            let mut b = Policy::builder();
+            let mut b = Routes::builder();
             for i in 0..rules.len() {
                 let (p, m) = &rules[(i + rotation) % rules.len()];
-                b = b.rule(m.clone(), *p, Require::authenticated());
+                b = b.route(Route::new(m.clone(), *p));
             }
             let p = b.build().expect("valid");
             assert_eq!(
                 pattern(&p, Method::GET, "/orders/export"),
-                Some("GET /orders/export")
+                Some("GET /orders/export".to_owned())
             );
             assert_eq!(
                 pattern(&p, Method::POST, "/orders/export"),
-                Some("* /orders/{id}")
+                Some("* /orders/{id}".to_owned())
             );
-            assert_eq!(pattern(&p, Method::GET, "/orders/7"), Some("GET /orders/{id}"));
-            assert_eq!(pattern(&p, Method::HEAD, "/orders/7"), Some("GET /orders/{id}"));
-            assert_eq!(pattern(&p, Method::DELETE, "/orders/7"), Some("* /orders/{id}"));
+            assert_eq!(
+                pattern(&p, Method::GET, "/orders/7"),
+                Some("GET /orders/{id}".to_owned())
+            );
+            assert_eq!(
+                pattern(&p, Method::HEAD, "/orders/7"),
+                Some("GET /orders/{id}".to_owned())
+            );
+            assert_eq!(
+                pattern(&p, Method::DELETE, "/orders/7"),
+                Some("* /orders/{id}".to_owned())
+            );
             assert_eq!(
                 pattern(&p, Method::GET, "/orders/7/items/1"),
-                Some("GET /orders/{id}/items/{item}")
+                Some("GET /orders/{id}/items/{item}".to_owned())
             );
             // Backtracks from the `{id}` branch to the wildcard.
             assert_eq!(
                 pattern(&p, Method::POST, "/orders/7/items/1"),
-                Some("* /orders/*")
+                Some("* /orders/*".to_owned())
             );
-            assert_eq!(pattern(&p, Method::GET, "/orders"), Some("* /orders/*"));
-            assert_eq!(pattern(&p, Method::GET, "/orders/"), Some("* /orders/*"));
-            assert_eq!(pattern(&p, Method::GET, "/customers/1"), Some("* /*"));
-            assert_eq!(pattern(&p, Method::GET, "/"), Some("* /*"));
+            assert_eq!(
+                pattern(&p, Method::GET, "/orders"),
+                Some("* /orders/*".to_owned())
+            );
+            assert_eq!(
+                pattern(&p, Method::GET, "/orders/"),
+                Some("* /orders/*".to_owned())
+            );
+            assert_eq!(pattern(&p, Method::GET, "/customers/1"), Some("* /*".to_owned()));
+            assert_eq!(pattern(&p, Method::GET, "/"), Some("* /*".to_owned()));
         }
     }
 
     #[test]
     fn literal_beats_param_at_the_first_difference() {
-        let p = Policy::builder()
-            .get("/{tenant}/orders", Require::all_of("a"))
-            .get("/acme/{resource}", Require::all_of("b"))
+        let p = Routes::builder()
+            .route(Route::get("/{tenant}/orders"))
+            .route(Route::get("/acme/{resource}"))
             .build()
             .expect("valid");
         assert_eq!(
             pattern(&p, Method::GET, "/acme/orders"),
-            Some("GET /acme/{resource}")
+            Some("GET /acme/{resource}".to_owned())
         );
         assert_eq!(
             pattern(&p, Method::GET, "/other/orders"),
-            Some("GET /{tenant}/orders")
+            Some("GET /{tenant}/orders".to_owned())
         );
         // The literal branch fails deeper down: back to the param branch.
-        let p = Policy::builder()
-            .get("/acme/x/y", Require::all_of("b"))
-            .get("/{tenant}/x/z", Require::all_of("a"))
+        let p = Routes::builder()
+            .route(Route::get("/acme/x/y"))
+            .route(Route::get("/{tenant}/x/z"))
             .build()
             .expect("valid");
-        assert_eq!(pattern(&p, Method::GET, "/acme/x/z"), Some("GET /{tenant}/x/z"));
+        assert_eq!(
+            pattern(&p, Method::GET, "/acme/x/z"),
+            Some("GET /{tenant}/x/z".to_owned())
+        );
     }
 
     #[test]
     fn strict_segments() {
-        let p = Policy::builder()
-            .get("/orders", Require::all_of("a"))
-            .get("/orders/{id}", Require::all_of("a"))
-            .get("/", Require::all_of("a"))
+        let p = Routes::builder()
+            .route(Route::get("/orders"))
+            .route(Route::get("/orders/{id}"))
+            .route(Route::get("/"))
             .build()
             .expect("valid");
-        assert_eq!(pattern(&p, Method::GET, "/"), Some("GET /"));
-        assert_eq!(pattern(&p, Method::GET, "/orders"), Some("GET /orders"));
+        assert_eq!(pattern(&p, Method::GET, "/"), Some("GET /".to_owned()));
+        assert_eq!(
+            pattern(&p, Method::GET, "/orders"),
+            Some("GET /orders".to_owned())
+        );
         assert_eq!(
             pattern(&p, Method::GET, "/orders/"),
             None,
@@ -307,41 +386,34 @@ mod tests {
 
     #[test]
     fn methods_and_head() {
-        let p = Policy::builder()
-            .get("/a", Require::all_of("r"))
-            .rule([Method::PUT, Method::PATCH], "/a", Require::all_of("w"))
-            .rule(
-                Method::from_bytes(b"PURGE").expect("valid"),
-                "/a",
-                Require::all_of("p"),
-            )
-            .get("/b", Require::all_of("r"))
-            .rule(Method::HEAD, "/b", Require::public())
+        let p = Routes::builder()
+            .route(Route::get("/a"))
+            .route(Route::new([Method::PUT, Method::PATCH], "/a"))
+            .route(Route::new(Method::from_bytes(b"PURGE").expect("valid"), "/a"))
+            .route(Route::get("/b"))
+            .route(Route::new(Method::HEAD, "/b"))
             .build()
             .expect("valid");
-        assert_eq!(pattern(&p, Method::HEAD, "/a"), Some("GET /a"));
-        assert_eq!(pattern(&p, Method::PATCH, "/a"), Some("PUT,PATCH /a"));
+        assert_eq!(pattern(&p, Method::HEAD, "/a"), Some("GET /a".to_owned()));
+        assert_eq!(pattern(&p, Method::PATCH, "/a"), Some("PUT,PATCH /a".to_owned()));
         assert_eq!(
             pattern(&p, Method::from_bytes(b"PURGE").expect("valid"), "/a"),
-            Some("PURGE /a")
+            Some("PURGE /a".to_owned())
         );
         assert_eq!(pattern(&p, Method::POST, "/a"), None);
-        assert_eq!(pattern(&p, Method::HEAD, "/b"), Some("HEAD /b"));
+        assert_eq!(pattern(&p, Method::HEAD, "/b"), Some("HEAD /b".to_owned()));
     }
 
     #[test]
     fn wide_nodes_use_the_hashed_lookup() {
-        let mut b = Policy::builder();
+        let mut b = Routes::builder();
         for i in 0..100 {
-            b = b.get(format!("/svc{i}/items/{{id}}"), Require::all_of("a"));
+            b = b.route(Route::get(format!("/svc{i}/items/{{id}}")));
         }
         let p = b.build().expect("valid");
         for i in 0..100 {
             let label = format!("GET /svc{i}/items/{{id}}");
-            assert_eq!(
-                pattern(&p, Method::GET, &format!("/svc{i}/items/9")),
-                Some(label.as_str())
-            );
+            assert_eq!(pattern(&p, Method::GET, &format!("/svc{i}/items/9")), Some(label));
         }
         assert_eq!(pattern(&p, Method::GET, "/svc100/items/9"), None);
     }
@@ -442,10 +514,10 @@ mod tests {
                     }
                 };
                 let method = if post { Method::POST } else { Method::GET };
-                let mut b = Policy::builder();
-                for (i, s) in specs.iter().enumerate() {
+                let mut b = Routes::builder();
+                for s in &specs {
                     let methods = s.method.clone().map_or(Methods::ANY, Methods::from);
-                    b = b.rule(methods, s.pattern(), Require::all_of(&format!("s{i}")));
+                    b = b.route(Route::new(methods, s.pattern()));
                 }
                 let Ok(policy) = b.build() else {
                     // Conflicts are covered elsewhere; two identical shapes with
@@ -465,10 +537,8 @@ mod tests {
                     .enumerate()
                     .filter(|(_, s)| s.matches(&method, &segments))
                     .max_by(|(_, a), (_, b)| a.ranks().cmp(&b.ranks()).then(a.method.is_some().cmp(&b.method.is_some())))
-                    .map(|(i, _)| format!("s{i}"));
-                let got = policy
-                    .find(&method, &path_str)
-                    .map(|r| r.access().required().to_string());
+                    .map(|(i, _)| i);
+                let got = policy.find(&method, &path_str).map(|id| id.index());
                 prop_assert_eq!(got, expected, "path {}", path_str);
             }
         }

@@ -6,7 +6,8 @@ pub const MAX_SEGMENTS: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Segment<'a> {
     Literal(&'a str),
-    Param,
+    /// `{name}`: one non-empty segment.
+    Param(&'a str),
     Wildcard,
 }
 
@@ -41,7 +42,11 @@ pub(super) fn parse_pattern(pattern: &str) -> Result<Vec<Segment<'_>>, String> {
                 return Err(format!("the capture `{name}` appears twice"));
             }
             names.push(name);
-            if wild { Segment::Wildcard } else { Segment::Param }
+            if wild {
+                Segment::Wildcard
+            } else {
+                Segment::Param(name)
+            }
         } else if part.contains(['{', '}', '*']) {
             return Err(format!(
                 "`{part}`: captures and wildcards must be whole segments (`{{name}}`, `*`, `{{*name}}`)"
