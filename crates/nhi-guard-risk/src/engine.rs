@@ -197,8 +197,7 @@ pub(crate) struct Verdict {
 }
 
 impl Engine {
-    /// Reads what signals need from the context, once (and records the matched
-    /// route's pattern in the context when nothing else did).
+    /// Reads what signals need from the context, once.
     /// The request's facts; `addr` is what the edge half of this engine already
     /// hashed for the same request (the context's address), if it ran.
     pub(crate) fn facts(
@@ -219,13 +218,7 @@ impl Engine {
             }
         }
         f.route = route;
-        let pattern = route.and_then(|r| self.routes.pattern_arc(r.index()));
-        ctx.update(|s| {
-            if let (None, Some(p)) = (&s.route, pattern) {
-                s.route = Some(p.clone());
-            }
-            self.refresh(&mut f, s);
-        });
+        ctx.update(|s| self.refresh(&mut f, s));
         f
     }
 

@@ -22,6 +22,7 @@ use crate::signal::{Phase, Signal};
 use crate::signals;
 use crate::state::KeyHasher;
 use crate::sticky::InMemoryRiskStore;
+use nhi_guard_core::route::Routes;
 
 /// Builds the risk layer: signals, routes, thresholds, cool-downs and mode.
 ///
@@ -134,15 +135,30 @@ impl RiskLayer {
         self
     }
 
-    /// Adds a route (group, resource capture, sensitivity, scarce). Routes match in
-    /// the order added.
+    /// Adds a route (group, resource capture, sensitivity, scarce) to the layer's
+    /// own route table. The most specific route matches, whatever the order.
     ///
     /// # Errors
-    /// When more than 65 535 routes are added.
+    /// Two equally specific routes for overlapping methods (naming both), or the
+    /// layer already reads a shared table ([`RiskLayer::routes`]).
     pub fn route(mut self, route: Route) -> Result<Self, ConfigError> {
         let e = self.edit();
         let hasher = e.hasher.clone();
         e.routes.push(route, &hasher)?;
+        Ok(self)
+    }
+
+    /// Reads the risk routes from the shared route table: the routes with a
+    /// [`RouteRisk`](crate::RouteRisk) attribute. The stack's layers given the same table match each
+    /// request once.
+    ///
+    /// # Errors
+    /// A [`RouteRisk::resource`](crate::RouteRisk::resource) naming a capture its pattern lacks, or routes
+    /// already added one by one with [`RiskLayer::route`].
+    pub fn routes(mut self, routes: &Routes) -> Result<Self, ConfigError> {
+        let e = self.edit();
+        let hasher = e.hasher.clone();
+        e.routes.shared(routes, &hasher)?;
         Ok(self)
     }
 

@@ -117,7 +117,7 @@ pub use crate::explain::ExplainedDecision;
 pub use crate::future::ResponseFuture;
 pub use crate::layer::{RiskEdgeLayer, RiskLayer};
 pub use crate::operator::{MemoryReport, RiskOperator};
-pub use crate::route::Route;
+pub use crate::route::{Route, RouteRisk};
 pub use crate::service::{Risk, RiskEdge};
 pub use crate::signal::{
     CredentialClass, Curve, Outcome, Phase, Points, RequestFacts, RouteFacts, Signal, SignalMemory,

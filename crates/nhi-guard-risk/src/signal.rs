@@ -35,7 +35,7 @@ pub(crate) struct AddrFacts {
 /// The configured route a request matched (see [`crate::Route`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteFacts {
-    pub(crate) index: u16,
+    pub(crate) index: u32,
     pub(crate) group_hash: u64,
     pub(crate) resource_hash: Option<u64>,
     pub(crate) resource_number: Option<u64>,
@@ -47,7 +47,7 @@ pub struct RouteFacts {
 impl RouteFacts {
     /// Index of the matched route in the layer's route table.
     pub fn index(&self) -> usize {
-        usize::from(self.index)
+        self.index as usize
     }
     /// Keyed hash of the route's group name (routes of one group share state).
     pub fn group_hash(&self) -> u64 {

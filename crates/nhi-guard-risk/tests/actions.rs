@@ -457,10 +457,7 @@ async fn route_sensitivity_and_tier_multiplier_weigh_the_score() {
     assert_eq!(res.status(), 200);
     // 30 points × 2.0 route × 0.5 tier.
     assert_eq!(ctx.read(|s| s.risk.as_ref().map(|r| r.score)), Some(30));
-    assert_eq!(
-        ctx.read(|s| s.route.as_deref().map(str::to_owned)),
-        Some("/svc/Method".into())
-    );
+    assert_eq!(ctx.route().as_deref(), Some("/svc/Method"));
 }
 
 #[test]
