@@ -38,7 +38,7 @@ pub(crate) struct Config {
     pub(crate) explicit: Explicit,
     pub(crate) registry: Option<SharedRegistry>,
     pub(crate) default_quota: Quota,
-    pub(crate) route_groups: Vec<(Arc<str>, Arc<str>)>,
+    pub(crate) route_groups: crate::route::RouteGroups,
     pub(crate) shadow: bool,
     pub(crate) headers_on_allowed: bool,
     pub(crate) needs_parts: bool,
@@ -98,7 +98,7 @@ impl RateLimitLayer {
                 explicit: Explicit::default(),
                 registry: None,
                 default_quota: Quota::from_tier(nhi_guard_core::Tier::BUILT_IN_DEFAULT),
-                route_groups: Vec::new(),
+                route_groups: crate::route::RouteGroups::default(),
                 shadow: false,
                 headers_on_allowed: true,
                 needs_parts: false,
@@ -247,15 +247,18 @@ impl RateLimitLayer {
         self
     }
 
-    /// Names a route group: requests whose path starts with `path_prefix` (at a
-    /// segment boundary) belong to `group`; the longest prefix wins. Per-route
-    /// limits key on the group, so path parameters (`/orders/123`) do not create
-    /// a key each. Requests in no group use the route template recorded in the
-    /// security context, or the group `*`.
+    /// Names a route group in the layer's own route table: requests whose path
+    /// starts with `path_prefix` (at a segment boundary; the route `ANY
+    /// path_prefix/*`) belong to `group`; the longest prefix wins. Per-route limits
+    /// key on the group, so path parameters (`/orders/123`) do not create a key
+    /// each. Requests in no group are in the group `*`. With a shared route table,
+    /// declare [`RateGroup`](crate::RateGroup)s on its routes instead
+    /// ([`RateLimitLayer::routes`]).
     ///
     /// # Errors
-    /// `route_group.path_prefix` when it does not start with `/`;
-    /// `route_group.name` when the name is empty.
+    /// `route_group.path_prefix` when it does not start with `/`, is not a valid
+    /// pattern, or is given twice; `route_group.name` when the name is empty; a
+    /// conflict when the layer reads a shared table.
     pub fn route_group(mut self, group: &str, path_prefix: &str) -> Result<Self, ConfigError> {
         if !path_prefix.starts_with('/') {
             return Err(ConfigError::new(
@@ -271,10 +274,20 @@ impl RateLimitLayer {
                 "must not be empty",
             ));
         }
-        let c = self.config_mut();
-        c.route_groups
-            .push((Arc::from(path_prefix.trim_end_matches('/')), Arc::from(group)));
-        c.route_groups.sort_by_key(|g| std::cmp::Reverse(g.0.len()));
+        self.config_mut().route_groups.push_prefix(group, path_prefix)?;
+        Ok(self)
+    }
+
+    /// Reads the route groups from the shared route table: a route's
+    /// [`RateGroup`](crate::RateGroup), else its template. Requests in no route are
+    /// in the group `*`. The stack's layers given the same table match each request
+    /// once.
+    ///
+    /// # Errors
+    /// A conflict when groups were already declared with
+    /// [`RateLimitLayer::route_group`].
+    pub fn routes(mut self, routes: &nhi_guard_core::route::Routes) -> Result<Self, ConfigError> {
+        self.config_mut().route_groups.shared(routes)?;
         Ok(self)
     }
 

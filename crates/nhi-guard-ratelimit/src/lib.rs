@@ -57,6 +57,7 @@ mod future;
 mod layer;
 mod limit;
 mod memory;
+mod route;
 mod service;
 
 pub use crate::failure::{
@@ -66,6 +67,7 @@ pub use crate::future::ResponseFuture;
 pub use crate::layer::{ConfigError, RateLimitLayer};
 pub use crate::limit::{KeyFn, Limit, RequestCost};
 pub use crate::memory::{DEFAULT_MAX_KEYS, InMemoryRateLimitStore, LocalCheck, MAX_LIMITS};
+pub use crate::route::RateGroup;
 
 /// The former name of [`InMemoryRateLimitStore`].
 #[deprecated(

@@ -72,20 +72,6 @@ fn who_of(cfg: &Config, p: &Principal) -> Who {
     }
 }
 
-static ANY_ROUTE: &str = "*";
-
-pub(crate) fn route_group(cfg: &Config, path: &str, ctx: &SecurityContext) -> Arc<str> {
-    for (prefix, name) in &cfg.route_groups {
-        if prefix.is_empty()
-            || (path.starts_with(&**prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
-        {
-            return name.clone();
-        }
-    }
-    ctx.read(|s| s.route.clone())
-        .unwrap_or_else(|| Arc::from(ANY_ROUTE))
-}
-
 pub(crate) fn quota_for(cfg: &Config, limit: &Limit, who: Option<&Who>, group: Option<&str>) -> Quota {
     if let Some(g) = group
         && let Some((_, q)) = limit.route_quotas.iter().find(|(n, _)| &**n == g)
@@ -381,7 +367,10 @@ impl<S> RateLimitService<S> {
         } else {
             None
         };
-        let group = cfg.needs_group.then(|| route_group(cfg, req.uri().path(), &ctx));
+        let group = cfg.needs_group.then(|| {
+            cfg.route_groups
+                .group(req.method(), req.uri().path(), req.extensions(), &ctx)
+        });
         let mut custom: [Option<String>; N] = std::array::from_fn(|_| None);
         if cfg.needs_parts {
             let (parts, body) = req.into_parts();
@@ -432,7 +421,7 @@ impl<S> RateLimitService<S> {
                 KeyKind::ClientRoute => match &who {
                     Some(w) => (
                         w.id.as_str().as_bytes(),
-                        group.as_deref().unwrap_or(ANY_ROUTE).as_bytes(),
+                        group.as_deref().unwrap_or("*").as_bytes(),
                     ),
                     None => continue,
                 },

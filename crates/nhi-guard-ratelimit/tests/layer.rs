@@ -395,6 +395,73 @@ async fn registry_tiers_apply_live_and_principal_extension_is_read() {
 }
 
 #[tokio::test]
+async fn route_groups_from_a_shared_route_table() {
+    use nhi_guard_core::route::{Route, Routes};
+    use nhi_guard_ratelimit::RateGroup;
+    let routes = Routes::builder()
+        .route(Route::get("/exports/{day}").with(RateGroup::new("exports")))
+        .route(Route::post("/exports").with(RateGroup::new("exports")))
+        .route(Route::get("/orders/{id}"))
+        .build()
+        .expect("valid");
+    let layer = RateLimitLayer::new()
+        .clock(Arc::new(clock()))
+        .routes(&routes)
+        .expect("routes")
+        .limit(Limit::per_client_route("per-client-route").route_quota("exports", quota(1, 1)))
+        .expect("limit");
+    let mut svc = layer.clone().layer(ok_service());
+    let p = principal(
+        "svc",
+        "default",
+        Tier {
+            per_second: 10,
+            burst: 2,
+        },
+    );
+    // Two routes of one group share the key and the group's quota.
+    let (res, _) = send(&mut svc, Req::to("/exports/2026-01-01").by(&p)).await;
+    assert_eq!(res.status(), 200);
+    let (req, _) = Req::to("/exports").by(&p).build();
+    let (mut parts, body) = req.into_parts();
+    parts.method = http::Method::POST;
+    let res = svc
+        .ready()
+        .await
+        .expect("ready")
+        .call(Request::from_parts(parts, body))
+        .await
+        .expect("ok");
+    assert_eq!(res.status(), 429);
+    // A route without a group is its own, named by its template: every order id
+    // shares one key at the tier's burst of 2.
+    for (i, id) in ["/orders/1", "/orders/2", "/orders/3"].into_iter().enumerate() {
+        let (res, _) = send(&mut svc, Req::to(id).by(&p)).await;
+        assert_eq!(res.status() == 200, i < 2, "request {i}");
+    }
+    // The key does not depend on what another table matched first: the context
+    // says `/{*any}`, the layer still finds `/orders/{id}` in its own table.
+    let other = Routes::builder()
+        .route(Route::any("/{*any}"))
+        .build()
+        .expect("valid");
+    let (req, ctx) = Req::to("/orders/4").by(&p).build();
+    other.resolve(req.method(), req.uri().path(), req.extensions());
+    assert_eq!(ctx.route().as_deref(), Some("/{*any}"));
+    let res = svc.ready().await.expect("ready").call(req).await.expect("ok");
+    assert_eq!(res.status(), 429, "same key as /orders/1..3");
+    // Groups come from one table or from prefixes, not both.
+    let e = layer.route_group("x", "/x").expect_err("both");
+    assert_eq!(e.kind(), nhi_guard_core::config::ConfigErrorKind::Conflict);
+    let e = RateLimitLayer::new()
+        .route_group("x", "/x")
+        .expect("prefix")
+        .routes(&routes)
+        .expect_err("both");
+    assert_eq!(e.kind(), nhi_guard_core::config::ConfigErrorKind::Conflict);
+}
+
+#[tokio::test]
 async fn per_route_groups_and_overrides() {
     let clock = clock();
     let mut svc = RateLimitLayer::new()
