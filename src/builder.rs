@@ -9,12 +9,13 @@ use nhi_guard_core::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::config::{ConfigError, ConfigErrorKind};
 use nhi_guard_core::registry::SharedRegistry;
+use nhi_guard_core::route::Routes;
 use nhi_guard_core::settings::LayerSettings;
 use nhi_guard_identity::{IdentityLayer, IdentityLayerBuilder};
 use nhi_guard_ratelimit::{AuthFailureLimitLayer, RateLimitLayer};
 use nhi_guard_risk::{RiskEdgeLayer, RiskLayer};
-use nhi_guard_scope::ScopeLayer;
 use nhi_guard_scope::report::warn_unreachable_rules;
+use nhi_guard_scope::{Policy, Require, ScopeLayer};
 use tower::layer::util::Stack;
 use tower::util::Either;
 use tower_layer::Layer;
@@ -74,6 +75,7 @@ impl NhiGuard {
             risk: None,
             rate_limit: None,
             scope: None,
+            routes: None,
             check_policy_scopes: false,
             realm: None,
         }
@@ -98,6 +100,7 @@ pub struct NhiGuardBuilder {
     risk: Option<RiskLayer>,
     rate_limit: Option<RateLimitLayer>,
     scope: Option<ScopeLayer>,
+    routes: Option<Routes>,
     check_policy_scopes: bool,
     realm: Option<Arc<str>>,
 }
@@ -187,6 +190,19 @@ impl NhiGuardBuilder {
         self
     }
 
+    /// The one route table of the stack: each route declares its scope
+    /// requirement (`Require`), risk attributes (`RouteRisk`) and rate-limit group
+    /// (`RateGroup`) once, and every layer matches a request against it once.
+    ///
+    /// The table becomes the scope policy when no scope layer is given (deny for
+    /// routes without a `Require` and for requests outside the table), the risk
+    /// layer's routes when it has none of its own, and the route groups of the rate
+    /// limits that have none.
+    pub fn routes(mut self, routes: Routes) -> Self {
+        self.routes = Some(routes);
+        self
+    }
+
     /// Whether `build` refuses a scope policy with a rule no client in the inventory
     /// can pass (default: off). Either way each such rule is logged as a warning,
     /// counted in the `nhi_guard_scope_unreachable_rules` gauge, and listed by the
@@ -206,7 +222,10 @@ impl NhiGuardBuilder {
     /// identity, a client whose tier is not defined, a policy rule no client can
     /// pass (only with [`NhiGuardBuilder::check_policy_scopes`]), and the controls'
     /// own configuration errors.
-    pub fn build(self) -> Result<NhiGuardLayer, BuildError> {
+    pub fn build(mut self) -> Result<NhiGuardLayer, BuildError> {
+        if let Some(routes) = self.routes.take() {
+            self.use_routes(&routes)?;
+        }
         let clients = self.registry.clients();
         for c in &clients {
             if self.registry.tier(c.tier()).is_none() {
@@ -402,6 +421,32 @@ type Layers = Stack<
         >,
     >,
 >;
+
+impl NhiGuardBuilder {
+    /// Hands the one route table to the layers that have no routes of their own.
+    fn use_routes(&mut self, routes: &Routes) -> Result<(), BuildError> {
+        if self.scope.is_none() && routes.routes().iter().any(|r| r.attr::<Require>().is_some()) {
+            self.scope = Some(ScopeLayer::new(Policy::from_routes(routes)?));
+        }
+        if let Some(risk) = self.risk.take() {
+            self.risk = Some(if risk.has_routes() {
+                risk
+            } else {
+                risk.routes(routes)?
+            });
+        }
+        for limit in [&mut self.address_limit, &mut self.rate_limit] {
+            if let Some(l) = limit.take() {
+                *limit = Some(if l.has_route_groups() {
+                    l
+                } else {
+                    l.routes(routes)?
+                });
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The composed stack: audit → address rate limit → failure limit → risk edge →
 /// identity → risk → rate limit → scope → your service. Cheap to clone.

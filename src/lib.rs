@@ -71,6 +71,7 @@ pub use nhi_guard_scope as scope;
 pub mod prelude {
     pub use nhi_guard_core::clock::{Clock, SharedClock, SystemClock};
     pub use nhi_guard_core::registry::{ClientRecord, ClientRegistry, InMemoryRegistry, Inventory, Tier};
+    pub use nhi_guard_core::route::Routes;
     pub use nhi_guard_core::{ClientAddrResolver, Denial, Principal, ScopeSet, SecurityContext};
 
     #[cfg(feature = "audit")]
@@ -78,9 +79,9 @@ pub mod prelude {
     #[cfg(feature = "identity")]
     pub use nhi_guard_identity::{IdentityLayer, Issuer};
     #[cfg(feature = "ratelimit")]
-    pub use nhi_guard_ratelimit::{Limit, RateLimitLayer};
+    pub use nhi_guard_ratelimit::{Limit, RateGroup, RateLimitLayer};
     #[cfg(feature = "risk")]
-    pub use nhi_guard_risk::{RiskLayer, Route};
+    pub use nhi_guard_risk::{RiskLayer, Route, RouteRisk};
     #[cfg(feature = "scope")]
     pub use nhi_guard_scope::{Policy, Require, ScopeLayer};
 

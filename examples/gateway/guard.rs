@@ -11,13 +11,14 @@ use nhi_guard::core::clock::SharedClock;
 use nhi_guard::core::config::ConfigError;
 use nhi_guard::core::metrics as guard_metrics;
 use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
+use nhi_guard::core::route::{Route, Routes};
 use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard::identity::{
     DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys, Revocations,
     UngovernedClients,
 };
 use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryRateLimitStore, Limit, RateLimitLayer};
-use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, Route};
+use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, RouteRisk};
 use nhi_guard::scope::report::{ReportService, warn_unreachable_rules};
 use nhi_guard::scope::{InMemoryUsageStore, Policy, Require, ScopeLayer, SharedUsageStore};
 use nhi_guard::{NhiGuard, NhiGuardLayer};
@@ -60,25 +61,48 @@ impl Guard {
     }
 }
 
-/// The demo routes' scope policy. Shared with the edge proxy so both protect the
-/// same paths the same way.
-pub(crate) fn policy() -> Policy {
-    Policy::builder()
-        .public(http::Method::GET, "/healthz")
-        .public(http::Method::GET, "/.well-known/jwks.json")
-        .get("/orders", Require::all_of("orders:read"))
-        .post("/orders", Require::all_of("orders:write"))
-        .get("/inventory/{sku}", Require::all_of("inventory:read"))
-        .post("/inventory/{sku}/reserve", Require::all_of("inventory:write"))
-        .get("/admin/clients", Require::all_of("admin"))
-        .get("/admin/risk/decisions", Require::all_of("admin"))
-        .get("/admin/clients/ungoverned", Require::all_of("admin"))
-        .get("/admin/revocations", Require::all_of("admin"))
-        .post("/admin/revocations", Require::all_of("admin"))
-        .delete("/admin/revocations/{id}", Require::all_of("admin"))
-        .get("/metrics", Require::all_of("admin"))
+/// The demo's one route table: each route's required scopes and risk attributes
+/// declared once. Shared with the edge proxy so both protect the same paths the same
+/// way; every layer of the stack matches a request against it once.
+pub(crate) fn routes() -> Routes {
+    let admin = || Require::all_of("admin");
+    Routes::builder()
+        .route(Route::get("/healthz").with(Require::public()))
+        .route(Route::get("/.well-known/jwks.json").with(Require::public()))
+        .route(Route::get("/orders").with(Require::all_of("orders:read")))
+        .route(Route::post("/orders").with(Require::all_of("orders:write")))
+        // Enumeration on the inventory reads, hoarding on reservations.
+        .route(
+            Route::get("/inventory/{sku}")
+                .with(Require::all_of("inventory:read"))
+                .with(RouteRisk::new().group("inventory")),
+        )
+        .route(
+            Route::post("/inventory/{sku}/reserve")
+                .with(Require::all_of("inventory:write"))
+                .with(RouteRisk::new().scarce()),
+        )
+        // The inventory report: more sensitive.
+        .route(
+            Route::get("/admin/clients").with(admin()).with(
+                RouteRisk::new()
+                    .sensitivity(1.5)
+                    .expect("constant weight is valid"),
+            ),
+        )
+        .route(Route::get("/admin/risk/decisions").with(admin()))
+        .route(Route::get("/admin/clients/ungoverned").with(admin()))
+        .route(Route::get("/admin/revocations").with(admin()))
+        .route(Route::post("/admin/revocations").with(admin()))
+        .route(Route::delete("/admin/revocations/{id}").with(admin()))
+        .route(Route::get("/metrics").with(admin()))
         .build()
-        .expect("the demo policy is valid")
+        .expect("the demo route table is valid")
+}
+
+/// The scope policy of a route table.
+pub(crate) fn policy(routes: &Routes) -> Policy {
+    Policy::from_routes(routes).expect("the demo's requirements are valid")
 }
 
 /// Installs the process-wide Prometheus recorder of the `metrics` facade. Call it
@@ -195,10 +219,11 @@ pub(crate) async fn build(
         Some(store) => Arc::new(store.clone()),
         None => Arc::new(InMemoryUsageStore::default()),
     };
-    let scope = ScopeLayer::new(policy()).usage_store(usage.clone());
+    let routes = routes();
+    let scope = ScopeLayer::new(policy(&routes)).usage_store(usage.clone());
     let reports = ReportService::new(registry.clone(), usage)
         .clock(clock.clone())
-        .policy(policy());
+        .policy(policy(&routes));
 
     // Rate limits: by address before authentication, failed authentications, and
     // per client at its inventory tier after.
@@ -237,7 +262,7 @@ pub(crate) async fn build(
     let risk = match mode {
         None => None,
         Some(mode) => {
-            let mut layer = risk_layer(mode).map_err(|e| e.to_string())?;
+            let mut layer = risk_layer(mode);
             if let Some(url) = &config.redis_url {
                 let store = nhi_guard_redis::risk::RedisRiskStore::connect(
                     url,
@@ -285,7 +310,8 @@ pub(crate) async fn build(
         .auth_failure_limit(failures)
         .identity(identity)
         .rate_limit(client_limit)
-        .scope(scope);
+        .scope(scope)
+        .routes(routes);
     if let Some(risk) = risk {
         builder = builder.risk(risk);
     }
@@ -320,16 +346,12 @@ fn limits(config: &Config) -> Result<(RateLimitLayer, RateLimitLayer), ConfigErr
     Ok((address, client))
 }
 
-/// Risk: enumeration on the inventory reads, hoarding on reservations, the report
-/// more sensitive.
-fn risk_layer(mode: Mode) -> Result<RiskLayer, ConfigError> {
+/// Risk; its routes are the route table's (given to the whole stack).
+fn risk_layer(mode: Mode) -> RiskLayer {
     RiskLayer::new()
         .mode(mode)
         // The bulk tier's clients read and reserve in volume by contract.
         .bulk_tier("bulk")
-        .route(Route::new("GET", "/inventory/{sku}")?.group("inventory"))?
-        .route(Route::new("POST", "/inventory/{sku}/reserve")?.scarce())?
-        .route(Route::new("GET", "/admin/clients")?.sensitivity(1.5)?)
 }
 
 /// Serves `router` (recording each connection's peer address for the client-address
@@ -421,7 +443,7 @@ pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
                 return;
             };
-            let policy = policy();
+            let policy = policy(&routes());
             while hup.recv().await.is_some() {
                 match registry.reload_from_file(&path) {
                     Ok(()) => {

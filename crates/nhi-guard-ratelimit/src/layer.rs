@@ -278,6 +278,12 @@ impl RateLimitLayer {
         Ok(self)
     }
 
+    /// Whether the layer has route groups: path prefixes
+    /// ([`RateLimitLayer::route_group`]) or a shared table ([`RateLimitLayer::routes`]).
+    pub fn has_route_groups(&self) -> bool {
+        self.config.route_groups.is_configured()
+    }
+
     /// Reads the route groups from the shared route table: a route's
     /// [`RateGroup`](crate::RateGroup), else its template. Requests in no route are
     /// in the group `*`. The stack's layers given the same table match each request

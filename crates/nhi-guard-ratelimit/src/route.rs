@@ -85,6 +85,10 @@ impl RouteGroups {
         Ok(())
     }
 
+    pub(crate) fn is_configured(&self) -> bool {
+        self.routes.is_some()
+    }
+
     /// Reads the groups from a shared table.
     pub(crate) fn shared(&mut self, routes: &Routes) -> Result<(), ConfigError> {
         if !self.own.is_empty() {

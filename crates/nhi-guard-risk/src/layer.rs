@@ -148,6 +148,12 @@ impl RiskLayer {
         Ok(self)
     }
 
+    /// Whether the layer has routes: its own ([`RiskLayer::route`]) or a shared
+    /// table ([`RiskLayer::routes`]).
+    pub fn has_routes(&self) -> bool {
+        self.engine.routes.is_configured()
+    }
+
     /// Reads the risk routes from the shared route table: the routes with a
     /// [`RouteRisk`](crate::RouteRisk) attribute. The stack's layers given the same table match each
     /// request once.

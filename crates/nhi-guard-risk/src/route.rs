@@ -365,6 +365,10 @@ impl RouteTable {
         Ok(())
     }
 
+    pub(crate) fn is_configured(&self) -> bool {
+        self.shared || !self.own.is_empty()
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.compiled.iter().all(Option::is_none)
     }
