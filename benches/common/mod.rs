@@ -78,13 +78,24 @@ pub(crate) fn identity(registry: &Arc<InMemoryRegistry>, keys: &KeySet) -> Ident
     IdentityLayer::builder(registry.clone()).issuer(Issuer::new(ISS).audience(AUD).static_keys(keys.clone()))
 }
 
-pub(crate) fn policy() -> Policy {
-    Policy::builder()
-        .get("/orders", Require::all_of("orders:read"))
+/// The one route table: `GET /orders` needs `orders:read` and is a risk route.
+pub(crate) fn routes() -> Routes {
+    Routes::builder()
+        .route(
+            nhi_guard::core::route::Route::get("/orders")
+                .with(Require::all_of("orders:read"))
+                .with(RouteRisk::new()),
+        )
         .build()
         .unwrap()
 }
 
+/// The scope policy of a table of its own.
+pub(crate) fn policy() -> Policy {
+    Policy::from_routes(&routes()).unwrap()
+}
+
+/// The risk layer with a route table of its own.
 pub(crate) fn risk() -> RiskLayer {
     RiskLayer::new()
         .route(Route::new("GET", "/orders").unwrap())
@@ -113,7 +124,7 @@ pub(crate) fn audit_with(dir: &Path, name: &str, fsync: FsyncPolicy) -> (AuditLa
 
 /// Every control: audit (when given) → rate limit by address → failure-only limit →
 /// risk edge → identity (RS256, verified-token cache) → risk → rate limit by client
-/// (inventory tier) → scope.
+/// (inventory tier) → scope, with one route table matched once per request.
 pub(crate) fn full_stack(
     registry: &Arc<InMemoryRegistry>,
     keys: &KeySet,
@@ -127,13 +138,13 @@ pub(crate) fn full_stack(
         )
         .auth_failure_limit(AuthFailureLimitLayer::new(quota()))
         .identity(identity(registry, keys))
-        .risk(risk())
+        .risk(RiskLayer::new())
         .rate_limit(
             RateLimitLayer::new()
                 .limit(Limit::per_client("per-client"))
                 .unwrap(),
         )
-        .scope(ScopeLayer::new(policy()));
+        .routes(routes());
     if let Some(a) = audit {
         b = b.audit(a);
     }

@@ -217,6 +217,7 @@ impl AuditEvent {
             .matched_route
             .as_ref()
             .map(route_str)
+            .or_else(|| self.ctx.matched_template())
             .or(state.route.as_deref())
             .or(self.info.raw_path.as_deref())
     }

@@ -361,6 +361,12 @@ impl SecurityContext {
         }
     }
 
+    /// The template the first route table matched, borrowed (no template set by
+    /// hand: see [`SecurityContext::route`]).
+    pub fn matched_template(&self) -> Option<&str> {
+        self.inner.route.get().and_then(|m| m.template.as_deref())
+    }
+
     pub(crate) fn route_match(&self) -> Option<&crate::route::RouteMatch> {
         self.inner.route.get()
     }
