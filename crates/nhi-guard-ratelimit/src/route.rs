@@ -78,7 +78,8 @@ impl RouteGroups {
             .routes(own.iter().cloned())
             .build()
             .map_err(|e| {
-                ConfigError::new("rate_limit", "route_group.path_prefix", e.to_string()).kind_of(kind_of(&e))
+                let kind = ConfigError::from(e.clone()).kind();
+                ConfigError::new("rate_limit", "route_group.path_prefix", e.to_string()).kind_of(kind)
             })?;
         self.set(routes);
         self.own = own;
@@ -127,13 +128,6 @@ impl RouteGroups {
                 .unwrap_or_else(|| self.any.clone()),
             None => ctx.route().unwrap_or_else(|| self.any.clone()),
         }
-    }
-}
-
-fn kind_of(e: &nhi_guard_core::route::RouteError) -> ConfigErrorKind {
-    match e.kind() {
-        nhi_guard_core::route::RouteErrorKind::Conflict => ConfigErrorKind::Conflict,
-        _ => ConfigErrorKind::Invalid,
     }
 }
 

@@ -92,12 +92,6 @@ impl Methods {
     pub fn as_slice(&self) -> Option<&[Method]> {
         self.0.as_deref()
     }
-
-    /// Whether `method` is one of them (`HEAD` counts as `GET` here only through
-    /// the table's precedence, not in this test).
-    pub fn contains(&self, method: &Method) -> bool {
-        self.0.as_ref().is_none_or(|ms| ms.contains(method))
-    }
 }
 
 impl From<Method> for Methods {
