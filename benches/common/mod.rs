@@ -90,12 +90,15 @@ pub(crate) fn routes() -> Routes {
         .unwrap()
 }
 
-/// The scope policy of a table of its own.
+/// The scope policy of a table of its own (the `stack` bench's rows built up one
+/// control at a time).
+#[allow(dead_code, reason = "used by the stack bench, not by throughput")]
 pub(crate) fn policy() -> Policy {
     Policy::from_routes(&routes()).unwrap()
 }
 
-/// The risk layer with a route table of its own.
+/// The risk layer with a route table of its own (the `stack` bench's "risk alone").
+#[allow(dead_code, reason = "used by the stack bench, not by throughput")]
 pub(crate) fn risk() -> RiskLayer {
     RiskLayer::new()
         .route(Route::new("GET", "/orders").unwrap())
