@@ -18,9 +18,9 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use nhi_guard::audit::{AuditLayer, AuditWriter, TracingSink};
 use nhi_guard::core::address::PeerAddr;
 use nhi_guard::core::clock::ManualClock;
-use nhi_guard::core::risk_store::RiskKey;
 use nhi_guard::identity::IdentityLayer;
 use nhi_guard::prelude::*;
+use nhi_guard::risk::store::RiskKey;
 use nhi_guard::risk::{Points, RequestFacts, Signal};
 use tower::ServiceExt;
 
@@ -105,7 +105,7 @@ async fn the_stack_counts_decisions_denials_and_risk_scores() {
         .post("/orders", Require::all_of("orders:write"))
         .build()
         .expect("policy");
-    let quota = nhi_guard::core::store::Quota::per_second(1000).expect("quota");
+    let quota = nhi_guard::ratelimit::store::Quota::per_second(1000).expect("quota");
     let guard = NhiGuard::builder(registry.clone())
         .clock(Arc::new(clock.clone()))
         .audit(AuditLayer::new(writer))

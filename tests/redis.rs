@@ -19,10 +19,10 @@ use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, JsonLinesFile, veri
 use nhi_guard::core::address::PeerAddr;
 use nhi_guard::core::clock::ManualClock;
 use nhi_guard::core::registry::{ClientRecord, InMemoryRegistry, Inventory, Tier};
-use nhi_guard::core::risk_store::RiskKey;
-use nhi_guard::core::store::Quota;
 use nhi_guard::identity::IdentityLayer;
+use nhi_guard::ratelimit::store::Quota;
 use nhi_guard::ratelimit::{Limit, RateLimitLayer};
+use nhi_guard::risk::store::RiskKey;
 use nhi_guard::risk::{RiskLayer, RiskOperator};
 use nhi_guard::scope::{Policy, Require, ScopeLayer};
 use nhi_guard::{NhiGuard, ScopeSet};

@@ -13,10 +13,10 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use nhi_guard::NhiGuardLayer;
 use nhi_guard::audit::{AuditHandle, AuditLayer, AuditWriter, FsyncPolicy, JsonLinesFile};
-use nhi_guard::core::store::Quota;
 use nhi_guard::identity::{IdentityLayer, IdentityLayerBuilder, Issuer, KeySet};
 use nhi_guard::prelude::*;
 use nhi_guard::ratelimit::AuthFailureLimitLayer;
+use nhi_guard::ratelimit::store::Quota;
 use nhi_guard::risk::Route;
 
 pub(crate) const ISS: &str = "https://issuer.test";

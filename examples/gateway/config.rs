@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use nhi_guard::core::address::ForwardedHeader;
-use nhi_guard::core::store::Quota;
+use nhi_guard::ratelimit::store::Quota;
 
 /// Everything the gateway reads from its environment.
 #[derive(Debug, Clone)]

@@ -12,11 +12,11 @@ use nhi_guard::core::config::ConfigError;
 use nhi_guard::core::metrics as guard_metrics;
 use nhi_guard::core::registry::{ClientRegistry, InMemoryRegistry};
 use nhi_guard::core::route::{Route, Routes};
-use nhi_guard::core::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard::identity::{
     DemoIssuer, HttpFetcher, IdentityLayer, Issuer, JwksConfig, JwksFetcher, RemoteKeys, Revocations,
     UngovernedClients,
 };
+use nhi_guard::ratelimit::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard::ratelimit::{AuthFailureLimitLayer, InMemoryRateLimitStore, Limit, RateLimitLayer};
 use nhi_guard::risk::{Mode, RiskLayer, RiskOperator, RouteRisk};
 use nhi_guard::scope::report::{ReportService, warn_unreachable_rules};

@@ -48,12 +48,9 @@ pub mod metrics;
 pub mod presented;
 pub mod principal;
 pub mod registry;
-pub mod risk_store;
 pub mod route;
 pub mod scope;
 pub mod settings;
-pub mod store;
-pub mod usage;
 
 #[cfg(feature = "axum")]
 pub mod extract;

@@ -228,7 +228,7 @@ pub fn store_error(store: &'static str, backend: &'static str) {
 }
 
 /// Counts a request decided by a failure policy because the shared store failed
-/// (`policy`: [`FailurePolicy::as_str`](crate::store::FailurePolicy::as_str)).
+/// (`policy`: `FailurePolicy::as_str` (the rate-limit crate's `store` module)).
 pub fn store_fallback(store: &'static str, policy: &'static str) {
     metrics::counter!(STORE_FALLBACKS_TOTAL, "store" => store, "policy" => policy).increment(1);
 }

@@ -25,7 +25,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use nhi_guard_core::address::PeerAddr;
-use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision};
+use nhi_guard_ratelimit::store::{CheckMode, Quota, RateLimitDecision};
 use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, LocalCheck, RateLimitLayer};
 use tower::{Layer, Service, service_fn};
 use tower_governor::GovernorLayer;

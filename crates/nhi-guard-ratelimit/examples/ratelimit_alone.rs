@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use http::Request;
-use nhi_guard_core::store::Quota;
+use nhi_guard_ratelimit::store::Quota;
 use nhi_guard_ratelimit::{AuthFailureLimitLayer, Limit, RateLimitLayer};
 use tower::ServiceExt;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::store::{CheckMode, Quota, RateLimitDecision, ceil_secs};
 use http::{HeaderMap, HeaderName, Request, Response};
 use nhi_guard_core::address::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
@@ -15,7 +16,6 @@ use nhi_guard_core::denial::{DefaultRenderer, Protocol, RenderDenial, SharedRend
 use nhi_guard_core::future::ResponseFuture as GuardFuture;
 use nhi_guard_core::presented::{DEFAULT_API_KEY_HEADER, presented_credential};
 use nhi_guard_core::settings::{Explicit, LayerSettings};
-use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision, ceil_secs};
 use nhi_guard_core::{CredentialFingerprint, Denial, GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -76,7 +76,7 @@ impl fmt::Debug for FailureConfig {
 /// default), which is what the identity layer fingerprints too.
 ///
 /// ```
-/// use nhi_guard_core::store::Quota;
+/// use nhi_guard_ratelimit::store::Quota;
 /// use nhi_guard_ratelimit::AuthFailureLimitLayer;
 ///
 /// // Five failures, then one more every minute.

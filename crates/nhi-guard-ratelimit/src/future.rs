@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use crate::store::{CheckMode, RateLimitCheck, RateLimitDecision, StoreFuture};
 use http::{Request, Response};
 use nhi_guard_core::denial::Protocol;
 use nhi_guard_core::future::Rejection;
-use nhi_guard_core::store::{CheckMode, RateLimitCheck, RateLimitDecision, StoreFuture};
 use nhi_guard_core::{GuardBody, SecurityContext};
 use pin_project_lite::pin_project;
 use tower_service::Service;

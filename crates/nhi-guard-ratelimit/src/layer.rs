@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::store::{Quota, RateLimitStore};
 use http::HeaderName;
 use nhi_guard_core::address::ClientAddrResolver;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
@@ -10,7 +11,6 @@ use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
 use nhi_guard_core::presented::DEFAULT_API_KEY_HEADER;
 use nhi_guard_core::registry::SharedRegistry;
 use nhi_guard_core::settings::{Explicit, LayerSettings};
-use nhi_guard_core::store::{Quota, RateLimitStore};
 use tower_layer::Layer;
 
 use crate::limit::Limit;

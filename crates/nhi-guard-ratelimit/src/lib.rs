@@ -19,14 +19,14 @@
 //!
 //! State lives in an [`InMemoryRateLimitStore`] (sharded, bounded, exact under concurrency,
 //! no allocation or boxed future per request) or in any shared
-//! [`RateLimitStore`](nhi_guard_core::store::RateLimitStore), such as
+//! [`RateLimitStore`](nhi_guard_ratelimit::store::RateLimitStore), such as
 //! `nhi_guard_redis::RedisStore`.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use std::convert::Infallible;
 //! use http::{Request, Response};
-//! use nhi_guard_core::store::Quota;
+//! use nhi_guard_ratelimit::store::Quota;
 //! use nhi_guard_ratelimit::{Limit, RateLimitLayer};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
 //!
@@ -59,6 +59,7 @@ mod limit;
 mod memory;
 mod route;
 mod service;
+pub mod store;
 
 pub use crate::failure::{
     AuthFailureLimit, AuthFailureLimitLayer, FAILURES_BY_ADDRESS, FAILURES_BY_CREDENTIAL, FailureFuture,

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::store::Quota;
 use nhi_guard_core::SecurityContext;
-use nhi_guard_core::store::Quota;
 
 /// A function computing a custom key from the request head and the security
 /// context. `None` means the limit does not apply to this request.
@@ -41,7 +41,7 @@ pub(crate) enum QuotaSource {
 /// its quota and the cost of one request.
 ///
 /// ```
-/// use nhi_guard_core::store::Quota;
+/// use nhi_guard_ratelimit::store::Quota;
 /// use nhi_guard_ratelimit::Limit;
 ///
 /// let per_ip = Limit::per_address("per-ip", Quota::per_second(100).unwrap());

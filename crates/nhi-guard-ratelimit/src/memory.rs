@@ -7,10 +7,10 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use nhi_guard_core::clock::{SharedClock, SystemClock};
-use nhi_guard_core::store::{
+use crate::store::{
     CheckMode, Quota, RateLimitCheck, RateLimitDecision, RateLimitStore, StoreError, StoreFuture,
 };
+use nhi_guard_core::clock::{SharedClock, SystemClock};
 
 /// The most limits one request may be checked against at once.
 pub const MAX_LIMITS: usize = 8;
@@ -65,7 +65,7 @@ struct Shard {
 /// (counted in [`InMemoryRateLimitStore::evicted_active`]).
 ///
 /// ```
-/// use nhi_guard_core::store::{CheckMode, Quota};
+/// use nhi_guard_ratelimit::store::{CheckMode, Quota};
 /// use nhi_guard_ratelimit::{InMemoryRateLimitStore, LocalCheck};
 ///
 /// let store = InMemoryRateLimitStore::new();
@@ -421,7 +421,7 @@ impl InMemoryRateLimitStore {
     ) -> Result<Vec<RateLimitDecision>, StoreError> {
         if checks.len() > MAX_LIMITS {
             return Err(StoreError::new(
-                nhi_guard_core::store::StoreErrorKind::Protocol,
+                crate::store::StoreErrorKind::Protocol,
                 format!("at most {MAX_LIMITS} limits per request"),
             ));
         }

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision, ceil_secs};
 use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::denial::{GrpcCode, Protocol, RATELIMIT, RATELIMIT_POLICY, respond};
 use nhi_guard_core::presented::presented_credential;
-use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision, ceil_secs};
 use nhi_guard_core::{ClientId, Denial, GuardBody, Principal, SecurityContext};
 use tower_service::Service;
 
@@ -139,7 +139,7 @@ pub(crate) fn verdict<B>(
         format!(
             "Rate limit \"{}\" exceeded; retry in {} s",
             decided.policy,
-            nhi_guard_core::store::ceil_secs(retry).max(1)
+            crate::store::ceil_secs(retry).max(1)
         ),
         retry.max(Duration::from_nanos(1)),
     )

@@ -13,8 +13,8 @@ use http_body_util::{BodyExt, Full};
 use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::clock::ManualClock;
 use nhi_guard_core::context::{Control, Decision};
-use nhi_guard_core::store::Quota;
 use nhi_guard_core::{CredentialFingerprint, Denial, SecurityContext};
+use nhi_guard_ratelimit::store::Quota;
 use nhi_guard_ratelimit::{AuthFailureLimitLayer, FAILURES_BY_ADDRESS, FAILURES_BY_CREDENTIAL};
 use tower::{Layer, Service, ServiceExt, service_fn};
 

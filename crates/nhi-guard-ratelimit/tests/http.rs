@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::routing::get;
-use nhi_guard_core::store::Quota;
+use nhi_guard_ratelimit::store::Quota;
 use nhi_guard_ratelimit::{Limit, RateLimitLayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -13,10 +13,10 @@ use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::clock::{ManualClock, SharedClock};
 use nhi_guard_core::context::{Control, Decision};
 use nhi_guard_core::registry::{ClientRecord, InMemoryRegistry, Inventory};
-use nhi_guard_core::store::{
+use nhi_guard_core::{CredentialInfo, GuardBody, Principal, ScopeSet, SecurityContext, Tier};
+use nhi_guard_ratelimit::store::{
     CheckMode, Quota, RateLimitCheck, RateLimitStore, StoreError, StoreErrorKind, StoreFuture,
 };
-use nhi_guard_core::{CredentialInfo, GuardBody, Principal, ScopeSet, SecurityContext, Tier};
 use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, RateLimitLayer, RequestCost};
 use tower::{Layer, Service, ServiceExt, service_fn};
 

@@ -1,7 +1,7 @@
 //! Memory per live key of the in-memory store, measured two ways: the store's own
 //! account of its tables, and the process's resident memory (Linux).
 
-use nhi_guard_core::store::{CheckMode, Quota, RateLimitDecision};
+use nhi_guard_ratelimit::store::{CheckMode, Quota, RateLimitDecision};
 use nhi_guard_ratelimit::{InMemoryRateLimitStore, LocalCheck};
 
 fn rss_bytes() -> Option<usize> {

@@ -12,7 +12,7 @@ use metrics_util::debugging::DebuggingRecorder;
 use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::clock::ManualClock;
 use nhi_guard_core::metrics::{DENIALS_TOTAL, REQUESTS_TOTAL, SHADOW_DENIALS_TOTAL};
-use nhi_guard_core::store::{
+use nhi_guard_ratelimit::store::{
     CheckMode, Quota, RateLimitCheck, RateLimitStore, StoreError, StoreErrorKind, StoreFuture,
 };
 use nhi_guard_ratelimit::{Limit, RateLimitLayer};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use nhi_guard_core::store::{CheckMode, Quota, RateLimitCheck, RateLimitStore};
+use nhi_guard_ratelimit::store::{CheckMode, Quota, RateLimitCheck, RateLimitStore};
 use nhi_guard_redis::RedisStore;
 use nhi_guard_redis::testing::RedisServer;
 

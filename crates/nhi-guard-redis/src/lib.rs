@@ -1,15 +1,15 @@
 //! Redis implementations of the nhi-guard store traits, so that several replicas
 //! share one state.
 //!
-//! [`RedisStore`] implements [`RateLimitStore`](nhi_guard_core::store::RateLimitStore):
+//! [`RedisStore`] implements [`RateLimitStore`](nhi_guard_ratelimit::store::RateLimitStore):
 //! GCRA in one atomic Lua script per request (all of its limits, one round trip),
 //! on the Redis server's clock, keys with TTLs, and an explicit
-//! [`FailurePolicy`](nhi_guard_core::store::FailurePolicy) with a timeout when Redis
+//! [`FailurePolicy`](nhi_guard_ratelimit::store::FailurePolicy) with a timeout when Redis
 //! is slow or down. Plug it into `nhi_guard_ratelimit::RateLimitLayer::shared_store`.
 //!
 //! ```
 //! use std::time::Duration;
-//! use nhi_guard_core::store::FailurePolicy;
+//! use nhi_guard_ratelimit::store::FailurePolicy;
 //! use nhi_guard_redis::RedisStore;
 //!
 //! // Invalid configuration fails when the store is built, naming the field.
@@ -21,11 +21,20 @@
 //! assert_eq!(err.field(), "fallback_store");
 //! ```
 
+//! One feature per control whose store this crate implements: `ratelimit`,
+//! `risk` and `usage` (on by default), and `revocations`.
+
+#[cfg(feature = "ratelimit")]
 mod ratelimit;
 #[cfg(feature = "revocations")]
 pub mod revocations;
+#[cfg(feature = "risk")]
 pub mod risk;
 pub mod testing;
+#[cfg(feature = "usage")]
 pub mod usage;
 
-pub use crate::ratelimit::{ConfigError, RedisStore, RedisStoreBuilder};
+pub use nhi_guard_core::config::ConfigError;
+
+#[cfg(feature = "ratelimit")]
+pub use crate::ratelimit::{RedisStore, RedisStoreBuilder};

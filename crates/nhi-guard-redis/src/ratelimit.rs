@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use nhi_guard_core::store::{
+use nhi_guard_ratelimit::store::{
     CheckMode, FailurePolicy, RateLimitCheck, RateLimitDecision, RateLimitStore, StoreError, StoreErrorKind,
     StoreFuture,
 };
@@ -74,7 +74,7 @@ for i = 1, n do out[#out + 1] = diffs[i] end
 return out
 ";
 
-pub use nhi_guard_core::config::ConfigError;
+use nhi_guard_core::config::ConfigError;
 
 /// Builds a [`RedisStore`].
 #[must_use]
@@ -242,7 +242,7 @@ struct Inner {
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use nhi_guard_core::store::FailurePolicy;
+/// use nhi_guard_ratelimit::store::FailurePolicy;
 /// use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, RateLimitLayer};
 /// use nhi_guard_redis::RedisStore;
 ///
@@ -400,7 +400,7 @@ fn decisions_from_reply(
     let passed = reply[0] == 1;
     // Repeated keys see their earlier spending in the script; recompute alike.
     let mut all = true;
-    let mut out: Vec<(nhi_guard_core::store::GcraStep, u64)> = Vec::with_capacity(checks.len());
+    let mut out: Vec<(nhi_guard_ratelimit::store::GcraStep, u64)> = Vec::with_capacity(checks.len());
     for (i, (c, &diff)) in checks.iter().zip(&reply[3..]).enumerate() {
         let earlier = (0..i).rev().find(|&j| {
             checks[j].policy == c.policy && checks[j].key == c.key && checks[j].qualifier == c.qualifier
@@ -484,7 +484,7 @@ impl RateLimitStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nhi_guard_core::store::Quota;
+    use nhi_guard_ratelimit::store::Quota;
 
     fn check(policy: &str, key: &[u8], qualifier: &[u8]) -> RateLimitCheck {
         RateLimitCheck {

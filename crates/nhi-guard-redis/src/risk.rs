@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nhi_guard_core::risk_store::{
+use nhi_guard_risk::store::{
     RiskKey, RiskStore, RiskStoreError, RiskStoreFuture, StickyAction, StickyDecision,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

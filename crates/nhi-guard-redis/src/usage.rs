@@ -17,7 +17,7 @@
 //! so a report never claims a client unseen because a replica's view was missing.
 //!
 //! ```no_run
-//! # async fn run() -> Result<(), nhi_guard_core::usage::UsageStoreError> {
+//! # async fn run() -> Result<(), nhi_guard_scope::usage::UsageStoreError> {
 //! use std::sync::Arc;
 //! use nhi_guard_redis::usage::RedisUsageStore;
 //!
@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nhi_guard_core::ClientId;
-use nhi_guard_core::usage::{
+use nhi_guard_scope::usage::{
     ClientUsage, InMemoryUsageStore, ScopeStat, ScopeUsageStore, UsageFuture, UsageLimits, UsageStoreError,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use metrics_util::debugging::DebuggingRecorder;
 use nhi_guard_core::metrics::{STORE_ERRORS_TOTAL, STORE_FALLBACKS_TOTAL};
-use nhi_guard_core::risk_store::{RiskKey, RiskStore};
-use nhi_guard_core::store::{CheckMode, FailurePolicy, Quota, RateLimitCheck, RateLimitStore};
+use nhi_guard_ratelimit::store::{CheckMode, FailurePolicy, Quota, RateLimitCheck, RateLimitStore};
 use nhi_guard_redis::RedisStore;
 use nhi_guard_redis::risk::RedisRiskStore;
 use nhi_guard_redis::testing::RedisServer;
+use nhi_guard_risk::store::{RiskKey, RiskStore};
 use nhi_guard_testkit::metrics::Snapshot;
 
 fn closed_port_url() -> String {

@@ -7,9 +7,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nhi_guard_core::ClientId;
-use nhi_guard_core::usage::ScopeUsageStore;
 use nhi_guard_redis::testing::RedisServer;
 use nhi_guard_redis::usage::RedisUsageStore;
+use nhi_guard_scope::usage::ScopeUsageStore;
 
 fn t(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_900_000_000 + secs)

@@ -6,11 +6,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::{RiskKey, RiskStore, StickyAction, StickyDecision};
 use http::StatusCode;
 use nhi_guard_core::context::{ContextState, Decision, RiskAssessment, SignalHit};
 use nhi_guard_core::denial::SharedRenderer;
 use nhi_guard_core::hash::FxBuildHasher;
-use nhi_guard_core::risk_store::{RiskKey, RiskStore, StickyAction, StickyDecision};
 use nhi_guard_core::{ClientAddrResolver, Control, CredentialInfo, Denial, SecurityContext, SharedClock};
 
 use crate::explain::{DecisionLog, ExplainedDecision};
@@ -585,7 +585,7 @@ pub(crate) async fn share_failure(
     shared: &Shared,
     f: &RequestFacts,
     cooldown: Duration,
-) -> Result<Option<StickyDecision>, nhi_guard_core::risk_store::RiskStoreError> {
+) -> Result<Option<StickyDecision>, crate::store::RiskStoreError> {
     let (Some((ip, _)), Some((net, _)), Some((fp, _)), Some(_)) =
         (f.addr, f.network, f.credential, f.identity_failure)
     else {
@@ -645,7 +645,7 @@ pub(crate) async fn share_failure(
 pub(crate) async fn shared_check(
     shared: &Shared,
     f: &RequestFacts,
-) -> Result<Option<StickyDecision>, nhi_guard_core::risk_store::RiskStoreError> {
+) -> Result<Option<StickyDecision>, crate::store::RiskStoreError> {
     let mut keys = Vec::with_capacity(4);
     if let Some((ip, _)) = f.addr {
         keys.push(RiskKey::Address(ip));

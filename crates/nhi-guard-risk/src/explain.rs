@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use crate::store::{RiskKey, StickyAction};
 use nhi_guard_core::ClientId;
 use nhi_guard_core::context::SignalHit;
-use nhi_guard_core::risk_store::{RiskKey, StickyAction};
 
 /// One risk action and why it was taken. A key that keeps earning the same action
 /// (a throttled client that keeps scoring) is one entry, counted in `repeats`,

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::store::RiskStore;
 use nhi_guard_core::denial::{DefaultRenderer, RenderDenial, SharedRenderer};
 use nhi_guard_core::metrics::{ControlMetrics, LazyHistogram};
-use nhi_guard_core::risk_store::RiskStore;
 use nhi_guard_core::settings::{Explicit, LayerSettings};
 use nhi_guard_core::{ClientAddrResolver, SharedClock, SystemClock};
 use tower_layer::Layer;

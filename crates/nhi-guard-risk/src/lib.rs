@@ -73,7 +73,7 @@
 //!
 //! ```
 //! use std::borrow::Cow;
-//! use nhi_guard_core::risk_store::RiskKey;
+//! use nhi_guard_risk::store::RiskKey;
 //! use nhi_guard_risk::{Mode, Points, RequestFacts, RiskLayer, Signal, Thresholds};
 //!
 //! /// Anything from 127.66.0.0/16 is suspicious (a known bad range, say).
@@ -110,6 +110,7 @@ mod signal;
 pub mod signals;
 pub mod state;
 mod sticky;
+pub mod store;
 
 pub use crate::engine::{ABNORMAL_USAGE_POLICY, Cooldowns, Mode, SharedLimits, Thresholds};
 pub use crate::error::ConfigError;

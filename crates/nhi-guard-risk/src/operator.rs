@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use nhi_guard_core::risk_store::{RiskKey, RiskStoreError, StickyDecision};
+use crate::store::{RiskKey, RiskStoreError, StickyDecision};
 
 use crate::engine::Engine;
 use crate::explain::ExplainedDecision;

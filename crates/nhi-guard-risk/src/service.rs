@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::store::StickyAction;
 use http::{Request, Response, StatusCode};
 use nhi_guard_core::denial::{GrpcCode, respond};
-use nhi_guard_core::risk_store::StickyAction;
 use nhi_guard_core::{Control, Denial, GuardBody, Protocol, SecurityContext};
 use tower_service::Service;
 

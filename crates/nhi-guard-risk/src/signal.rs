@@ -5,9 +5,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use crate::store::RiskKey;
 use http::StatusCode;
 use ipnet::IpNet;
-use nhi_guard_core::risk_store::RiskKey;
 use nhi_guard_core::{ClientId, CredentialFingerprint};
 
 use crate::state::KeyHasher;
@@ -152,7 +152,7 @@ impl RequestFacts {
     #[must_use]
     pub fn with_addr(mut self, hasher: &KeyHasher, ip: IpAddr) -> Self {
         let ip = nhi_guard_core::registry::canonical_ip(ip);
-        let net = nhi_guard_core::risk_store::network_of(ip);
+        let net = crate::store::network_of(ip);
         self.addr = Some((ip, hasher.hash_tagged(1, &ip)));
         self.network = Some((net, hasher.hash_tagged(2, &net)));
         self

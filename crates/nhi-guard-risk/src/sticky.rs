@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::store::{RiskKey, RiskStore, RiskStoreFuture, StickyAction, StickyDecision};
 use nhi_guard_core::clock::duration_nanos;
-use nhi_guard_core::risk_store::{RiskKey, RiskStore, RiskStoreFuture, StickyAction, StickyDecision};
 
 use crate::signal::RequestFacts;
 use crate::state::{BoundedMap, CappedSet, Hll64, KeyHasher, Sketch};
@@ -20,8 +20,6 @@ pub(crate) fn key_hash(hasher: &KeyHasher, key: &RiskKey) -> u64 {
         RiskKey::Network(net) => hasher.hash_tagged(2, net),
         RiskKey::Client(id) => hasher.hash_tagged(3, id.as_str()),
         RiskKey::Credential(fp) => hasher.hash_tagged(4, fp.as_bytes()),
-        // RiskKey is non-exhaustive; a future kind gets its own namespace.
-        other => hasher.hash_tagged(9, &other.to_string()),
     }
 }
 

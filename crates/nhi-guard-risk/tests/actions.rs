@@ -13,10 +13,10 @@ use http_body_util::{BodyExt, Full};
 use nhi_guard_core::clock::ManualClock;
 use nhi_guard_core::context::Decision;
 use nhi_guard_core::registry::ClientRecord;
-use nhi_guard_core::risk_store::RiskKey;
 use nhi_guard_core::{
     ClientAddr, CredentialFingerprint, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier,
 };
+use nhi_guard_risk::store::RiskKey;
 use nhi_guard_risk::{Mode, RiskLayer, Thresholds};
 use tower::{Service, ServiceExt, service_fn};
 
@@ -533,13 +533,13 @@ async fn repeat_offenders_are_blocked_longer_and_start_with_points() {
 #[derive(Debug)]
 struct Down;
 
-impl nhi_guard_core::risk_store::RiskStore for Down {
+impl nhi_guard_risk::store::RiskStore for Down {
     fn increment(
         &self,
         _: Arc<str>,
         _: Duration,
         _: SystemTime,
-    ) -> nhi_guard_core::risk_store::RiskStoreFuture<u64> {
+    ) -> nhi_guard_risk::store::RiskStoreFuture<u64> {
         Box::pin(std::future::ready(Err(down())))
     }
     fn add_distinct(
@@ -548,36 +548,36 @@ impl nhi_guard_core::risk_store::RiskStore for Down {
         _: Arc<[u8]>,
         _: Duration,
         _: SystemTime,
-    ) -> nhi_guard_core::risk_store::RiskStoreFuture<u64> {
+    ) -> nhi_guard_risk::store::RiskStoreFuture<u64> {
         Box::pin(std::future::ready(Err(down())))
     }
     fn put(
         &self,
-        _: nhi_guard_core::risk_store::StickyDecision,
+        _: nhi_guard_risk::store::StickyDecision,
         _: SystemTime,
-    ) -> nhi_guard_core::risk_store::RiskStoreFuture<()> {
+    ) -> nhi_guard_risk::store::RiskStoreFuture<()> {
         Box::pin(std::future::ready(Err(down())))
     }
     fn find(
         &self,
         _: Arc<[RiskKey]>,
         _: SystemTime,
-    ) -> nhi_guard_core::risk_store::RiskStoreFuture<Option<nhi_guard_core::risk_store::StickyDecision>> {
+    ) -> nhi_guard_risk::store::RiskStoreFuture<Option<nhi_guard_risk::store::StickyDecision>> {
         Box::pin(std::future::ready(Err(down())))
     }
     fn list(
         &self,
         _: SystemTime,
-    ) -> nhi_guard_core::risk_store::RiskStoreFuture<Vec<nhi_guard_core::risk_store::StickyDecision>> {
+    ) -> nhi_guard_risk::store::RiskStoreFuture<Vec<nhi_guard_risk::store::StickyDecision>> {
         Box::pin(std::future::ready(Err(down())))
     }
-    fn lift(&self, _: RiskKey) -> nhi_guard_core::risk_store::RiskStoreFuture<bool> {
+    fn lift(&self, _: RiskKey) -> nhi_guard_risk::store::RiskStoreFuture<bool> {
         Box::pin(std::future::ready(Err(down())))
     }
 }
 
-fn down() -> nhi_guard_core::risk_store::RiskStoreError {
-    nhi_guard_core::risk_store::RiskStoreError::new("connection refused")
+fn down() -> nhi_guard_risk::store::RiskStoreError {
+    nhi_guard_risk::store::RiskStoreError::new("connection refused")
 }
 
 #[tokio::test]
@@ -608,7 +608,7 @@ async fn a_failing_shared_store_fails_open_by_default_and_closed_when_told() {
 
 #[tokio::test]
 async fn memory_store_implements_the_shared_store_contract() {
-    use nhi_guard_core::risk_store::{RiskStore, StickyAction, StickyDecision};
+    use nhi_guard_risk::store::{RiskStore, StickyAction, StickyDecision};
     let store = nhi_guard_risk::InMemoryRiskStore::new(1000, Duration::from_secs(3600));
     let now = UNIX_EPOCH + Duration::from_secs(T0);
     let w = Duration::from_secs(60);

@@ -15,8 +15,8 @@ use nhi_guard_core::metrics::{
     DENIALS_TOTAL, REQUESTS_TOTAL, RISK_SCORE, RISK_SIGNALS_TOTAL, SHADOW_DENIALS_TOTAL,
 };
 use nhi_guard_core::registry::ClientRecord;
-use nhi_guard_core::risk_store::{RiskKey, StickyAction};
 use nhi_guard_core::{ClientAddr, CredentialInfo, Principal, ScopeSet, SecurityContext, Tier};
+use nhi_guard_risk::store::{RiskKey, StickyAction};
 use nhi_guard_risk::{Mode, RiskLayer};
 use nhi_guard_testkit::metrics::Snapshot;
 use tower::{Layer, ServiceExt, service_fn};

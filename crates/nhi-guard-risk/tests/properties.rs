@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use http::{Request, Response};
 use nhi_guard_core::address::PeerAddr;
-use nhi_guard_core::risk_store::RiskKey;
 use nhi_guard_core::{ClientId, CredentialFingerprint};
+use nhi_guard_risk::store::RiskKey;
 use nhi_guard_risk::{RiskLayer, Route};
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt, service_fn};

@@ -14,12 +14,12 @@ use nhi_guard_core::address::PeerAddr;
 use nhi_guard_core::clock::ManualClock;
 use nhi_guard_core::denial::{DefaultRenderer, respond};
 use nhi_guard_core::registry::ClientRecord;
-use nhi_guard_core::risk_store::{RiskKey, RiskStore};
 use nhi_guard_core::{
     ClientAddrResolver, Control, CredentialFingerprint, CredentialInfo, Denial, GuardBody, Principal,
     ScopeSet, SecurityContext, Tier,
 };
 use nhi_guard_redis::testing::RedisServer;
+use nhi_guard_risk::store::{RiskKey, RiskStore};
 use nhi_guard_risk::{InMemoryRiskStore, RiskLayer, RiskOperator, SharedLimits};
 use tower::{Layer, ServiceExt, service_fn};
 

@@ -33,8 +33,8 @@ use http::{Method, Request, Response};
 use nhi_guard_core::address::ClientAddrResolver;
 use nhi_guard_core::clock::SystemClock;
 use nhi_guard_core::registry::{ClientRecord, Tier};
-use nhi_guard_core::usage::{InMemoryUsageStore, ScopeUsageStore};
 use nhi_guard_core::{CredentialInfo, Principal, ScopeSet, SecurityContext};
+use nhi_guard_scope::usage::{InMemoryUsageStore, ScopeUsageStore};
 use nhi_guard_scope::{PathCheck, Policy, Require, ScopeLayer};
 use tower::{Layer, Service, service_fn};
 

@@ -22,9 +22,9 @@ use axum::extract::Path;
 use axum::routing::{get, post};
 use http::{Method, Request};
 use nhi_guard_core::registry::{ApiKeyHash, ClientRecord, ClientRegistry, InMemoryRegistry, Inventory, Tier};
-use nhi_guard_core::usage::{InMemoryUsageStore, SharedUsageStore};
 use nhi_guard_core::{CredentialInfo, Principal, ScopeSet};
 use nhi_guard_scope::report::ReportService;
+use nhi_guard_scope::usage::{InMemoryUsageStore, SharedUsageStore};
 use nhi_guard_scope::{Policy, Require, ScopeLayer};
 use tower::util::MapRequestLayer;
 

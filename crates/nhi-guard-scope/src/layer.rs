@@ -3,11 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::usage::SharedUsageStore;
 use nhi_guard_core::clock::SharedClock;
 use nhi_guard_core::denial::{DefaultRenderer, SharedRenderer};
 use nhi_guard_core::metrics::ControlMetrics;
 use nhi_guard_core::settings::{Explicit, LayerSettings};
-use nhi_guard_core::usage::SharedUsageStore;
 use nhi_guard_core::{ClientAddrResolver, Control, RenderDenial, SystemClock};
 use tower_layer::Layer;
 

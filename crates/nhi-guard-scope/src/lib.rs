@@ -32,7 +32,7 @@
 //! use std::sync::Arc;
 //! use http::{Method, Request, Response, StatusCode};
 //! use nhi_guard_core::registry::{ClientRecord, Tier};
-//! use nhi_guard_core::usage::InMemoryUsageStore;
+//! use nhi_guard_scope::usage::InMemoryUsageStore;
 //! use nhi_guard_core::{CredentialInfo, GuardBody, Principal, ScopeSet};
 //! use nhi_guard_scope::{Policy, Require, ScopeLayer};
 //! use tower::{ServiceBuilder, ServiceExt, service_fn};
@@ -110,6 +110,7 @@ pub mod policy;
 pub mod report;
 pub mod service;
 pub mod target;
+pub mod usage;
 
 pub use crate::layer::ScopeLayer;
 pub use crate::policy::{
@@ -117,4 +118,4 @@ pub use crate::policy::{
 };
 pub use crate::service::Scope;
 pub use crate::target::PathCheck;
-pub use nhi_guard_core::usage::{InMemoryUsageStore, ScopeUsageStore, SharedUsageStore};
+pub use crate::usage::{InMemoryUsageStore, ScopeUsageStore, SharedUsageStore};

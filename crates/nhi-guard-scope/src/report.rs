@@ -10,7 +10,7 @@
 //! # use std::time::{Duration, UNIX_EPOCH};
 //! use nhi_guard_core::clock::ManualClock;
 //! use nhi_guard_core::registry::{ClientRecord, InMemoryRegistry, Inventory};
-//! use nhi_guard_core::usage::{InMemoryUsageStore, ScopeUsageStore};
+//! use nhi_guard_scope::usage::{InMemoryUsageStore, ScopeUsageStore};
 //! use nhi_guard_core::{ClientId, ScopeSet};
 //! use nhi_guard_scope::report::ReportService;
 //!
@@ -37,9 +37,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::usage::{ClientUsage, ScopeUsageStore, SharedUsageStore, UsageStoreError};
 use nhi_guard_core::clock::SharedClock;
 use nhi_guard_core::registry::{ClientRecord, ClientRegistry, ClientStatus, SharedRegistry};
-use nhi_guard_core::usage::{ClientUsage, ScopeUsageStore, SharedUsageStore, UsageStoreError};
 use nhi_guard_core::{ClientId, ScopeSet, SystemClock, rfc3339};
 use serde::Serialize;
 

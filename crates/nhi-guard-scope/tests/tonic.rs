@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use nhi_guard_core::ClientId;
-use nhi_guard_core::usage::InMemoryUsageStore;
+use nhi_guard_scope::usage::InMemoryUsageStore;
 use nhi_guard_scope::{Policy, Require, ScopeLayer};
 use tonic::Code;
 use tonic::transport::server::TcpIncoming;

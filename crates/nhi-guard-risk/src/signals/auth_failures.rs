@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use nhi_guard_core::risk_store::RiskKey;
+use crate::store::RiskKey;
 
 use super::nanos;
 use crate::signal::{Curve, Outcome, Phase, Points, RequestFacts, Signal, SignalMemory};

@@ -1,7 +1,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use nhi_guard_core::risk_store::RiskKey;
+use crate::store::RiskKey;
 
 use super::nanos;
 use crate::signal::{Curve, Outcome, Phase, Points, RequestFacts, Signal, SignalMemory};

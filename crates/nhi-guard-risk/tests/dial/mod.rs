@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use nhi_guard_core::risk_store::RiskKey;
+use nhi_guard_risk::store::RiskKey;
 use nhi_guard_risk::{Points, RequestFacts, Signal};
 
 /// Gives the points the test stored, keyed on the address.

@@ -13,7 +13,7 @@
 //! ```
 //! use std::time::{Duration, UNIX_EPOCH};
 //! use nhi_guard_core::ClientId;
-//! use nhi_guard_core::usage::{InMemoryUsageStore, ScopeUsageStore};
+//! use nhi_guard_scope::usage::{InMemoryUsageStore, ScopeUsageStore};
 //!
 //! let store = InMemoryUsageStore::new();
 //! let client = ClientId::from("inventory-sync");
@@ -36,8 +36,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
-use crate::clock::duration_nanos;
-use crate::principal::ClientId;
+use nhi_guard_core::clock::duration_nanos;
+use nhi_guard_core::principal::ClientId;
 
 /// How often, and when last, a client exercised (or was refused) one scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -61,7 +61,7 @@ impl ScopeStat {
 }
 
 fn serialize_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::rfc3339(*t))
+    s.serialize_str(&nhi_guard_core::rfc3339(*t))
 }
 
 /// What a store knows about one client.
@@ -229,7 +229,7 @@ fn snapshot(stats: &[Stat]) -> BTreeMap<String, ScopeStat> {
         .collect()
 }
 
-type ClientMap = HashMap<ClientId, ClientCell, crate::hash::FxBuildHasher>;
+type ClientMap = HashMap<ClientId, ClientCell, nhi_guard_core::hash::FxBuildHasher>;
 
 #[derive(Debug, Default)]
 struct ClientCell {

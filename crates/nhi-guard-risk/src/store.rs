@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use std::net::{IpAddr, Ipv4Addr};
-//! use nhi_guard_core::risk_store::RiskKey;
+//! use nhi_guard_risk::store::RiskKey;
 //!
 //! let key = RiskKey::network_of(IpAddr::V4(Ipv4Addr::new(127, 9, 8, 7)));
 //! assert_eq!(key.to_string(), "net:127.9.8.0/24");
@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::principal::{ClientId, CredentialFingerprint};
-use crate::registry::canonical_ip;
+use nhi_guard_core::principal::{ClientId, CredentialFingerprint};
+use nhi_guard_core::registry::canonical_ip;
 
 /// What a risk decision is attached to: the key that earned it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,7 +93,7 @@ impl RiskKey {
 
 /// The /24 (IPv4) or /48 (IPv6) network of an address: the block one operator
 /// (a site, a cloud region's customer) usually holds. An IPv6 client's own key is
-/// already its /64 ([`crate::ClientAddr::key_ip`]), so its network is the /48
+/// already its /64 ([`nhi_guard_core::ClientAddr::key_ip`]), so its network is the /48
 /// around it.
 pub fn network_of(ip: IpAddr) -> IpNet {
     let ip = canonical_ip(ip);
@@ -174,7 +174,7 @@ pub struct StickyDecision {
 }
 
 fn serialize_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::rfc3339(*t))
+    s.serialize_str(&nhi_guard_core::rfc3339(*t))
 }
 
 impl StickyDecision {

@@ -21,7 +21,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use nhi_guard_core::store::Quota;
+//! use nhi_guard_ratelimit::store::Quota;
 //!
 //! // 10 requests per second, bursts of 20.
 //! let quota = Quota::per_second(10).and_then(|q| q.with_burst(20)).unwrap();
@@ -42,9 +42,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::duration_nanos;
-use crate::context::RateLimitOutcome;
-use crate::registry::Tier;
+use nhi_guard_core::clock::duration_nanos;
+use nhi_guard_core::context::RateLimitOutcome;
+use nhi_guard_core::registry::Tier;
 
 const NANOS_PER_SEC: u64 = 1_000_000_000;
 
@@ -416,11 +416,11 @@ pub trait RateLimitStore: Send + Sync + fmt::Debug + 'static {
     fn check(&self, checks: Arc<[RateLimitCheck]>, mode: CheckMode) -> StoreFuture;
 }
 
-impl From<QuotaError> for crate::config::ConfigError {
+impl From<QuotaError> for nhi_guard_core::config::ConfigError {
     /// The quota's error as the controls' configuration error (control
     /// `rate_limit`, field `quota.<field>`).
     fn from(e: QuotaError) -> Self {
-        crate::config::ConfigError::new("rate_limit", format!("quota.{}", e.field), e.problem)
+        nhi_guard_core::config::ConfigError::new("rate_limit", format!("quota.{}", e.field), e.problem)
     }
 }
 
