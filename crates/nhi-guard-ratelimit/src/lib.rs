@@ -19,7 +19,7 @@
 //!
 //! State lives in an [`InMemoryRateLimitStore`] (sharded, bounded, exact under concurrency,
 //! no allocation or boxed future per request) or in any shared
-//! [`RateLimitStore`](nhi_guard_ratelimit::store::RateLimitStore), such as
+//! [`RateLimitStore`](crate::store::RateLimitStore), such as
 //! `nhi_guard_redis::RedisStore`.
 //!
 //! ```
