@@ -14,7 +14,7 @@
 //! compared without an early exit, so the time a lookup takes does not say how
 //! many leading bytes a presented credential shares with a remembered one.
 
-use std::hash::{BuildHasher, RandomState};
+use crate::hash::KeyHasher;
 use std::sync::{OnceLock, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -40,20 +40,14 @@ struct Slot {
 /// credential read one slot together.
 pub(crate) struct Table {
     slots: Box<[RwLock<Option<Slot>>]>,
-    seeds: [u64; 4],
+    hasher: KeyHasher,
 }
 
 impl Table {
     pub(crate) fn new(slots: usize) -> Self {
-        let r = RandomState::new();
         Self {
             slots: (0..slots.max(1)).map(|_| RwLock::new(None)).collect(),
-            seeds: [
-                r.hash_one(1u64),
-                r.hash_one(2u64),
-                r.hash_one(3u64),
-                r.hash_one(4u64),
-            ],
+            hasher: KeyHasher::new(),
         }
     }
 
@@ -61,7 +55,7 @@ impl Table {
         if credential.len() > MAX_REMEMBERED {
             return Sha256::digest(credential).into();
         }
-        let index = (fast_hash(&self.seeds, credential) % self.slots.len() as u64) as usize;
+        let index = (self.hasher.hash_bytes(credential) % self.slots.len() as u64) as usize;
         let Some(slot) = self.slots.get(index) else {
             return Sha256::digest(credential).into();
         };
@@ -89,41 +83,11 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A keyed folded-multiply hash (wyhash's construction) over 32 bytes per round in
-/// two independent lanes. Only chooses the slot.
-fn fast_hash(seeds: &[u64; 4], bytes: &[u8]) -> u64 {
-    let word = |b: &[u8], at: usize| {
-        let mut w = [0u8; 8];
-        if let Some(src) = b.get(at..at + 8) {
-            w.copy_from_slice(src);
-        }
-        u64::from_le_bytes(w)
-    };
-    let [s0, s1, s2, s3] = *seeds;
-    let (mut a, mut b) = (s0 ^ bytes.len() as u64, s1);
-    let mut blocks = bytes.chunks_exact(32);
-    for block in &mut blocks {
-        a = fold(a ^ word(block, 0), s2 ^ word(block, 8));
-        b = fold(b ^ word(block, 16), s3 ^ word(block, 24));
-    }
-    let mut tail = [0u8; 32];
-    let rest = blocks.remainder();
-    tail[..rest.len()].copy_from_slice(rest);
-    a = fold(a ^ word(&tail, 0), s2 ^ word(&tail, 8));
-    b = fold(b ^ word(&tail, 16), s3 ^ word(&tail, 24));
-    fold(a ^ s3, b ^ s2)
-}
-
 /// SHA-256 of `data`: the one implementation the controls use (RustCrypto's
 /// `sha2`, with the CPU's SHA extensions when present).
 #[inline]
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
-}
-
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
 }
 
 #[cfg(test)]
@@ -154,7 +118,7 @@ mod tests {
         let table = Table::new(8);
         let token = b"eyJhbGciOiJSUzI1NiJ9.payload.signature";
         assert_eq!(table.sha256(token), sha(token));
-        let index = (fast_hash(&table.seeds, token) % 8) as usize;
+        let index = (table.hasher.hash_bytes(token) % 8) as usize;
         let slot = table.slots[index].read().unwrap();
         assert_eq!(slot.as_ref().map(|s| &*s.credential), Some(&token[..]));
         drop(slot);
@@ -173,21 +137,5 @@ mod tests {
         assert!(table.slots[0].read().unwrap().is_none());
         assert_eq!(credential_sha256(b"k"), sha(b"k"));
         assert_eq!(credential_sha256(b""), sha(b""));
-    }
-
-    #[test]
-    fn the_fast_hash_depends_on_every_byte_and_the_length() {
-        let seeds = [1, 2, 3, 4];
-        let base = vec![7u8; 100];
-        let h = fast_hash(&seeds, &base);
-        for i in 0..base.len() {
-            let mut b = base.clone();
-            b[i] ^= 0x40;
-            assert_ne!(fast_hash(&seeds, &b), h, "byte {i}");
-        }
-        assert_ne!(fast_hash(&seeds, &base[..99]), h);
-        let mut zero_padded = base[..99].to_vec();
-        zero_padded.push(0);
-        assert_ne!(fast_hash(&seeds, &zero_padded), fast_hash(&seeds, &base[..99]));
     }
 }

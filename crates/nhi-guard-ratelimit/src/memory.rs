@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -83,7 +82,7 @@ pub struct InMemoryRateLimitStore {
     shard_bits: u32,
     len: AtomicUsize,
     max_keys: usize,
-    seeds: [u64; 3],
+    hasher: nhi_guard_core::hash::KeyHasher,
     clock: SharedClock,
     evicted_idle: AtomicU64,
     evicted_active: AtomicU64,
@@ -128,10 +127,7 @@ impl InMemoryRateLimitStore {
             shard_bits,
             len: AtomicUsize::new(0),
             max_keys,
-            seeds: {
-                let r = RandomState::new();
-                [r.hash_one(1u64) | 1, r.hash_one(2u64) | 1, r.hash_one(3u64)]
-            },
+            hasher: nhi_guard_core::hash::KeyHasher::new(),
             clock: Arc::new(SystemClock),
             evicted_idle: AtomicU64::new(0),
             evicted_active: AtomicU64::new(0),
@@ -193,29 +189,12 @@ impl InMemoryRateLimitStore {
         self.evicted_active.load(Ordering::Relaxed)
     }
 
-    /// A keyed folded-multiply hash (the construction of foldhash / wyhash) of the
-    /// policy, key and qualifier, with lengths so that field boundaries count.
-    /// The seeds are random per store, so collisions cannot be aimed at.
+    /// The keyed hash (random seeds per store, so collisions cannot be aimed at)
+    /// of the policy, key and qualifier; their lengths count, so field boundaries
+    /// do.
+    #[inline]
     fn hash(&self, c: &LocalCheck<'_>) -> u64 {
-        let [k1, k2, s0] = self.seeds;
-        let mut h = s0;
-        for field in [c.policy.as_bytes(), c.key, c.qualifier] {
-            h = fold(h ^ field.len() as u64, k2);
-            let mut chunks = field.chunks_exact(8);
-            for chunk in &mut chunks {
-                h = fold(
-                    h ^ u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default()),
-                    k1,
-                );
-            }
-            let rest = chunks.remainder();
-            if !rest.is_empty() {
-                let mut buf = [0u8; 8];
-                buf[..rest.len()].copy_from_slice(rest);
-                h = fold(h ^ u64::from_le_bytes(buf), k1);
-            }
-        }
-        fold(h, k2)
+        self.hasher.hash(&(c.policy, c.key, c.qualifier))
     }
 
     /// The shard: bits 32 and up of the hash. Not the top bits, which the table
@@ -390,11 +369,6 @@ impl InMemoryRateLimitStore {
 }
 
 /// The folded multiply: the high and low halves of a 128-bit product, xored.
-#[inline]
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
 
 fn lock(m: &Mutex<Map>) -> MutexGuard<'_, Map> {
     // The critical sections cannot panic half-way through an update; a poisoned

@@ -8,128 +8,14 @@
 //! not know the per-process key cannot aim collisions at one entry.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nhi_guard_core::clock::duration_nanos;
 
-/// Keyed 64-bit hashing of tracked keys: a folded-multiply hash (the construction
-/// of `foldhash` and `ahash`'s fallback) with two 64-bit seeds drawn per process from
-/// the standard library's random source. A few nanoseconds per key; an attacker who
-/// does not know the seeds cannot aim collisions at one entry, and every table is
-/// bounded anyway.
-#[derive(Clone)]
-pub struct KeyHasher {
-    seed: u64,
-    mul: u64,
-}
-
-impl std::fmt::Debug for KeyHasher {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The seeds are what keeps collisions out of an attacker's reach.
-        f.write_str("KeyHasher { .. }")
-    }
-}
-
-impl Default for KeyHasher {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-const PI: [u64; 2] = [0x243f_6a88_85a3_08d3, 0x1319_8a2e_0370_7344];
-
-#[inline]
-fn fold(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-impl KeyHasher {
-    /// A hasher with fresh random seeds.
-    pub fn new() -> Self {
-        let r = RandomState::new();
-        Self {
-            seed: r.hash_one(PI[0]),
-            mul: r.hash_one(PI[1]) | 1,
-        }
-    }
-
-    /// A hasher with fixed seeds: reproducible hashes (tests, simulations). Do not
-    /// use it where attackers choose keys.
-    pub fn with_seeds(seed: u64, mul: u64) -> Self {
-        Self { seed, mul: mul | 1 }
-    }
-
-    /// The 64-bit hash of `key`.
-    #[inline]
-    pub fn hash<K: Hash + ?Sized>(&self, key: &K) -> u64 {
-        self.hash_tagged(0, key)
-    }
-
-    /// The hash of `key` in the namespace `tag` (so one map can hold several kinds
-    /// of key without them meeting).
-    #[inline]
-    pub fn hash_tagged<K: Hash + ?Sized>(&self, tag: u8, key: &K) -> u64 {
-        let mut h = Fold {
-            acc: self.seed ^ u64::from(tag),
-            mul: self.mul,
-        };
-        key.hash(&mut h);
-        fold(h.acc ^ self.mul.rotate_left(29), self.seed ^ PI[1])
-    }
-}
-
-struct Fold {
-    acc: u64,
-    mul: u64,
-}
-
-impl Hasher for Fold {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.acc = fold(self.acc ^ u64::from_le_bytes(w), self.mul);
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.acc = fold(
-                self.acc ^ u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59),
-                self.mul,
-            );
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.write_u64(u64::from(n) | 0x100);
-    }
-    #[inline]
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n) | 0x1_0000);
-    }
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n) | 0x1_0000_0000);
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.acc = fold(self.acc ^ n, self.mul);
-    }
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.acc
-    }
-}
+pub use nhi_guard_core::hash::KeyHasher;
 
 // `touched` first, so that the key, the timestamp and the start of the value share
 // a cache line: most look-ups touch nothing else.
