@@ -368,8 +368,6 @@ impl InMemoryRateLimitStore {
     }
 }
 
-/// The folded multiply: the high and low halves of a 128-bit product, xored.
-
 fn lock(m: &Mutex<Map>) -> MutexGuard<'_, Map> {
     // The critical sections cannot panic half-way through an update; a poisoned
     // shard holds consistent data.
