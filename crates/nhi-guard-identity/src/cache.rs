@@ -141,6 +141,7 @@ mod tests {
             jti: None,
             key_fingerprint: [0; 32],
             cnf_x5t: None,
+            admitted: arc_swap::ArcSwapOption::empty(),
         })
     }
 

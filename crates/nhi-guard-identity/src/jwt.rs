@@ -196,7 +196,6 @@ impl Issuer {
 }
 
 /// A token that passed every check.
-#[derive(Clone)]
 pub(crate) struct VerifiedToken {
     pub(crate) issuer: usize,
     pub(crate) client_id: Arc<str>,
@@ -209,6 +208,17 @@ pub(crate) struct VerifiedToken {
     pub(crate) jti: Option<Arc<str>>,
     pub(crate) key_fingerprint: [u8; 32],
     pub(crate) cnf_x5t: Option<Arc<str>>,
+    /// The principal this token was admitted as, for the registry generation it was
+    /// derived under: a cached token's next request skips the registry look-ups.
+    pub(crate) admitted: arc_swap::ArcSwapOption<Admitted>,
+}
+
+/// What admitting a verified token derived from the registry.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    pub(crate) generation: u64,
+    pub(crate) record: Arc<nhi_guard_core::ClientRecord>,
+    pub(crate) principal: nhi_guard_core::Principal,
 }
 
 impl fmt::Debug for VerifiedToken {
@@ -523,6 +533,7 @@ impl Issuer {
             jti: c.jti.as_deref().map(Arc::from),
             key_fingerprint: *key.fingerprint(),
             cnf_x5t: c.cnf.as_ref().and_then(|c| c.x5t_s256.as_deref()).map(Arc::from),
+            admitted: arc_swap::ArcSwapOption::empty(),
         })
     }
 }

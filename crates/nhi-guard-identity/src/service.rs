@@ -19,7 +19,7 @@ use nhi_guard_core::{
 use tracing::Instrument as _;
 
 use crate::jwks::RemoteKeys;
-use crate::jwt::{self, KeyStep, TokenError, VerifiedToken};
+use crate::jwt::{self, Admitted, KeyStep, TokenError, VerifiedToken};
 use crate::layer::{Config, Credential};
 use crate::mtls::{self, CertError, CertIdentity, PeerCertificates};
 
@@ -332,6 +332,23 @@ impl Config {
                 "The access token has been revoked",
             ));
         }
+        // A cached token admitted under the registry's current generation: the
+        // principal it was admitted as (the record, issuer check, tier and scopes
+        // cannot have changed). Governance below still runs on every request.
+        let generation = self.registry.generation();
+        if let Some(g) = generation
+            && let Some(admitted) = &*vt.admitted.load()
+            && admitted.generation == g
+        {
+            return self.govern(
+                &admitted.record,
+                admitted.principal.clone(),
+                ctx,
+                IdentityKind::ServiceAccount,
+                fp,
+                now,
+            );
+        }
         let Some(record) = self.registry.client(&vt.client_id) else {
             if let Some(u) = &self.ungoverned {
                 let addr = ctx.client_addr().map(|a| a.ip());
@@ -372,6 +389,13 @@ impl Config {
             .credential_expires(vt.exp);
         if let Some(iat) = vt.iat {
             principal = principal.credential_issued_at(iat);
+        }
+        if let Some(generation) = generation {
+            vt.admitted.store(Some(Arc::new(Admitted {
+                generation,
+                record: record.clone(),
+                principal: principal.clone(),
+            })));
         }
         self.govern(&record, principal, ctx, IdentityKind::ServiceAccount, fp, now)
     }

@@ -583,6 +583,106 @@ async fn cached_token_still_checks_governance_every_request() {
     assert_eq!(out.state.identity_failure, Some("client_unknown"));
 }
 
+/// The principal a cached token was admitted as is kept until the inventory
+/// changes: a narrowed ceiling, a suspension and a restored client each show on the
+/// very next request, and what depends on the request (the network) is checked on
+/// every one. A registry that cannot tell when it changed derives it every time.
+#[tokio::test]
+async fn a_cached_tokens_principal_follows_the_inventory() {
+    use nhi_guard_core::registry::{ClientRecord, ClientRegistry, ClientStatus, Inventory, SharedRegistry};
+    let k = keys();
+    let record = |scopes: &str, status: ClientStatus| {
+        ClientRecord::builder(
+            "svc-a",
+            "team@example.com",
+            "tests",
+            std::time::SystemTime::now() + Duration::from_secs(86_400),
+        )
+        .scopes(nhi_guard_core::ScopeSet::parse(scopes).unwrap())
+        .status(status)
+        .network("10.0.0.0/8".parse().unwrap())
+        .build()
+        .unwrap()
+    };
+    let inventory = |scopes: &str, status| {
+        Inventory::builder()
+            .client(record(scopes, status))
+            .build()
+            .unwrap()
+    };
+    let registry = Arc::new(nhi_guard_core::InMemoryRegistry::new(inventory(
+        "orders:read orders:write",
+        ClientStatus::Active,
+    )));
+    /// The same registry, without a generation.
+    #[derive(Debug)]
+    struct Opaque(Arc<nhi_guard_core::InMemoryRegistry>);
+    impl ClientRegistry for Opaque {
+        fn client(&self, id: &str) -> Option<Arc<ClientRecord>> {
+            self.0.client(id)
+        }
+        fn client_by_api_key(&self, h: &nhi_guard_core::registry::ApiKeyHash) -> Option<Arc<ClientRecord>> {
+            self.0.client_by_api_key(h)
+        }
+        fn client_by_spiffe_id(&self, id: &str) -> Option<Arc<ClientRecord>> {
+            self.0.client_by_spiffe_id(id)
+        }
+        fn tier(&self, name: &str) -> Option<nhi_guard_core::Tier> {
+            self.0.tier(name)
+        }
+        fn clients(&self) -> Vec<Arc<ClientRecord>> {
+            self.0.clients()
+        }
+    }
+    let build = |r: SharedRegistry| {
+        IdentityLayer::builder(r)
+            .issuer(
+                Issuer::new(ISS)
+                    .audience(AUD)
+                    .algorithms([Algorithm::ES256])
+                    .static_keys(key_set(&[&k.ec])),
+            )
+            .build()
+            .unwrap()
+    };
+    let inside: Option<SocketAddr> = Some("10.1.2.3:4000".parse().unwrap());
+    let outside: Option<SocketAddr> = Some("192.0.2.1:4000".parse().unwrap());
+    let token = k.ec.sign(&claims("svc-a", "orders:read orders:write"));
+    for (name, layer) in [
+        ("with a generation", build(registry.clone())),
+        ("without one", build(Arc::new(Opaque(registry.clone())))),
+    ] {
+        registry
+            .replace(inventory("orders:read orders:write", ClientStatus::Active))
+            .unwrap();
+        for _ in 0..2 {
+            let out = send_from(&layer, bearer(&token), inside).await;
+            assert_eq!(out.body, "svc-a orders:read orders:write", "{name}");
+        }
+        // The network is the request's: checked with the kept principal too.
+        let out = send_from(&layer, bearer(&token), outside).await;
+        assert_eq!(out.status, StatusCode::FORBIDDEN, "{name}");
+        // A narrower ceiling shows at once.
+        registry
+            .replace(inventory("orders:read", ClientStatus::Active))
+            .unwrap();
+        let out = send_from(&layer, bearer(&token), inside).await;
+        assert_eq!(out.body, "svc-a orders:read", "{name}");
+        // So do a suspension and its end.
+        registry
+            .replace(inventory("orders:read", ClientStatus::Suspended))
+            .unwrap();
+        let out = send_from(&layer, bearer(&token), inside).await;
+        assert_eq!(out.status, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(out.state.identity_failure, Some("client_suspended"), "{name}");
+        registry
+            .replace(inventory("orders:read orders:write", ClientStatus::Active))
+            .unwrap();
+        let out = send_from(&layer, bearer(&token), inside).await;
+        assert_eq!(out.body, "svc-a orders:read orders:write", "{name}");
+    }
+}
+
 #[test]
 fn invalid_configuration_fails_at_build_naming_the_field() {
     let err = IdentityLayer::builder(registry())

@@ -1,6 +1,7 @@
 //! [`InMemoryRegistry`]: one snapshot served without locks, swapped atomically.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ use super::{
 #[derive(Debug)]
 pub struct InMemoryRegistry {
     current: ArcSwap<Inventory>,
+    /// Bumped after each swap ([`ClientRegistry::generation`]).
+    generation: AtomicU64,
     /// Held while a replacement is checked and stored, so that a requirement
     /// registered at the same time is checked against the inventory that stays.
     requirements: Mutex<Vec<InventoryRequirement>>,
@@ -41,6 +44,7 @@ impl InMemoryRegistry {
     pub fn new(inventory: Inventory) -> Self {
         Self {
             current: ArcSwap::from_pointee(inventory),
+            generation: AtomicU64::new(0),
             requirements: Mutex::new(Vec::new()),
         }
     }
@@ -77,6 +81,8 @@ impl InMemoryRegistry {
             requirement.check(&inventory)?;
         }
         self.current.store(Arc::new(inventory));
+        // After the store: whoever reads the new number reads the new inventory.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         drop(requirements);
         tracing::info!(target: "nhi_guard::registry", "client inventory replaced");
         Ok(())
@@ -98,6 +104,10 @@ impl InMemoryRegistry {
 }
 
 impl ClientRegistry for InMemoryRegistry {
+    fn generation(&self) -> Option<u64> {
+        Some(self.generation.load(Ordering::Acquire))
+    }
+
     fn client(&self, id: &str) -> Option<Arc<ClientRecord>> {
         self.current.load().client(id).cloned()
     }
@@ -145,6 +155,7 @@ mod tests {
         registry.require(two.clone()).expect("current inventory meets it");
         registry.require(two.clone()).expect("registered twice");
         assert_eq!(registry.requirements(), vec![two]);
+        let first = registry.generation().expect("a generation");
 
         let e = registry
             .replace(inventory(&[("x", &[A]), ("new", &[])]))
@@ -152,12 +163,20 @@ mod tests {
         assert_eq!((e.client_id(), e.field()), (Some("new"), Some("issuers")));
         assert!(registry.client("new").is_none());
         assert!(registry.client("x").is_some());
+        assert_eq!(
+            registry.generation(),
+            Some(first),
+            "a refused swap changes nothing"
+        );
 
         registry
             .replace(inventory(&[("new", &[B])]))
             .expect("meets the requirement");
         assert!(registry.client("new").is_some());
         assert!(registry.client("x").is_none());
+        assert_eq!(registry.generation(), Some(first + 1));
+        let shared: SharedRegistry = Arc::new(registry);
+        assert_eq!(shared.generation(), Some(first + 1), "through the shared handle");
     }
 
     #[test]

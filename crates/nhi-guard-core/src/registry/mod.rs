@@ -87,6 +87,13 @@ pub trait ClientRegistry: Send + Sync + fmt::Debug + 'static {
     fn tier(&self, name: &str) -> Option<Tier>;
     /// All clients (for reports), sorted by id.
     fn clients(&self) -> Vec<Arc<ClientRecord>>;
+    /// A number that changes whenever any answer of this registry may change (a
+    /// new inventory swapped in), so a control may keep what it derived from the
+    /// registry while the number stays the same: the identity layer keeps a cached
+    /// token's principal. `None` (the default): unknown, derive on every request.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
     /// How long before expiry a client is flagged as expiring soon.
     fn expiry_warning(&self) -> Duration {
         DEFAULT_EXPIRY_WARNING
@@ -142,6 +149,9 @@ impl<R: ClientRegistry + ?Sized> ClientRegistry for Arc<R> {
     }
     fn clients(&self) -> Vec<Arc<ClientRecord>> {
         (**self).clients()
+    }
+    fn generation(&self) -> Option<u64> {
+        (**self).generation()
     }
     fn max_key_age(&self) -> Option<Duration> {
         (**self).max_key_age()
