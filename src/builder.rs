@@ -28,7 +28,7 @@ use crate::maybe::{Boxed, Maybe};
 /// use std::time::{Duration, SystemTime};
 /// use nhi_guard::NhiGuard;
 /// use nhi_guard::prelude::*;
-/// use nhi_guard::identity::IdentityLayer;
+/// use nhi_guard::identity::IdentityLayerBuilder;
 /// use nhi_guard::scope::{Policy, Require, ScopeLayer};
 ///
 /// let expires = SystemTime::now() + Duration::from_secs(86_400 * 30);
@@ -48,8 +48,8 @@ use crate::maybe::{Boxed, Maybe};
 ///     .get("/invoices", Require::all_of("invoices:read"))
 ///     .build()
 ///     .unwrap();
-/// let guard = NhiGuard::builder(registry.clone())
-///     .identity(IdentityLayer::builder(registry))
+/// let guard = NhiGuard::builder(registry)
+///     .identity(IdentityLayerBuilder::new())
 ///     .scope(ScopeLayer::new(policy))
 ///     .build()
 ///     .unwrap();
@@ -162,8 +162,9 @@ impl NhiGuardBuilder {
         self
     }
 
-    /// The identity layer, given as its builder so that the stack's clock and
-    /// address resolver reach it. With a scope layer in the stack, identity runs in
+    /// The identity layer, given as its builder so that the stack's clock,
+    /// address resolver and, when the builder has none
+    /// (`IdentityLayerBuilder::new()`), registry reach it. With a scope layer in the stack, identity runs in
     /// optional mode: a request without any credential reaches the scope policy,
     /// which lets it through on public routes only and answers `401` elsewhere; an
     /// invalid credential is refused by identity as always.
@@ -351,6 +352,10 @@ impl NhiGuardBuilder {
             .and_then(|b| b.api_key_header_name().cloned());
         let identity = match self.identity {
             Some(mut b) => Some({
+                if !b.has_registry() {
+                    // The registry is passed once, to the stack.
+                    b = b.registry(self.registry.clone());
+                }
                 if self.scope.is_some() {
                     // The scope policy decides which routes are public; identity
                     // still refuses every invalid credential, and the scope layer

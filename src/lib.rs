@@ -77,7 +77,7 @@ pub mod prelude {
     #[cfg(feature = "audit")]
     pub use nhi_guard_audit::{AuditLayer, AuditWriter};
     #[cfg(feature = "identity")]
-    pub use nhi_guard_identity::{IdentityLayer, Issuer};
+    pub use nhi_guard_identity::{IdentityLayer, IdentityLayerBuilder, Issuer};
     #[cfg(feature = "ratelimit")]
     pub use nhi_guard_ratelimit::{Limit, RateGroup, RateLimitLayer};
     #[cfg(feature = "risk")]

@@ -97,8 +97,9 @@ async fn call(guard: &nhi_guard::NhiGuardLayer, method: Method, path: &str) -> (
 #[tokio::test]
 async fn one_table_gives_every_control_its_attributes() {
     let registry = registry();
-    let guard = NhiGuard::builder(registry.clone())
-        .identity(IdentityLayer::builder(registry))
+    // The registry is given once: the identity builder gets the stack's.
+    let guard = NhiGuard::builder(registry)
+        .identity(nhi_guard::identity::IdentityLayerBuilder::new())
         .risk(RiskLayer::new())
         .rate_limit(
             RateLimitLayer::new()
@@ -171,4 +172,19 @@ async fn a_layer_keeps_routes_of_its_own_and_bad_attributes_fail_the_build() {
         .build()
         .expect_err("no capture sku");
     assert_eq!((err.control(), err.field()), ("risk", "route[/a/{id}].resource"));
+}
+
+#[test]
+fn an_identity_layer_alone_needs_a_registry() {
+    let err = nhi_guard::identity::IdentityLayerBuilder::new()
+        .build()
+        .expect_err("no registry");
+    assert_eq!((err.control(), err.field()), ("identity", "registry"));
+    assert_eq!(err.kind(), nhi_guard::core::config::ConfigErrorKind::Missing);
+    assert!(
+        nhi_guard::identity::IdentityLayerBuilder::new()
+            .registry(registry())
+            .build()
+            .is_ok()
+    );
 }

@@ -98,9 +98,25 @@ impl fmt::Debug for IdentityLayer {
 impl IdentityLayer {
     /// Starts a configuration that maps credentials to clients of `registry`.
     pub fn builder(registry: impl ClientRegistry) -> IdentityLayerBuilder {
-        IdentityLayerBuilder {
+        IdentityLayerBuilder::new().registry(Arc::new(registry))
+    }
+}
+
+impl Default for IdentityLayerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IdentityLayerBuilder {
+    /// Starts a configuration without a registry: give it with
+    /// [`IdentityLayerBuilder::registry`], or hand the builder to
+    /// `NhiGuard::builder(registry)`, which gives the stack's registry to a
+    /// builder that has none (the registry is passed once).
+    pub fn new() -> Self {
+        Self {
             issuers: Vec::new(),
-            registry: Arc::new(registry),
+            registry: None,
             order: vec![
                 Credential::Bearer,
                 Credential::ApiKey,
@@ -121,6 +137,17 @@ impl IdentityLayer {
             revocations: None,
         }
     }
+
+    /// The inventory credentials are mapped to.
+    pub fn registry(mut self, registry: SharedRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Whether a registry was given.
+    pub fn has_registry(&self) -> bool {
+        self.registry.is_some()
+    }
 }
 
 impl<S> tower_layer::Layer<S> for IdentityLayer {
@@ -138,7 +165,7 @@ impl<S> tower_layer::Layer<S> for IdentityLayer {
 #[must_use]
 pub struct IdentityLayerBuilder {
     issuers: Vec<Issuer>,
-    registry: SharedRegistry,
+    registry: Option<SharedRegistry>,
     order: Vec<Credential>,
     api_key_header: Result<HeaderName, String>,
     api_key_in_authorization: bool,
@@ -322,8 +349,17 @@ impl IdentityLayerBuilder {
     /// unsupported algorithm, a duplicate issuer, an invalid header name, an
     /// empty credential order, a zero token size; `registry` when several issuers
     /// are trusted and a client of the inventory lists none (the message names
-    /// the client).
+    /// the client), or when no registry was given.
     pub fn build(self) -> Result<IdentityLayer, ConfigError> {
+        let registry = self.registry.ok_or_else(|| {
+            ConfigError::new(
+                "identity",
+                "registry",
+                "no client inventory: give one (IdentityLayerBuilder::registry) or build the layer \
+                 through NhiGuard::builder(registry)",
+            )
+            .kind_of(nhi_guard_core::config::ConfigErrorKind::Missing)
+        })?;
         let api_key_header = self
             .api_key_header
             .map_err(|m| ConfigError::new("identity", "api_key_header", m))?;
@@ -374,7 +410,7 @@ impl IdentityLayerBuilder {
         }
         // Last, once nothing else can fail: the registry keeps the requirement.
         if order.contains(&Credential::Bearer) && !self.issuers.is_empty() {
-            self.registry
+            registry
                 .require(InventoryRequirement::trusted_issuers(
                     self.issuers.iter().map(|i| i.iss.clone()),
                 ))
@@ -394,7 +430,7 @@ impl IdentityLayerBuilder {
             config: Arc::new(Config {
                 issuers: self.issuers,
                 by_iss,
-                registry: self.registry,
+                registry,
                 order,
                 api_key_header,
                 api_key_in_authorization: self.api_key_in_authorization,
