@@ -22,6 +22,7 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Saturating conversion of a duration to nanoseconds in a `u64` (good until 2554).
+#[doc(hidden)]
 pub fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -155,6 +155,7 @@ impl Hasher for Fold {
     }
 }
 
+#[doc(hidden)]
 /// The FxHash function, a word at a time: several times faster than SipHash on
 /// short keys such as client ids and path segments.
 #[derive(Debug, Default, Clone, Copy)]
@@ -186,9 +187,11 @@ impl Hasher for FxHasher {
     }
 }
 
+#[doc(hidden)]
 /// `BuildHasher` of [`FxHasher`].
 pub type FxBuildHasher = BuildHasherDefault<FxHasher>;
 
+#[doc(hidden)]
 /// A pass-through hasher for keys that already are (keyed) 64-bit hashes: `write_u64`
 /// keeps the value as it is.
 #[derive(Debug, Default, Clone, Copy)]
@@ -213,6 +216,7 @@ impl Hasher for PreHashed {
     }
 }
 
+#[doc(hidden)]
 /// `BuildHasher` of [`PreHashed`].
 pub type PreHashedBuildHasher = BuildHasherDefault<PreHashed>;
 

@@ -12,7 +12,14 @@
 //! - [`Denial`]: one refusal type rendered as RFC 9457 problem+json with RFC 6750
 //!   challenges, rate-limit fields, or a gRPC status;
 //! - [`clock`]: time behind a trait, for tests without sleeping;
-//! - [`metrics`]: the stable metric names and the per-layer counters of a control.
+//! - [`metrics`]: the stable metric names;
+//! - [`route`]: the one route table, matched once per request;
+//! - [`hash::KeyHasher`]: the keyed hasher of every table an attacker can fill.
+//!
+//! The plumbing the controls share (their response futures' rejected state, the
+//! credential digest table, the credential lookup before identity, the unkeyed
+//! hashers, the metric recording helpers) is public for the workspace's crates
+//! only: hidden from this documentation, and it may change in any release.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -40,11 +47,14 @@ pub mod clock;
 pub mod config;
 pub mod context;
 pub mod denial;
+#[doc(hidden)]
 pub mod digest;
+#[doc(hidden)]
 pub mod future;
 pub mod hash;
 mod inventory_toml;
 pub mod metrics;
+#[doc(hidden)]
 pub mod presented;
 pub mod principal;
 pub mod registry;

@@ -198,24 +198,28 @@ pub fn describe() {
     );
 }
 
+#[doc(hidden)]
 /// Counts a risk signal that fired on a request, by the action the request got
 /// (`allow`, `throttle`, `step_up`, `block`). Called only when a signal fires.
 pub fn risk_signal(signal: &'static str, action: &'static str) {
     metrics::counter!(RISK_SIGNALS_TOTAL, "signal" => signal, "action" => action).increment(1);
 }
 
+#[doc(hidden)]
 /// Counts a request whose credential named no client of the inventory (`kind`:
 /// `token` or `api_key`).
 pub fn ungoverned(kind: &'static str) {
     metrics::counter!(UNGOVERNED_REQUESTS_TOTAL, "kind" => kind).increment(1);
 }
 
+#[doc(hidden)]
 /// Sets the stale-identity gauges from a least-privilege report.
 pub fn identity_staleness(stale: usize, never_seen: usize) {
     metrics::gauge!(STALE_CLIENTS, "state" => "stale").set(stale as f64);
     metrics::gauge!(STALE_CLIENTS, "state" => "never_seen").set(never_seen as f64);
 }
 
+#[doc(hidden)]
 /// Counts a request made with an API key past its rotation date.
 pub fn rotation_due() {
     metrics::counter!(ROTATION_DUE_REQUESTS_TOTAL).increment(1);
@@ -239,6 +243,7 @@ struct Handles {
     shadow_deny: Counter,
 }
 
+#[doc(hidden)]
 /// The `nhi_guard_requests_total` counters of one control in one layer, resolved
 /// from the recorder on first use and then incremented without a look-up.
 ///
@@ -332,6 +337,7 @@ impl fmt::Debug for ControlMetrics {
     }
 }
 
+#[doc(hidden)]
 /// A histogram resolved from the recorder on first use (see the module docs on
 /// installing the recorder first).
 pub struct LazyHistogram {
