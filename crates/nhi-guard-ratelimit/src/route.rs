@@ -123,7 +123,7 @@ impl RouteGroups {
     ) -> Arc<str> {
         match &self.routes {
             Some(routes) => routes
-                .resolve(method, path, extensions)
+                .resolve_in(Some(ctx), method, path, extensions)
                 .and_then(|id| self.groups.get(id.index()).cloned())
                 .unwrap_or_else(|| self.any.clone()),
             None => ctx.route().unwrap_or_else(|| self.any.clone()),

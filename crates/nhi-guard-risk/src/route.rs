@@ -390,12 +390,13 @@ impl RouteTable {
     /// when no route names `HEAD` itself, as axum and the scope policy serve it.
     pub(crate) fn find(
         &self,
+        ctx: Option<&nhi_guard_core::SecurityContext>,
         method: &Method,
         path: &str,
         extensions: &http::Extensions,
         hasher: &KeyHasher,
     ) -> Option<RouteFacts> {
-        let id = self.routes.resolve(method, path, extensions)?;
+        let id = self.routes.resolve_in(ctx, method, path, extensions)?;
         let c = self.get(id.index())?;
         let resource = c
             .resource
@@ -417,7 +418,7 @@ mod tests {
 
     impl RouteTable {
         fn find_plain(&self, method: &Method, path: &str, hasher: &KeyHasher) -> Option<RouteFacts> {
-            self.find(method, path, &http::Extensions::new(), hasher)
+            self.find(None, method, path, &http::Extensions::new(), hasher)
         }
     }
 

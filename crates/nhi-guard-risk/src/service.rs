@@ -88,9 +88,13 @@ where
         let route = match edge {
             Some(o) => o.route,
             None if engine.routes.is_empty() => None,
-            None => engine
-                .routes
-                .find(req.method(), req.uri().path(), req.extensions(), &engine.hasher),
+            None => engine.routes.find(
+                Some(&ctx),
+                req.method(),
+                req.uri().path(),
+                req.extensions(),
+                &engine.hasher,
+            ),
         };
         let protocol = Protocol::of(req.headers());
         let observe = self.phase == Phase::Edge || edge.is_none();

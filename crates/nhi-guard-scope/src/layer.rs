@@ -28,12 +28,13 @@ impl Matcher {
     #[inline]
     pub(crate) fn find(
         &self,
+        ctx: &nhi_guard_core::SecurityContext,
         method: &http::Method,
         path: &str,
         extensions: &http::Extensions,
     ) -> (Option<&Rule>, Fallback) {
         match self {
-            Self::Policy(p) => (p.resolve(method, path, extensions), p.fallback()),
+            Self::Policy(p) => (p.resolve(ctx, method, path, extensions), p.fallback()),
             Self::Fixed(r) => (Some(r), Fallback::Deny),
         }
     }

@@ -194,7 +194,7 @@ fn check<ReqBody, ResBody>(
         }
     }
 
-    let (rule, fallback) = config.matcher.find(req.method(), path, req.extensions());
+    let (rule, fallback) = config.matcher.find(ctx, req.method(), path, req.extensions());
 
     let verdict = evaluate(rule, fallback, principal);
     let missing = verdict.as_ref().err().and_then(Refusal::missing);

@@ -14,9 +14,6 @@ pub enum RouteErrorKind {
     Conflict,
     /// A route lists no method.
     NoMethod,
-    /// An attribute of a route does not fit it (a control's check, such as a capture
-    /// name the pattern lacks).
-    InvalidAttribute,
 }
 
 /// An invalid route table, naming the route at fault (`METHODS pattern`).

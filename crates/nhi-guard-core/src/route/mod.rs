@@ -375,7 +375,23 @@ impl Routes {
     /// `path`. The first table to match a request records the route and its
     /// template in the context ([`SecurityContext::route`]).
     pub fn resolve(&self, method: &Method, path: &str, extensions: &http::Extensions) -> Option<RouteId> {
-        let ctx = SecurityContext::from_extensions(extensions);
+        self.resolve_in(
+            SecurityContext::from_extensions(extensions),
+            method,
+            path,
+            extensions,
+        )
+    }
+
+    /// [`Routes::resolve`] for a layer that holds the request's context already:
+    /// no second look-up of it in the extensions.
+    pub fn resolve_in(
+        &self,
+        ctx: Option<&SecurityContext>,
+        method: &Method,
+        path: &str,
+        extensions: &http::Extensions,
+    ) -> Option<RouteId> {
         if let Some(m) = ctx.and_then(SecurityContext::route_match)
             && m.table == self.inner.id
         {
@@ -431,11 +447,6 @@ impl RoutesBuilder {
     pub fn routes(mut self, routes: impl IntoIterator<Item = Route>) -> Self {
         self.routes.extend(routes);
         self
-    }
-
-    /// The routes declared so far.
-    pub fn declared(&self) -> &[Route] {
-        &self.routes
     }
 
     /// Compiles the table.
@@ -496,6 +507,13 @@ mod tests {
         assert_eq!(ctx.route().as_deref(), Some("/items/{id}"));
         // The same table answers from the context: the path is not walked again.
         assert_eq!(routes.resolve(&Method::POST, "/elsewhere", &ext), Some(id));
+        // A layer holding the context passes it: the same answer, without the
+        // extensions.
+        let empty = http::Extensions::new();
+        assert_eq!(
+            routes.resolve_in(Some(&ctx), &Method::POST, "/elsewhere", &empty),
+            Some(id)
+        );
         // A clone is the same table.
         assert_eq!(
             routes.clone().resolve(&Method::POST, "/elsewhere", &ext),

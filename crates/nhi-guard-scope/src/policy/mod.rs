@@ -166,11 +166,12 @@ impl Policy {
     #[inline]
     pub(crate) fn resolve(
         &self,
+        ctx: &nhi_guard_core::SecurityContext,
         method: &Method,
         path: &str,
         extensions: &http::Extensions,
     ) -> Option<&Rule> {
-        self.rule_of(self.routes.resolve(method, path, extensions)?)
+        self.rule_of(self.routes.resolve_in(Some(ctx), method, path, extensions)?)
     }
 
     #[inline]
