@@ -2,23 +2,39 @@
 //! with one registry, one clock and one address resolver.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use http::{Request, Response};
 use nhi_guard_audit::AuditLayer;
+use nhi_guard_audit::{Audit, ResponseFuture as AuditFuture};
 use nhi_guard_core::ClientAddrResolver;
+use nhi_guard_core::GuardBody;
 use nhi_guard_core::clock::{SharedClock, SystemClock};
 use nhi_guard_core::config::{ConfigError, ConfigErrorKind};
+use nhi_guard_core::future::ResponseFuture as CoreFuture;
 use nhi_guard_core::registry::SharedRegistry;
 use nhi_guard_core::route::Routes;
 use nhi_guard_core::settings::LayerSettings;
 use nhi_guard_identity::{IdentityLayer, IdentityLayerBuilder};
+use nhi_guard_identity::{IdentityService, ResponseFuture as IdentityFuture};
+use nhi_guard_ratelimit::{
+    AuthFailureLimit, FailureFuture, RateLimitService, ResponseFuture as RateLimitFuture,
+};
 use nhi_guard_ratelimit::{AuthFailureLimitLayer, RateLimitLayer};
+use nhi_guard_risk::{ResponseFuture as RiskFuture, Risk, RiskEdge};
 use nhi_guard_risk::{RiskEdgeLayer, RiskLayer};
+use nhi_guard_scope::Scope;
 use nhi_guard_scope::report::warn_unreachable_rules;
 use nhi_guard_scope::{Policy, Require, ScopeLayer};
+use pin_project_lite::pin_project;
 use tower::layer::util::Stack;
 use tower::util::Either;
+use tower::util::future::EitherResponseFuture;
 use tower_layer::Layer;
+use tower_service::Service;
 
 use crate::maybe::{Boxed, Maybe};
 
@@ -471,12 +487,132 @@ impl fmt::Debug for NhiGuardLayer {
 }
 
 impl<S> Layer<S> for NhiGuardLayer {
-    // Not wrapped in a named service type: rustdoc then spends minutes and tens of
-    // gigabytes deriving the auto-trait impls of the nested layer types.
-    type Service = <Layers as Layer<Boxed<S>>>::Service;
+    type Service = NhiGuardService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        self.layers.layer(Boxed(inner))
+        NhiGuardService {
+            inner: self.layers.layer(Boxed(inner)),
+        }
+    }
+}
+
+// The composed service and its future, spelled out level by level (the compiler
+// checks they are what the layers build). Written as a chain of concrete types:
+// rustdoc derives `NhiGuardService`'s auto-trait impls from them, and it took
+// minutes and tens of gigabytes through `Layer` projections or a type that doubles
+// at each level.
+type L1<S> = Scope<Boxed<S>>;
+type L2<S> = RateLimitService<L1<S>>;
+type L3<S> = Risk<L2<S>>;
+type L4<S> = IdentityService<L3<S>>;
+type L5<S> = RiskEdge<L4<S>>;
+type L6<S> = AuthFailureLimit<L5<S>>;
+type L7<S> = RateLimitService<L6<S>>;
+type Inner<S> = Either<Audit<L7<S>>, L7<S>>;
+
+type B1<B> = GuardBody<B>;
+type B2<B> = GuardBody<B1<B>>;
+type B3<B> = GuardBody<B2<B>>;
+type B4<B> = GuardBody<B3<B>>;
+type B5<B> = GuardBody<B4<B>>;
+type B6<B> = GuardBody<B5<B>>;
+
+/// The response body of [`NhiGuardService`]: your service's body, or a refusal's
+/// problem body, inside each control's [`GuardBody`].
+pub type NhiGuardBody<B> = GuardBody<B6<B>>;
+
+type F0<B, E> = Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>;
+type F1<B, E> = CoreFuture<F0<B, E>, B>;
+type F2<S, Q, B, E> = RateLimitFuture<L1<S>, Q, F1<B, E>, B1<B>>;
+type F3<S, Q, B, E> = RiskFuture<F2<S, Q, B, E>, B2<B>, E>;
+type F4<S, Q, B, E> = IdentityFuture<F3<S, Q, B, E>, B3<B>, E>;
+type F5<S, Q, B, E> = RiskFuture<F4<S, Q, B, E>, B4<B>, E>;
+type F6<S, Q, B, E> = FailureFuture<F5<S, Q, B, E>, B5<B>>;
+type F7<S, Q, B, E> = RateLimitFuture<L6<S>, Q, F6<S, Q, B, E>, B6<B>>;
+type F8<S, Q, B, E> = EitherResponseFuture<AuditFuture<F7<S, Q, B, E>, NhiGuardBody<B>, E>, F7<S, Q, B, E>>;
+
+/// The service of [`NhiGuardLayer`]: the controls around your service `S`.
+///
+/// Refusals are answered without calling `S`; a request that passes reaches it with
+/// the [`SecurityContext`](nhi_guard_core::SecurityContext) and the verified
+/// [`Principal`](nhi_guard_core::Principal) in its extensions. Cheap to clone when
+/// `S` is.
+pub struct NhiGuardService<S> {
+    inner: Inner<S>,
+}
+
+impl<S: Clone> Clone for NhiGuardService<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for NhiGuardService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NhiGuardService").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for NhiGuardService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Response = Response<NhiGuardBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        ResponseFuture {
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`NhiGuardService`].
+    pub struct ResponseFuture<S, ReqBody, ResBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        inner: F8<S, ReqBody, ResBody, S::Error>,
+    }
+}
+
+impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody, ResBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Send + 'static,
+{
+    type Output = Result<Response<NhiGuardBody<ResBody>>, S::Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
     }
 }
 

@@ -31,6 +31,13 @@
     feature = "audit"
 ))]
 mod builder;
+#[cfg(all(
+    feature = "identity",
+    feature = "scope",
+    feature = "ratelimit",
+    feature = "risk",
+    feature = "audit"
+))]
 mod maybe;
 
 #[cfg(all(
@@ -40,7 +47,9 @@ mod maybe;
     feature = "risk",
     feature = "audit"
 ))]
-pub use crate::builder::{BuildError, NhiGuard, NhiGuardBuilder, NhiGuardLayer};
+pub use crate::builder::{
+    BuildError, NhiGuard, NhiGuardBody, NhiGuardBuilder, NhiGuardLayer, NhiGuardService, ResponseFuture,
+};
 
 pub use nhi_guard_core as core;
 pub use nhi_guard_core::{

@@ -156,7 +156,7 @@ impl<S> tower_layer::Layer<S> for IdentityLayer {
     fn layer(&self, inner: S) -> Self::Service {
         IdentityService {
             inner,
-            config: self.config.clone(),
+            config: Some(self.config.clone()),
         }
     }
 }

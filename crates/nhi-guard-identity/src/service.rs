@@ -32,7 +32,19 @@ const MAX_API_KEY_BYTES: usize = 512;
 #[derive(Clone)]
 pub struct IdentityService<S> {
     pub(crate) inner: S,
-    pub(crate) config: Arc<Config>,
+    // `None`: passes requests through (see `passthrough`).
+    pub(crate) config: Option<Arc<Config>>,
+}
+
+impl<S> IdentityService<S> {
+    /// A service that hands every request to `inner` untouched, its response body
+    /// wrapped as the control's own: what the `nhi-guard` facade puts in this
+    /// control's place when it is off, so the composed service has one type
+    /// whichever controls are on.
+    #[doc(hidden)]
+    pub fn passthrough(inner: S) -> Self {
+        Self { inner, config: None }
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for IdentityService<S> {
@@ -722,7 +734,14 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let config = &*self.config;
+        let Some(shared) = &self.config else {
+            return ResponseFuture {
+                kind: Kind::Ready {
+                    future: nhi_guard_core::future::ResponseFuture::inner(self.inner.call(req)),
+                },
+            };
+        };
+        let config = &**shared;
         let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
         // One clock reading per request when the stack shares a clock.
         let now = ctx.now_by(&*config.clock);
@@ -733,7 +752,7 @@ where
             Step::Refetch(pending) => {
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                let config = self.config.clone();
+                let config = shared.clone();
                 let span = tracing::debug_span!(target: TARGET, "unknown_kid_refetch");
                 let future =
                     async move { refetch_then_call(config, inner, req, ctx, protocol, *pending).await }

@@ -198,7 +198,7 @@ impl<S> Layer<S> for AuthFailureLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthFailureLimit {
             inner,
-            config: self.config.clone(),
+            config: Some(self.config.clone()),
         }
     }
 }
@@ -207,7 +207,19 @@ impl<S> Layer<S> for AuthFailureLimitLayer {
 #[derive(Debug, Clone)]
 pub struct AuthFailureLimit<S> {
     inner: S,
-    config: Arc<FailureConfig>,
+    // `None`: passes requests through (see `passthrough`).
+    config: Option<Arc<FailureConfig>>,
+}
+
+impl<S> AuthFailureLimit<S> {
+    /// A service that hands every request to `inner` untouched, its response body
+    /// wrapped as the control's own: what the `nhi-guard` facade puts in this
+    /// control's place when it is off, so the composed service has one type
+    /// whichever controls are on.
+    #[doc(hidden)]
+    pub fn passthrough(inner: S) -> Self {
+        Self { inner, config: None }
+    }
 }
 
 /// The fingerprint of the credential a request presents, as the identity layer
@@ -284,7 +296,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let cfg = &*self.config;
+        let Some(config) = &self.config else {
+            return FailureFuture {
+                inner: GuardFuture::inner(self.inner.call(req)),
+                after: None,
+            };
+        };
+        let cfg = &**config;
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
         let keys = Keys {
             addr: ctx.client_addr().map(|a| {
@@ -338,7 +356,7 @@ where
             ctx.record_shadow_denial(&denial);
             cfg.metrics.shadow_deny(&denial);
         }
-        FailureFuture::inner(self.inner.call(req), ctx, self.config.clone(), keys)
+        FailureFuture::inner(self.inner.call(req), ctx, config.clone(), keys)
     }
 }
 

@@ -23,7 +23,8 @@ use crate::memory::{LocalCheck, MAX_LIMITS};
 /// The service of [`RateLimitLayer`](crate::RateLimitLayer).
 pub struct RateLimitService<S> {
     inner: S,
-    config: Arc<Config>,
+    // `None`: passes requests through (see `passthrough`).
+    config: Option<Arc<Config>>,
 }
 
 impl<S: Clone> Clone for RateLimitService<S> {
@@ -46,7 +47,19 @@ impl<S: fmt::Debug> fmt::Debug for RateLimitService<S> {
 
 impl<S> RateLimitService<S> {
     pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
-        Self { inner, config }
+        Self {
+            inner,
+            config: Some(config),
+        }
+    }
+
+    /// A service that hands every request to `inner` untouched, its response body
+    /// wrapped as the control's own: what the `nhi-guard` facade puts in this
+    /// control's place when it is off, so the composed service has one type
+    /// whichever controls are on.
+    #[doc(hidden)]
+    pub fn passthrough(inner: S) -> Self {
+        Self { inner, config: None }
     }
 
     /// The inner service.
@@ -340,176 +353,176 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let Some(config) = &self.config else {
+            return ResponseFuture::inner(self.inner.call(req), None, None);
+        };
+        let inner = &mut self.inner;
         // Arrays sized for the layer's limits: a one-limit layer touches one slot.
-        match self.config.limits.len() {
-            0 | 1 => self.call_n::<1, ReqB, ResB>(req),
-            2 => self.call_n::<2, ReqB, ResB>(req),
-            3 | 4 => self.call_n::<4, ReqB, ResB>(req),
-            _ => self.call_n::<MAX_LIMITS, ReqB, ResB>(req),
+        match config.limits.len() {
+            0 | 1 => call_n::<1, S, ReqB, ResB>(inner, config, req),
+            2 => call_n::<2, S, ReqB, ResB>(inner, config, req),
+            3 | 4 => call_n::<4, S, ReqB, ResB>(inner, config, req),
+            _ => call_n::<MAX_LIMITS, S, ReqB, ResB>(inner, config, req),
         }
     }
 }
 
-impl<S> RateLimitService<S> {
-    fn call_n<const N: usize, ReqB, ResB>(
-        &mut self,
-        mut req: Request<ReqB>,
-    ) -> ResponseFuture<S, ReqB, S::Future, ResB>
-    where
-        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    {
-        let cfg = &*self.config;
-        let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
-        let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
-        let who = if cfg.needs_principal {
-            ctx.read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
-                .or_else(|| req.extensions().get::<Principal>().map(|p| who_of(cfg, p)))
-        } else {
-            None
+fn call_n<const N: usize, S, ReqB, ResB>(
+    inner: &mut S,
+    config: &Arc<Config>,
+    mut req: Request<ReqB>,
+) -> ResponseFuture<S, ReqB, S::Future, ResB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+{
+    let cfg = &**config;
+    let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
+    let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
+    let who = if cfg.needs_principal {
+        ctx.read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
+            .or_else(|| req.extensions().get::<Principal>().map(|p| who_of(cfg, p)))
+    } else {
+        None
+    };
+    let group = cfg.needs_group.then(|| {
+        cfg.route_groups
+            .group(req.method(), req.uri().path(), req.extensions(), &ctx)
+    });
+    let mut custom: [Option<String>; N] = std::array::from_fn(|_| None);
+    if cfg.needs_parts {
+        let (parts, body) = req.into_parts();
+        for (i, l) in cfg.limits.iter().enumerate() {
+            if let KeyKind::Custom(f) = &l.key
+                && let Some(slot) = custom.get_mut(i)
+            {
+                *slot = f(&parts, &ctx);
+            }
+        }
+        req = Request::from_parts(parts, body);
+    }
+    let mut addr = [0u8; 16];
+    let addr_len = ctx.client_addr().map(|a| addr_bytes(a.key_ip(), &mut addr));
+    // Limits that exempt verified clients skip a verified one, and count one
+    // that presents a credential only after identity ran, if it did not verify.
+    let credentialed =
+        cfg.has_exempt && who.is_none() && presented_credential(req.headers(), &cfg.api_key_header).is_some();
+    let mut deferred: u8 = 0;
+
+    let placeholder = cfg.default_quota;
+    let mut checks = [LocalCheck {
+        policy: "",
+        key: b"",
+        qualifier: b"",
+        quota: placeholder,
+        cost: 1,
+    }; N];
+    let mut meta = [(0, placeholder); N];
+    let mut n = 0;
+    for (i, limit) in cfg.limits.iter().enumerate().take(N) {
+        if limit.exempt_verified && (who.is_some() || credentialed) {
+            if credentialed && addr_len.is_some() {
+                deferred |= 1 << i;
+            }
+            continue;
+        }
+        let (key, qualifier): (&[u8], &[u8]) = match &limit.key {
+            KeyKind::Address => match addr_len {
+                Some(len) => (&addr[..len], b""),
+                None => continue,
+            },
+            KeyKind::Client => match &who {
+                Some(w) => (w.id.as_str().as_bytes(), b""),
+                None => continue,
+            },
+            KeyKind::ClientRoute => match &who {
+                Some(w) => (
+                    w.id.as_str().as_bytes(),
+                    group.as_deref().unwrap_or("*").as_bytes(),
+                ),
+                None => continue,
+            },
+            KeyKind::Custom(_) => match custom.get(i).and_then(Option::as_ref) {
+                Some(k) => (k.as_bytes(), b""),
+                None => continue,
+            },
         };
-        let group = cfg.needs_group.then(|| {
-            cfg.route_groups
-                .group(req.method(), req.uri().path(), req.extensions(), &ctx)
-        });
-        let mut custom: [Option<String>; N] = std::array::from_fn(|_| None);
-        if cfg.needs_parts {
-            let (parts, body) = req.into_parts();
-            for (i, l) in cfg.limits.iter().enumerate() {
-                if let KeyKind::Custom(f) = &l.key
-                    && let Some(slot) = custom.get_mut(i)
-                {
-                    *slot = f(&parts, &ctx);
-                }
-            }
-            req = Request::from_parts(parts, body);
-        }
-        let mut addr = [0u8; 16];
-        let addr_len = ctx.client_addr().map(|a| addr_bytes(a.key_ip(), &mut addr));
-        // Limits that exempt verified clients skip a verified one, and count one
-        // that presents a credential only after identity ran, if it did not verify.
-        let credentialed = cfg.has_exempt
-            && who.is_none()
-            && presented_credential(req.headers(), &cfg.api_key_header).is_some();
-        let mut deferred: u8 = 0;
+        let quota = quota_for(cfg, limit, who.as_ref(), group.as_deref());
+        checks[n] = LocalCheck {
+            policy: &limit.name,
+            key,
+            qualifier,
+            quota,
+            cost: cost_override.unwrap_or(limit.cost),
+        };
+        meta[n] = (i, quota);
+        n += 1;
+    }
 
-        let placeholder = cfg.default_quota;
-        let mut checks = [LocalCheck {
-            policy: "",
-            key: b"",
-            qualifier: b"",
-            quota: placeholder,
-            cost: 1,
-        }; N];
-        let mut meta = [(0, placeholder); N];
-        let mut n = 0;
-        for (i, limit) in cfg.limits.iter().enumerate().take(N) {
-            if limit.exempt_verified && (who.is_some() || credentialed) {
-                if credentialed && addr_len.is_some() {
-                    deferred |= 1 << i;
-                }
-                continue;
+    let deferred = (deferred != 0).then(|| {
+        Box::new(Deferred {
+            config: config.clone(),
+            ctx: ctx.clone(),
+            mask: deferred,
+            cost_override,
+            group: group.clone(),
+        })
+    });
+    match &cfg.backend {
+        Backend::Local(store) => {
+            let mut out = [RateLimitDecision::default(); N];
+            if n > 0 {
+                store.check_at(
+                    // One clock reading per request when the stack shares a clock.
+                    ctx.unix_nanos_by(&*cfg.clock),
+                    &checks[..n],
+                    CheckMode::Consume,
+                    &mut out[..n],
+                );
             }
-            let (key, qualifier): (&[u8], &[u8]) = match &limit.key {
-                KeyKind::Address => match addr_len {
-                    Some(len) => (&addr[..len], b""),
-                    None => continue,
-                },
-                KeyKind::Client => match &who {
-                    Some(w) => (w.id.as_str().as_bytes(), b""),
-                    None => continue,
-                },
-                KeyKind::ClientRoute => match &who {
-                    Some(w) => (
-                        w.id.as_str().as_bytes(),
-                        group.as_deref().unwrap_or("*").as_bytes(),
-                    ),
-                    None => continue,
-                },
-                KeyKind::Custom(_) => match custom.get(i).and_then(Option::as_ref) {
-                    Some(k) => (k.as_bytes(), b""),
-                    None => continue,
-                },
-            };
-            let quota = quota_for(cfg, limit, who.as_ref(), group.as_deref());
-            checks[n] = LocalCheck {
-                policy: &limit.name,
-                key,
-                qualifier,
-                quota,
-                cost: cost_override.unwrap_or(limit.cost),
-            };
-            meta[n] = (i, quota);
-            n += 1;
+            match verdict(cfg, &ctx, &meta[..n], &out[..n], req.headers()) {
+                Verdict::Pass(outcomes) => ResponseFuture::inner(inner.call(req), outcomes, deferred),
+                Verdict::Reject(res) => ResponseFuture::ready(res),
+            }
         }
-
-        let deferred = (deferred != 0).then(|| {
-            Box::new(Deferred {
-                config: self.config.clone(),
-                ctx: ctx.clone(),
-                mask: deferred,
-                cost_override,
-                group: group.clone(),
-            })
-        });
-        match &cfg.backend {
-            Backend::Local(store) => {
-                let mut out = [RateLimitDecision::default(); N];
-                if n > 0 {
-                    store.check_at(
-                        // One clock reading per request when the stack shares a clock.
-                        ctx.unix_nanos_by(&*cfg.clock),
-                        &checks[..n],
-                        CheckMode::Consume,
-                        &mut out[..n],
-                    );
-                }
-                match verdict(cfg, &ctx, &meta[..n], &out[..n], req.headers()) {
-                    Verdict::Pass(outcomes) => {
-                        ResponseFuture::inner(self.inner.call(req), outcomes, deferred)
-                    }
-                    Verdict::Reject(res) => ResponseFuture::ready(res),
-                }
+        Backend::Shared(store) => {
+            if n == 0 {
+                ctx.allow();
+                config.metrics.allow();
+                return ResponseFuture::inner(inner.call(req), None, deferred);
             }
-            Backend::Shared(store) => {
-                if n == 0 {
-                    ctx.allow();
-                    self.config.metrics.allow();
-                    return ResponseFuture::inner(self.inner.call(req), None, deferred);
-                }
-                let owned: Arc<[RateLimitCheck]> = checks[..n]
-                    .iter()
-                    .zip(&meta[..n])
-                    .map(|(c, m)| RateLimitCheck {
-                        policy: cfg.limits[m.0].name.clone(),
-                        key: c.key.into(),
-                        qualifier: c.qualifier.into(),
-                        quota: c.quota,
-                        cost: c.cost,
-                    })
-                    .collect();
-                let check = store.check(owned, CheckMode::Consume);
-                let protocol = Protocol::of(req.headers());
-                // Take the service that was driven to readiness; leave a clone.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::checking(
-                    check,
-                    Pending {
-                        inner,
-                        req,
-                        config: self.config.clone(),
-                        ctx,
-                        meta: {
-                            let mut all: Meta = [(0, placeholder); MAX_LIMITS];
-                            all[..n].copy_from_slice(&meta[..n]);
-                            all
-                        },
-                        n,
-                        protocol,
-                        deferred,
+            let owned: Arc<[RateLimitCheck]> = checks[..n]
+                .iter()
+                .zip(&meta[..n])
+                .map(|(c, m)| RateLimitCheck {
+                    policy: cfg.limits[m.0].name.clone(),
+                    key: c.key.into(),
+                    qualifier: c.qualifier.into(),
+                    quota: c.quota,
+                    cost: c.cost,
+                })
+                .collect();
+            let check = store.check(owned, CheckMode::Consume);
+            let protocol = Protocol::of(req.headers());
+            // Take the service that was driven to readiness; leave a clone.
+            let clone = inner.clone();
+            let inner = std::mem::replace(inner, clone);
+            ResponseFuture::checking(
+                check,
+                Pending {
+                    inner,
+                    req,
+                    config: config.clone(),
+                    ctx,
+                    meta: {
+                        let mut all: Meta = [(0, placeholder); MAX_LIMITS];
+                        all[..n].copy_from_slice(&meta[..n]);
+                        all
                     },
-                )
-            }
+                    n,
+                    protocol,
+                    deferred,
+                },
+            )
         }
     }
 }

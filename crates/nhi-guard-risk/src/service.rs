@@ -30,7 +30,8 @@ struct ObservedBy {
 #[derive(Clone)]
 pub struct Risk<S> {
     inner: S,
-    engine: Arc<Engine>,
+    // `None`: passes requests through (see `passthrough`).
+    engine: Option<Arc<Engine>>,
     phase: Phase,
 }
 
@@ -46,7 +47,24 @@ impl<S: fmt::Debug> fmt::Debug for Risk<S> {
 
 impl<S> Risk<S> {
     pub(crate) fn new(inner: S, engine: Arc<Engine>, phase: Phase) -> Self {
-        Self { inner, engine, phase }
+        Self {
+            inner,
+            engine: Some(engine),
+            phase,
+        }
+    }
+
+    /// A service that hands every request to `inner` untouched, its response body
+    /// wrapped as the control's own: what the `nhi-guard` facade puts in this
+    /// control's place when it is off, so the composed service has one type
+    /// whichever controls are on.
+    #[doc(hidden)]
+    pub fn passthrough(inner: S) -> Self {
+        Self {
+            inner,
+            engine: None,
+            phase: Phase::Identified,
+        }
     }
 
     /// The inner service.
@@ -72,10 +90,10 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let engine = &self.engine;
-        if engine.mode == Mode::Off {
-            return ResponseFuture::inner(self.inner.call(req), None);
-        }
+        let engine = match &self.engine {
+            Some(engine) if engine.mode != Mode::Off => engine,
+            _ => return ResponseFuture::inner(self.inner.call(req), None),
+        };
         let ctx = SecurityContext::get_or_insert(&mut req, &engine.resolver, &*engine.clock);
         let edge = match self.phase {
             Phase::Edge => None,
@@ -313,6 +331,15 @@ impl<S: fmt::Debug> fmt::Debug for RiskEdge<S> {
 impl<S> RiskEdge<S> {
     pub(crate) fn new(inner: Risk<S>) -> Self {
         Self(inner)
+    }
+
+    /// A service that hands every request to `inner` untouched, its response body
+    /// wrapped as the control's own: what the `nhi-guard` facade puts in this
+    /// control's place when it is off, so the composed service has one type
+    /// whichever controls are on.
+    #[doc(hidden)]
+    pub fn passthrough(inner: S) -> Self {
+        Self(Risk::passthrough(inner))
     }
 }
 

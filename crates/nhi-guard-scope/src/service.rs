@@ -41,21 +41,34 @@ fn ambiguous_target(ambiguity: Ambiguity) -> Denial {
 #[derive(Clone)]
 pub struct Scope<S> {
     inner: S,
-    config: Arc<Config>,
+    // `None`: passes requests through (see `passthrough`).
+    config: Option<Arc<Config>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Scope<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Scope")
             .field("inner", &self.inner)
-            .field("shadow", &self.config.shadow)
+            .field("shadow", &self.config.as_ref().map(|c| c.shadow))
             .finish_non_exhaustive()
     }
 }
 
 impl<S> Scope<S> {
     pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
-        Self { inner, config }
+        Self {
+            inner,
+            config: Some(config),
+        }
+    }
+
+    /// A service that hands every request to `inner` untouched, its response body
+    /// wrapped as the control's own: what the `nhi-guard` facade puts in this
+    /// control's place when it is off, so the composed service has one type
+    /// whichever controls are on.
+    #[doc(hidden)]
+    pub fn passthrough(inner: S) -> Self {
+        Self { inner, config: None }
     }
 
     /// The inner service.
@@ -128,7 +141,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let config = &*self.config;
+        let Some(config) = self.config.as_deref() else {
+            return ResponseFuture::inner(self.inner.call(req));
+        };
         // Borrowed from the request when an outer layer created it: the check
         // finishes before the request moves on.
         let rejection = if let Some(ctx) = SecurityContext::from_extensions(req.extensions()) {
