@@ -25,6 +25,8 @@ use serde_json::Value;
 
 use crate::{app, config, guard};
 
+pub(crate) mod nginx;
+
 /// A variable lookup over fixed pairs, in place of the process environment.
 pub(crate) fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
     let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
