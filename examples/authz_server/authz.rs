@@ -69,13 +69,25 @@ const ORIGINAL: [&str; 4] = [
     "x-forwarded-uri",
 ];
 
-/// `/authz` (any method) in front of the guarded decision; `/.well-known/jwks.json`
-/// when the demo issuer signs the tokens.
-pub(crate) fn routes(guard: NhiGuardLayer, jwks: Option<Arc<str>>) -> Router {
-    // The stack around a handler that only says yes: everything it refuses is
-    // refused before the handler, which turns the verified identity into fields.
-    let decide = Router::new().fallback(allowed).layer(guard);
-    let mut router = Router::new().route("/authz", any(authz)).with_state(decide);
+/// The stack around a handler that only says yes: everything the stack refuses is
+/// refused before the handler, which turns the verified identity into the
+/// `x-nhi-*` fields. Shared by `/authz` and Envoy's `Check`.
+pub(crate) fn decider(guard: NhiGuardLayer) -> Router {
+    Router::new().fallback(allowed).layer(guard)
+}
+
+/// The stack's answer about `req`, the original request rebuilt by the caller.
+pub(crate) async fn decide(decider: Router, req: Request) -> Response {
+    match decider.oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
+}
+
+/// `/authz` (any method) in front of `decider`; `/.well-known/jwks.json` when the
+/// demo issuer signs the tokens.
+pub(crate) fn routes(decider: Router, jwks: Option<Arc<str>>) -> Router {
+    let mut router = Router::new().route("/authz", any(authz)).with_state(decider);
     if let Some(jwks) = jwks {
         router = router.route(
             "/.well-known/jwks.json",
@@ -104,7 +116,7 @@ async fn allowed(req: Request) -> Response {
     (StatusCode::OK, headers).into_response()
 }
 
-async fn authz(State(decide): State<Router>, req: Request) -> Response {
+async fn authz(State(decider): State<Router>, req: Request) -> Response {
     let (parts, _body) = req.into_parts();
     let (edge, original) = match original_request(&parts.headers) {
         Ok(found) => found,
@@ -139,10 +151,7 @@ async fn authz(State(decide): State<Router>, req: Request) -> Response {
     if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
         inner.extensions_mut().insert(PeerAddr(*peer));
     }
-    let res = match decide.oneshot(inner).await {
-        Ok(res) => res,
-        Err(never) => match never {},
-    };
+    let res = decide(decider, inner).await;
     if res.status().is_success() {
         return res;
     }

@@ -4,8 +4,9 @@
 //! as a decision service for the edge a team already runs: NGINX `auth_request` and
 //! Traefik `ForwardAuth` ask `GET /authz` about each request before forwarding it
 //! (see `authz.rs` for what is read and answered, and `nginx.conf` beside this file
-//! for a complete NGINX set-up). The same controls decide, with the same answers,
-//! as in the gateway and the edge proxy; one audit record per request.
+//! for a complete NGINX set-up), and Envoy's `ext_authz` filter calls the gRPC
+//! `Check` service (`envoy.rs`, `envoy.yaml`). The same controls decide, with the
+//! same answers, as in the gateway and the edge proxy; one audit record per request.
 //!
 //! # Environment
 //!
@@ -16,9 +17,11 @@
 //! `NHI_GUARD_RISK_MODE`, `NHI_GUARD_TRUSTED_PROXIES` (list the edge: its
 //! forwarding field then gives the client's address), `NHI_GUARD_FORWARDED_HEADER`,
 //! `NHI_GUARD_IPV6_PREFIX`, `NHI_GUARD_ADDRESS_LIMIT`, `NHI_GUARD_SHUTDOWN_GRACE`.
-//! The routes and their scopes are the gateway's. Prints `listening on http://ADDR`
-//! once it accepts connections; SIGTERM or SIGINT: finish the decisions in flight,
-//! seal the audit log, exit 0.
+//! The routes and their scopes are the gateway's. `NHI_GUARD_GRPC_LISTEN`: where
+//! Envoy's `ext_authz` filter reaches the `Check` service (`envoy.rs`; default
+//! `127.0.0.1:9191`, `off` to serve only HTTP). Prints `listening on http://ADDR`
+//! once it accepts connections; SIGTERM or SIGINT: finish the decisions in flight
+//! on both listeners, seal the audit log, exit 0.
 
 #![allow(clippy::print_stdout)]
 
@@ -29,6 +32,7 @@ mod authz;
 #[path = "../gateway/config.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod config;
+mod envoy;
 #[path = "../gateway/guard.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod guard;
@@ -36,6 +40,7 @@ mod guard;
 #[allow(dead_code, unreachable_pub)]
 mod proxy;
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -63,15 +68,44 @@ async fn run() -> Result<(), String> {
     let addr = listener.local_addr().unwrap_or(config.listen);
     let base = format!("http://{addr}");
 
+    let grpc = match grpc_listen(get)? {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .map_err(|e| format!("NHI_GUARD_GRPC_LISTEN={at}: cannot listen: {e}"))?,
+        ),
+        None => None,
+    };
+
     let guard = guard::build(&config, registry.clone(), &base, Arc::new(SystemClock)).await?;
     let jwks = guard.demo.as_ref().map(|d| Arc::from(d.jwks_json()));
-    let router = authz::routes(guard.layer.clone(), jwks);
+    let decider = authz::decider(guard.layer.clone());
+    let mut servers = vec![(listener, authz::routes(decider.clone(), jwks))];
     guard::reload_on_sighup(registry, config.clients.clone());
 
     println!("listening on {base}");
     println!("forward auth at {base}/authz (NGINX auth_request, Traefik ForwardAuth)");
+    if let Some(grpc) = grpc {
+        let at = grpc
+            .local_addr()
+            .map_err(|e| format!("NHI_GUARD_GRPC_LISTEN: {e}"))?;
+        println!("envoy ext_authz (envoy.service.auth.v3.Authorization/Check) on grpc://{at}");
+        servers.push((grpc, envoy::ExtAuthz::router(decider)));
+    }
     if let Some(line) = config.trusted_proxies_line() {
         println!("{line}");
     }
-    guard::serve(listener, router, &guard, "authz_server", config.shutdown_grace).await
+    guard::serve_all(servers, &guard, "authz_server", config.shutdown_grace).await
+}
+
+/// `NHI_GUARD_GRPC_LISTEN`: where the Envoy `Check` service listens (default
+/// `127.0.0.1:9191`; `off`: not served).
+fn grpc_listen(get: impl Fn(&str) -> Option<String>) -> Result<Option<SocketAddr>, String> {
+    match get("NHI_GUARD_GRPC_LISTEN").as_deref().map(str::trim) {
+        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9191)))),
+        Some("off") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            format!("NHI_GUARD_GRPC_LISTEN={v:?} must be ADDRESS:PORT, such as 127.0.0.1:9191, or off")
+        }),
+    }
 }

@@ -365,24 +365,49 @@ pub(crate) async fn serve(
     program: &str,
     grace: Duration,
 ) -> Result<(), String> {
+    serve_all(vec![(listener, router)], guard, program, grace).await
+}
+
+/// [`serve`] for several listeners, each with its router, stopped together: the
+/// audit log is sealed once every one of them has finished.
+pub(crate) async fn serve_all(
+    servers: Vec<(tokio::net::TcpListener, axum::Router)>,
+    guard: &Guard,
+    program: &str,
+    grace: Duration,
+) -> Result<(), String> {
     let signals = stop_signal()?;
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopping = stop.clone();
-    // The block owns the server: leaving it closes whatever connections the grace
+    let (stop, _) = tokio::sync::watch::channel(false);
+    // The block owns the servers: leaving it closes whatever connections the grace
     // period left open, before the audit log is sealed.
     let served = {
-        let server = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stopping.notified().await })
-        .into_future();
+        // Dropping the set (leaving the block) aborts the servers still running.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (listener, router) in servers {
+            let mut stopping = stop.subscribe();
+            tasks.spawn(
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                })
+                .into_future(),
+            );
+        }
+        let server = async {
+            while let Some(joined) = tasks.join_next().await {
+                joined.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            }
+            Ok::<(), String>(())
+        };
         tokio::pin!(server);
         tokio::select! {
             served = &mut server => served,
             signal = signals => {
                 tracing::info!(signal, grace_secs = grace.as_secs(), "stopping: no new connections, finishing requests in flight");
-                stop.notify_one();
+                stop.send_replace(true);
                 match tokio::time::timeout(grace, &mut server).await {
                     Ok(served) => served,
                     Err(_) => {

@@ -1,3 +1,6 @@
+//! The `authz_server` example's three ways in: NGINX `auth_request`, Traefik
+//! `ForwardAuth` and Envoy's `ext_authz` `Check`.
+//!
 //! Forward auth behind a real NGINX: the `authz_server` example (built from
 //! `NHI_GUARD_*` variables as its `main` builds it, served on 127.0.0.1:0 with each
 //! connection's peer address) answers the `auth_request` sub-requests of an nginx
@@ -16,6 +19,11 @@
 //! is skipped with a message, except under `CI=true`, where it fails. The
 //! Traefik-style test (the original request in `X-Forwarded-Method` /
 //! `X-Forwarded-Uri`, answered with the real status) needs no nginx.
+//!
+//! Envoy: no Envoy binary is available here (Debian does not package it), so a
+//! real tonic client sends the `CheckRequest`s Envoy's `ext_authz` filter sends
+//! (attributes with the downstream address, pseudo-headers, `headers` or raw
+//! `header_map`) to the `Check` service served over HTTP/2 on loopback.
 
 #![cfg(unix)]
 
@@ -28,6 +36,9 @@ mod authz;
 #[path = "../examples/gateway/config.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod config;
+#[path = "../examples/authz_server/envoy.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod envoy;
 #[path = "../examples/gateway/guard.rs"]
 #[allow(dead_code, unreachable_pub)]
 mod guard;
@@ -65,8 +76,17 @@ struct AuthzServer {
     audit_log: PathBuf,
 }
 
+/// Which of the server's listeners a test talks to.
+#[derive(Clone, Copy)]
+enum Way {
+    /// `/authz`, HTTP/1.
+    Http,
+    /// Envoy's `Check`, gRPC.
+    Grpc,
+}
+
 impl AuthzServer {
-    async fn start(dir: &TempDir) -> Self {
+    async fn start(dir: &TempDir, way: Way) -> Self {
         let clients = dir.join("clients.toml");
         let key = format!("api_keys = [\"{}\"]", ApiKeyHash::of_key(READER_KEY.as_bytes()));
         std::fs::write(&clients, client_toml("orders-reader", &[key])).expect("inventory");
@@ -88,7 +108,12 @@ impl AuthzServer {
         )
         .await
         .expect("stack");
-        let server = Server::start(authz::routes(guard.layer.clone(), None)).await;
+        let decider = authz::decider(guard.layer.clone());
+        let server = Server::start(match way {
+            Way::Http => authz::routes(decider, None),
+            Way::Grpc => envoy::ExtAuthz::router(decider),
+        })
+        .await;
         Self {
             guard,
             server,
@@ -180,7 +205,7 @@ async fn nginx_auth_request_asks_the_stack_about_every_request() {
         return;
     };
     let dir = TempDir::unique("nhi-guard-authz-nginx");
-    let authz = AuthzServer::start(&dir).await;
+    let authz = AuthzServer::start(&dir, Way::Http).await;
     let seen = Seen::default();
     let upstream = upstream(seen.clone()).await;
     let conf = site(authz.server.addr, upstream.addr);
@@ -302,7 +327,7 @@ async fn nginx_auth_request_asks_the_stack_about_every_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traefik_forward_auth_gets_the_real_status() {
     let dir = TempDir::unique("nhi-guard-authz-traefik");
-    let authz = AuthzServer::start(&dir).await;
+    let authz = AuthzServer::start(&dir, Way::Http).await;
     let url = format!("{}/authz", authz.server.base());
     // Traefik is the socket peer (127.0.0.1, trusted) and names the client.
     let edge = client_at("127.0.0.1");
@@ -365,5 +390,264 @@ async fn traefik_forward_auth_gets_the_real_status() {
             (client, 429)
         ],
         "the unusable sub-requests are not requests of a client: {records:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Envoy ext_authz
+// ---------------------------------------------------------------------------
+
+use envoy_types::ext_authz::v3::pb::{CheckRequest, CheckResponse, HeaderAppendAction, HttpResponse};
+use envoy_types::pb::envoy::config::core::v3::address::Address;
+use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+use envoy_types::pb::envoy::config::core::v3::{self as core_v3, SocketAddress};
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest, Peer, Request as AttrRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+
+/// The downstream client Envoy names in `source`.
+const DOWNSTREAM: &str = "203.0.113.9";
+/// Another one, for the flood shield.
+const DOWNSTREAM_FLOODER: &str = "203.0.113.10";
+
+/// A `CheckRequest` as Envoy's filter builds it: the downstream address, the
+/// request line and its fields with the HTTP/2-style pseudo-headers; in
+/// `header_map` (raw values) when `raw` is set, as with `encode_raw_headers`.
+fn check_request(source: &str, method: &str, path: &str, fields: &[(&str, &str)], raw: bool) -> CheckRequest {
+    let mut headers: Vec<(String, String)> = vec![
+        (":authority".into(), "orders.example".into()),
+        (":method".into(), method.into()),
+        (":path".into(), path.into()),
+        (":scheme".into(), "https".into()),
+        ("user-agent".into(), "inventory-sync/2.1".into()),
+    ];
+    headers.extend(fields.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut http = HttpRequest {
+        id: "1234567890".into(),
+        method: method.into(),
+        path: path.into(),
+        host: "orders.example".into(),
+        scheme: "https".into(),
+        protocol: "HTTP/1.1".into(),
+        ..Default::default()
+    };
+    if raw {
+        http.header_map = Some(core_v3::HeaderMap {
+            headers: headers
+                .into_iter()
+                .map(|(key, value)| core_v3::HeaderValue {
+                    key,
+                    raw_value: value.into_bytes(),
+                    ..Default::default()
+                })
+                .collect(),
+        });
+    } else {
+        http.headers = headers.into_iter().collect();
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(core_v3::Address {
+                    address: Some(Address::SocketAddress(SocketAddress {
+                        address: source.into(),
+                        port_specifier: Some(PortSpecifier::PortValue(40_000)),
+                        ..Default::default()
+                    })),
+                }),
+                ..Default::default()
+            }),
+            request: Some(AttrRequest {
+                http: Some(http),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The fields an allowed check sets, and those it removes.
+fn ok_fields(res: &CheckResponse) -> (Vec<(String, String)>, Vec<String>) {
+    match &res.http_response {
+        Some(HttpResponse::OkResponse(ok)) => (
+            ok.headers
+                .iter()
+                .map(|h| {
+                    assert_eq!(
+                        h.append_action,
+                        HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                        "a client-sent value is overwritten"
+                    );
+                    let hv = h.header.as_ref().expect("header");
+                    (hv.key.clone(), hv.value.clone())
+                })
+                .collect(),
+            ok.headers_to_remove.clone(),
+        ),
+        other => panic!("not an OkResponse: {other:?}"),
+    }
+}
+
+/// The denied answer: HTTP status, fields and problem body.
+fn denied(res: &CheckResponse) -> (u16, HeaderMap, serde_json::Value) {
+    match &res.http_response {
+        Some(HttpResponse::DeniedResponse(d)) => {
+            let mut headers = HeaderMap::new();
+            for h in &d.headers {
+                let hv = h.header.as_ref().expect("header");
+                headers.append(
+                    http::HeaderName::from_bytes(hv.key.as_bytes()).expect("name"),
+                    hv.value.parse().expect("value"),
+                );
+            }
+            let code = d.status.as_ref().map(|s| s.code).unwrap_or_default();
+            (
+                u16::try_from(code).expect("an HTTP status"),
+                headers,
+                serde_json::from_str(&d.body).expect("a JSON problem body"),
+            )
+        }
+        other => panic!("not a DeniedResponse: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_check_requests_get_the_stacks_decision() {
+    let dir = TempDir::unique("nhi-guard-authz-envoy");
+    let authz = AuthzServer::start(&dir, Way::Grpc).await;
+    let mut client = AuthorizationClient::connect(authz.server.base())
+        .await
+        .expect("a gRPC connection");
+    let mut check = async |req: CheckRequest| client.check(req).await.map(tonic::Response::into_inner);
+
+    // Allowed, fields as a map and as raw values: the identity for the upstream.
+    for raw in [false, true] {
+        let res = check(check_request(
+            DOWNSTREAM,
+            "GET",
+            "/orders?page=2",
+            &[("x-api-key", READER_KEY), ("x-nhi-client-id", "someone-else")],
+            raw,
+        ))
+        .await
+        .expect("check");
+        assert_eq!(res.status.as_ref().map(|s| s.code), Some(0), "{res:?}");
+        let (set, removed) = ok_fields(&res);
+        let get = |k: &str| set.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("x-nhi-client-id"), Some("orders-reader"), "{set:?}");
+        assert_eq!(get("x-nhi-scopes"), Some("orders:read"));
+        assert_eq!(get("x-nhi-credential-kind"), Some("api_key"));
+        assert!(get("x-nhi-request-id").is_some_and(|v| !v.is_empty()));
+        assert!(removed.is_empty(), "{removed:?}");
+    }
+    // A public route without a credential: allowed, and a client-sent identity
+    // field is removed rather than passed on.
+    let res = check(check_request(
+        DOWNSTREAM,
+        "GET",
+        "/healthz",
+        &[("x-nhi-client-id", "admin")],
+        false,
+    ))
+    .await
+    .expect("check");
+    let (set, removed) = ok_fields(&res);
+    assert!(removed.contains(&"x-nhi-client-id".to_owned()), "{removed:?}");
+    assert_eq!(set.len(), 1, "only the request id: {set:?}");
+
+    // No credential: UNAUTHENTICATED, 401 with the Bearer challenge.
+    let res = check(check_request(DOWNSTREAM, "GET", "/orders", &[], false))
+        .await
+        .expect("check");
+    assert_eq!(
+        res.status.as_ref().map(|s| s.code),
+        Some(tonic::Code::Unauthenticated as i32)
+    );
+    let (status, headers, body) = denied(&res);
+    assert_eq!(status, 401);
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Bearer")
+    );
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert_eq!(body["status"], json!(401));
+
+    // The method is judged: POST /orders needs orders:write.
+    let res = check(check_request(
+        DOWNSTREAM,
+        "POST",
+        "/orders",
+        &[("x-api-key", READER_KEY)],
+        false,
+    ))
+    .await
+    .expect("check");
+    assert_eq!(
+        res.status.as_ref().map(|s| s.code),
+        Some(tonic::Code::PermissionDenied as i32)
+    );
+    let (status, headers, body) = denied(&res);
+    assert_eq!(status, 403);
+    assert!(
+        headers["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .contains("error=\"insufficient_scope\""),
+        "{headers:?}"
+    );
+    assert_eq!(body["reason"], json!("insufficient_scope"));
+
+    // The flood shield keys on the downstream address: 429 with Retry-After.
+    for i in 0..4 {
+        let res = check(check_request(DOWNSTREAM_FLOODER, "GET", "/orders", &[], false))
+            .await
+            .expect("check");
+        let (status, headers, _) = denied(&res);
+        if i < 3 {
+            assert_eq!(status, 401);
+        } else {
+            assert_eq!(status, 429);
+            assert_eq!(
+                res.status.as_ref().map(|s| s.code),
+                Some(tonic::Code::ResourceExhausted as i32)
+            );
+            assert!(headers.contains_key("retry-after"), "{headers:?}");
+            assert!(headers.contains_key("ratelimit"), "{headers:?}");
+        }
+    }
+
+    // A CheckRequest without the HTTP attributes is the caller's error.
+    let err = check(CheckRequest::default()).await.expect_err("invalid");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    let records = authz.finish().await;
+    let placed: Vec<(&str, u64)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["src_endpoint"]["ip"].as_str().unwrap_or_default(),
+                r["http_response"]["code"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let (d, f) = (DOWNSTREAM, DOWNSTREAM_FLOODER);
+    assert_eq!(
+        placed,
+        [
+            (d, 200),
+            (d, 200),
+            (d, 200),
+            (d, 401),
+            (d, 403),
+            (f, 401),
+            (f, 401),
+            (f, 401),
+            (f, 429)
+        ],
+        "one record per check, at the downstream address: {records:#?}"
     );
 }
