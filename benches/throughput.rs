@@ -20,6 +20,13 @@
 //! axum is measured again at the end: the difference between the two bare rows is the
 //! noise of the machine during the run.
 //!
+//! With nginx installed, two more rows put the same bare handler behind a real
+//! nginx (one worker, on free loopback ports): plain `proxy_pass`, and
+//! `examples/authz_server/nginx.conf` as documented, whose `auth_request` asks the
+//! authz_server example (the full stack without audit) about each request. Both
+//! keep connections to the upstream alive. Their ratio to each other is the cost of
+//! forward auth; to bare axum, that of the extra hop as well.
+//!
 //! The table: requests per second, ratio to the first bare run, and wrk's median,
 //! mean and 99th percentile latency. Without wrk on `PATH` (Debian: `apt-get install
 //! wrk`) it prints a skip message and exits 0. Run by `cargo test --benches` (no
@@ -28,7 +35,19 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout)]
 
+#[path = "../examples/gateway/app.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod app;
+#[path = "../examples/authz_server/authz.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod authz;
 mod common;
+#[path = "../tests/common/nginx.rs"]
+#[allow(dead_code)]
+mod nginx;
+#[path = "../examples/edge_proxy/proxy.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -113,6 +132,52 @@ fn main() {
             ));
         }
     }
+    // Forward auth: the bare handler behind NGINX, without and with `auth_request`
+    // asking the authz_server example (the full stack without audit), configured
+    // as examples/authz_server/nginx.conf documents it.
+    match nginx::nginx_binary() {
+        None => {
+            println!("throughput: nginx rows SKIPPED, nginx not found (Debian: apt-get install nginx-light)")
+        }
+        Some(bin) => {
+            let upstream = Server::start(common::app());
+            let authz = Server::start(authz::routes(
+                authz::decider(common::full_stack(&registry, &keys, None)),
+                None,
+            ));
+            let plain = format!(
+                "upstream plain {{\n    server {};\n    keepalive 32;\n}}\nserver {{\n    {}\n    \
+                 location / {{\n        proxy_pass http://plain;\n        proxy_http_version 1.1;\n        \
+                 proxy_set_header Connection \"\";\n    }}\n}}\n",
+                upstream.addr,
+                nginx::LISTEN_PLACEHOLDER
+            );
+            let guarded = nginx::documented_site(authz.addr, upstream.addr);
+            let proxy = control.block_on(nginx::Nginx::start(
+                &bin,
+                &[nginx::Site::Server(&plain), nginx::Site::Server(&guarded)],
+            ));
+            for (site, entry) in ["nginx -> bare axum", "nginx auth_request -> authz_server"]
+                .into_iter()
+                .enumerate()
+            {
+                let addr: SocketAddr = proxy.url(site).trim_start_matches("http://").parse().unwrap();
+                let status = get_status(addr, &auth);
+                assert_eq!(
+                    status, 200,
+                    "{entry}: GET /orders must be allowed before we load it"
+                );
+                if bench_mode {
+                    rows.push((entry, wrk(addr, &auth, seconds)));
+                } else {
+                    println!("throughput: {entry} answers 200 (test mode, no load)");
+                }
+            }
+            drop(proxy);
+            upstream.stop();
+            authz.stop();
+        }
+    }
     drop(dir);
     if !bench_mode {
         check_parser();
@@ -125,14 +190,14 @@ fn main() {
          server on one tokio worker thread"
     );
     println!(
-        "{:<26} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
+        "{:<36} {:>10} {:>7} {:>10} {:>10} {:>10} {:>10}",
         "server", "req/s", "x bare", "p50", "avg", "p99", "requests"
     );
     let bare = rows[0].1.requests_per_sec;
     let mut refused = false;
     for (entry, r) in &rows {
         println!(
-            "{entry:<26} {:>10.0} {:>7.2} {:>10} {:>10} {:>10} {:>10}",
+            "{entry:<36} {:>10.0} {:>7.2} {:>10} {:>10} {:>10} {:>10}",
             r.requests_per_sec,
             r.requests_per_sec / bare,
             micros(r.p50_us),

@@ -48,12 +48,12 @@ mod proxy;
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::Request;
-use common::nginx::{Nginx, Site, nginx_binary};
+use common::nginx::{Nginx, Site, documented_site, nginx_binary};
 use common::{HttpClient, Reply, Server, audit_requests, client_toml, get, http_client, lookup};
 use http::{HeaderMap, StatusCode};
 use nhi_guard::core::clock::ManualClock;
@@ -169,14 +169,6 @@ fn prerequisites(test: &str) -> Option<PathBuf> {
     None
 }
 
-/// The documented site, with the test's ports.
-fn site(authz: SocketAddr, upstream: SocketAddr) -> String {
-    let conf = include_str!("../examples/authz_server/nginx.conf");
-    assert!(conf.contains("http://127.0.0.1:8080/authz") && conf.contains("http://127.0.0.1:9000;"));
-    conf.replace("http://127.0.0.1:8080/authz", &format!("http://{authz}/authz"))
-        .replace("http://127.0.0.1:9000;", &format!("http://{upstream};"))
-}
-
 /// A refusal as the stack renders it: problem body with the status, one challenge
 /// at most, the edge's internal fields not passed on.
 fn assert_problem(r: &Reply, status: StatusCode) {
@@ -199,6 +191,19 @@ fn assert_problem(r: &Reply, status: StatusCode) {
     );
 }
 
+#[test]
+fn the_problem_header_is_ascii_and_the_same_json() {
+    let body = "{\"detail\":\"tr\u{e8}s \u{1f600}\",\"status\":429}".as_bytes();
+    let line = authz::ascii_json(body);
+    assert!(line.is_ascii(), "{line}");
+    let back: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(
+        back,
+        serde_json::from_slice::<serde_json::Value>(body).expect("JSON")
+    );
+    assert_eq!(authz::ascii_json(b"not json"), "{}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_asks_the_stack_about_every_request() {
     let Some(bin) = prerequisites("nginx_auth_request_asks_the_stack_about_every_request") else {
@@ -208,7 +213,7 @@ async fn nginx_auth_request_asks_the_stack_about_every_request() {
     let authz = AuthzServer::start(&dir, Way::Http).await;
     let seen = Seen::default();
     let upstream = upstream(seen.clone()).await;
-    let conf = site(authz.server.addr, upstream.addr);
+    let conf = documented_site(authz.server.addr, upstream.addr);
     let nginx = Nginx::start(&bin, &[Site::Server(&conf)]).await;
     let base = nginx.url(0);
     let (client, flooder) = (client_at(CLIENT), client_at(FLOODER));

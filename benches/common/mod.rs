@@ -2,6 +2,9 @@
 //! access token for it, and the full stack of every control, so `stack` (criterion,
 //! in-process) and `throughput` (wrk over loopback) measure exactly the same thing.
 
+#[allow(dead_code, reason = "the criterion benches' table, not used by throughput")]
+pub(crate) mod report;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,6 +73,7 @@ pub(crate) fn token_and_keys() -> (HeaderValue, KeySet, String) {
 }
 
 /// The bare handler every entry wraps.
+#[allow(dead_code, reason = "the forward_auth bench has a gRPC baseline instead")]
 pub(crate) fn app() -> Router {
     Router::new().route("/orders", get(|| async { "[]" }))
 }

@@ -199,3 +199,13 @@ fn supports_error_log_flag(bin: &Path) -> bool {
 }
 
 // ---------------------------------------------------------------------------
+
+/// `examples/authz_server/nginx.conf` with the authz server and the upstream at
+/// these addresses (the file names them at their defaults).
+pub(crate) fn documented_site(authz: SocketAddr, upstream: SocketAddr) -> String {
+    let conf = include_str!("../../examples/authz_server/nginx.conf");
+    let (authz_default, upstream_default) = ("server 127.0.0.1:8080;", "server 127.0.0.1:9000;");
+    assert!(conf.contains(authz_default) && conf.contains(upstream_default));
+    conf.replace(authz_default, &format!("server {authz};"))
+        .replace(upstream_default, &format!("server {upstream};"))
+}
