@@ -38,6 +38,14 @@ mod builder;
     feature = "risk",
     feature = "audit"
 ))]
+pub mod config;
+#[cfg(all(
+    feature = "identity",
+    feature = "scope",
+    feature = "ratelimit",
+    feature = "risk",
+    feature = "audit"
+))]
 mod maybe;
 
 #[cfg(all(

@@ -68,7 +68,7 @@ async fn run() -> Result<(), String> {
     let addr = listener.local_addr().unwrap_or(config.listen);
     let base = format!("http://{addr}");
 
-    let grpc = match grpc_listen(get)? {
+    let grpc = match grpc_listen(config.grpc_listen.as_deref())? {
         Some(at) => Some(
             tokio::net::TcpListener::bind(at)
                 .await
@@ -81,7 +81,7 @@ async fn run() -> Result<(), String> {
     let jwks = guard.demo.as_ref().map(|d| Arc::from(d.jwks_json()));
     let decider = authz::decider(guard.layer.clone());
     let mut servers = vec![(listener, authz::routes(decider.clone(), jwks))];
-    guard::reload_on_sighup(registry, config.clients.clone());
+    guard::reload_on_sighup(registry, &config);
 
     println!("listening on {base}");
     println!("forward auth at {base}/authz (NGINX auth_request, Traefik ForwardAuth)");
@@ -100,8 +100,8 @@ async fn run() -> Result<(), String> {
 
 /// `NHI_GUARD_GRPC_LISTEN`: where the Envoy `Check` service listens (default
 /// `127.0.0.1:9191`; `off`: not served).
-fn grpc_listen(get: impl Fn(&str) -> Option<String>) -> Result<Option<SocketAddr>, String> {
-    match get("NHI_GUARD_GRPC_LISTEN").as_deref().map(str::trim) {
+fn grpc_listen(value: Option<&str>) -> Result<Option<SocketAddr>, String> {
+    match value.map(str::trim) {
         None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9191)))),
         Some("off") => Ok(None),
         Some(v) => v.parse().map(Some).map_err(|_| {

@@ -140,7 +140,7 @@ async fn run() -> Result<(), String> {
     let jwks = guard.demo.as_ref().map(|d| Arc::from(d.jwks_json()));
     let router = proxy::routes(proxy::Proxy::new(upstream.clone(), limits), jwks, Some(metrics))
         .layer(guard.layer.clone());
-    guard::reload_on_sighup(registry.clone(), config.clients.clone());
+    guard::reload_on_sighup(registry.clone(), &config);
 
     println!("listening on {base}");
     println!("forwarding allowed requests to {upstream} ({limits})");

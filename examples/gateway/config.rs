@@ -1,13 +1,18 @@
-//! The gateway's configuration, read from `NHI_GUARD_*` environment variables.
-//! Any invalid value stops start-up with a message naming the variable.
+//! The gateway's configuration, read from `NHI_GUARD_*` environment variables and,
+//! with `NHI_GUARD_CONFIG`, from a TOML file ([`FILE_KEYS`] and `[[route]]`,
+//! `[[rate_group]]`); a variable that is set overrides the file. Any invalid value
+//! stops start-up with a message naming the variable, or the file, line and key.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use nhi_guard::config::{RouteEntry, routes_from_entries};
 use nhi_guard::core::address::ForwardedHeader;
+use nhi_guard::core::route::Routes;
 use nhi_guard::ratelimit::store::Quota;
+use toml::Spanned;
 
 /// Everything the gateway reads from its environment.
 #[derive(Debug, Clone)]
@@ -47,6 +52,16 @@ pub(crate) struct Config {
     /// `NHI_GUARD_SHUTDOWN_GRACE`: seconds requests in flight get to finish after
     /// SIGTERM / SIGINT (default 10).
     pub(crate) shutdown_grace: Duration,
+    /// `NHI_GUARD_AUDIT_SAMPLE_ALLOWED`: the share of allowed requests audited, from
+    /// 0 to 1 (default 1; refusals are always recorded).
+    pub(crate) audit_sample_allowed: f64,
+    /// `NHI_GUARD_GRPC_LISTEN` as given (the authz_server example reads it).
+    #[allow(dead_code, reason = "read by the authz_server example only")]
+    pub(crate) grpc_listen: Option<String>,
+    /// The file's `[[route]]` table; `None`: the demo routes.
+    pub(crate) routes: Option<Routes>,
+    /// The file's `[[rate_group]]` quotas: per client and route group.
+    pub(crate) rate_groups: Vec<(String, Quota)>,
 }
 
 impl Config {
@@ -92,7 +107,25 @@ fn url(var: &str, v: String) -> Result<String, String> {
 }
 
 /// Reads the configuration from a variable lookup (the process environment in `main`).
-pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+pub(crate) fn from_lookup(env: impl Fn(&str) -> Option<String>) -> Result<Config, String> {
+    let file = match env("NHI_GUARD_CONFIG") {
+        None => None,
+        Some(path) => Some(ConfigFile::load(path.trim())?),
+    };
+    let get = |k: &str| env(k).or_else(|| file.as_ref().and_then(|f| f.value(k)));
+    let mut config = from_values(&get).map_err(|e| match &file {
+        // A value from the file: name the file, line and key as well.
+        Some(f) => f.locate(&e, &env),
+        None => e,
+    })?;
+    if let Some(file) = file {
+        config.routes = file.routes;
+        config.rate_groups = file.rate_groups;
+    }
+    Ok(config)
+}
+
+fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
     let listen = match get("NHI_GUARD_LISTEN") {
         None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         Some(v) => v.trim().parse().map_err(|e| {
@@ -236,6 +269,15 @@ pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config
                 format!("NHI_GUARD_SHUTDOWN_GRACE={v:?} is not a number of seconds from 0 to 3600")
             })?,
     };
+    let audit_sample_allowed = match get("NHI_GUARD_AUDIT_SAMPLE_ALLOWED") {
+        None => 1.0,
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| format!("NHI_GUARD_AUDIT_SAMPLE_ALLOWED={v:?} is not a share from 0 to 1"))?,
+    };
     let config = Config {
         listen,
         clients,
@@ -251,6 +293,10 @@ pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config
         risk_mode,
         address_limit,
         shutdown_grace,
+        audit_sample_allowed,
+        grpc_listen: get("NHI_GUARD_GRPC_LISTEN"),
+        routes: None,
+        rate_groups: Vec::new(),
     };
     if config.clients.is_none() && !config.demo_inventory_allowed() {
         let why = if config.issuers.is_empty() {
@@ -263,4 +309,180 @@ pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config
         ));
     }
     Ok(config)
+}
+
+/// The file's keys for the variables, one to one (`NHI_GUARD_` + upper case).
+pub(crate) const FILE_KEYS: [(&str, &str); 16] = [
+    ("listen", "NHI_GUARD_LISTEN"),
+    ("clients", "NHI_GUARD_CLIENTS"),
+    ("issuers", "NHI_GUARD_ISSUER"),
+    ("jwks_url", "NHI_GUARD_JWKS_URL"),
+    ("audience", "NHI_GUARD_AUDIENCE"),
+    ("ca_file", "NHI_GUARD_CA_FILE"),
+    ("redis_url", "NHI_GUARD_REDIS_URL"),
+    ("audit_log", "NHI_GUARD_AUDIT_LOG"),
+    ("audit_sample_allowed", "NHI_GUARD_AUDIT_SAMPLE_ALLOWED"),
+    ("risk_mode", "NHI_GUARD_RISK_MODE"),
+    ("trusted_proxies", "NHI_GUARD_TRUSTED_PROXIES"),
+    ("forwarded_header", "NHI_GUARD_FORWARDED_HEADER"),
+    ("ipv6_prefix", "NHI_GUARD_IPV6_PREFIX"),
+    ("address_limit", "NHI_GUARD_ADDRESS_LIMIT"),
+    ("shutdown_grace", "NHI_GUARD_SHUTDOWN_GRACE"),
+    ("grpc_listen", "NHI_GUARD_GRPC_LISTEN"),
+];
+
+/// `[[rate_group]]`: the per-client quota of one route group.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateGroupQuota {
+    name: String,
+    per_second: Option<u32>,
+    per_minute: Option<u32>,
+    burst: Option<u32>,
+}
+
+/// The file's tables, each entry with its place in the file.
+#[derive(serde::Deserialize)]
+struct Tables {
+    #[serde(default)]
+    route: Option<Vec<Spanned<RouteEntry>>>,
+    #[serde(default)]
+    rate_group: Vec<Spanned<RateGroupQuota>>,
+}
+
+/// A loaded `NHI_GUARD_CONFIG` file.
+struct ConfigFile {
+    path: String,
+    text: String,
+    /// Each variable's value from the file, as the variable would spell it.
+    values: Vec<(&'static str, String)>,
+    routes: Option<Routes>,
+    rate_groups: Vec<(String, Quota)>,
+}
+
+impl ConfigFile {
+    fn load(path: &str) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("NHI_GUARD_CONFIG={path}: {e}"))?;
+        let at = |span: std::ops::Range<usize>| format!("{path}:{}", line(&text, span.start));
+        let table: toml::Table = toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
+        let mut values = Vec::new();
+        for (key, value) in &table {
+            if key == "route" || key == "rate_group" {
+                continue;
+            }
+            let Some((_, var)) = FILE_KEYS.iter().find(|(k, _)| k == key) else {
+                let known: Vec<&str> = FILE_KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(format!(
+                    "{path}:{}: unknown key `{key}`; expected {}, [[route]] or [[rate_group]]",
+                    line_of_key(&text, key),
+                    known.join(", ")
+                ));
+            };
+            let text_value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        format!(
+                            "{path}:{}: {key}: expected a list of texts",
+                            line_of_key(&text, key)
+                        )
+                    })?
+                    .join(","),
+                _ => {
+                    return Err(format!(
+                        "{path}:{}: {key}: expected a text, a number or a list of texts",
+                        line_of_key(&text, key)
+                    ));
+                }
+            };
+            values.push((*var, text_value));
+        }
+        let tables: Tables = toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))?;
+        let routes = match tables.route {
+            None => None,
+            Some(entries) => Some(
+                routes_from_entries(entries.into_iter().map(|r| {
+                    let place = at(r.span());
+                    (r.into_inner(), place)
+                }))
+                .map_err(|e| e.to_string())?,
+            ),
+        };
+        let mut rate_groups = Vec::new();
+        for g in tables.rate_group {
+            let place = at(g.span());
+            let g = g.into_inner();
+            let quota = match (g.per_second, g.per_minute) {
+                (Some(n), None) => Quota::per_second(n),
+                (None, Some(n)) => Quota::per_minute(n),
+                _ => {
+                    return Err(format!(
+                        "{place}: rate_group `{}`: give one of per_second or per_minute",
+                        g.name
+                    ));
+                }
+            }
+            .and_then(|q| match g.burst {
+                Some(b) => q.with_burst(b),
+                None => Ok(q),
+            })
+            .map_err(|e| format!("{place}: rate_group `{}`: {e}", g.name))?;
+            rate_groups.push((g.name, quota));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            text,
+            values,
+            routes,
+            rate_groups,
+        })
+    }
+
+    /// The file's value for variable `var`.
+    fn value(&self, var: &str) -> Option<String> {
+        self.values
+            .iter()
+            .find(|(v, _)| *v == var)
+            .map(|(_, value)| value.clone())
+    }
+
+    /// An error about a variable whose value came from the file, with its place.
+    fn locate(&self, error: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+        FILE_KEYS
+            .iter()
+            .find(|(_, var)| error.starts_with(var) && env(var).is_none() && self.value(var).is_some())
+            .map_or_else(
+                || error.to_owned(),
+                |(key, _)| format!("{}:{}: {key}: {error}", self.path, line_of_key(&self.text, key)),
+            )
+    }
+}
+
+/// The 1-based line of byte `offset`.
+fn line(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line a top-level `key = ...` is written on.
+fn line_of_key(text: &str, key: &str) -> usize {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map_or(1, |i| i + 1)
+}
+
+/// A TOML error as `path:line: message`.
+fn toml_error(path: &str, text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => format!("{path}:{}: {}", line(text, span.start), e.message()),
+        None => format!("{path}: {}", e.message()),
+    }
 }

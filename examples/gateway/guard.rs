@@ -219,7 +219,7 @@ pub(crate) async fn build(
         Some(store) => Arc::new(store.clone()),
         None => Arc::new(InMemoryUsageStore::default()),
     };
-    let routes = routes();
+    let routes = config.routes.clone().unwrap_or_else(routes);
     let scope = ScopeLayer::new(policy(&routes)).usage_store(usage.clone());
     let reports = ReportService::new(registry.clone(), usage)
         .clock(clock.clone())
@@ -299,7 +299,10 @@ pub(crate) async fn build(
         None => writer.spawn(TracingSink::new()),
     };
     let (writer, audit_handle) = spawned.map_err(|e| format!("audit writer: {e}"))?;
-    let audit = AuditLayer::new(writer).service_name("nhi-guard-gateway");
+    let audit = AuditLayer::new(writer)
+        .service_name("nhi-guard-gateway")
+        .sample_allowed(config.audit_sample_allowed)
+        .map_err(|e| format!("NHI_GUARD_AUDIT_SAMPLE_ALLOWED: {e}"))?;
 
     let mut builder = NhiGuard::builder(registry)
         .clock(clock)
@@ -342,7 +345,15 @@ pub(crate) async fn build(
 fn limits(config: &Config) -> Result<(RateLimitLayer, RateLimitLayer), ConfigError> {
     let address = RateLimitLayer::new()
         .limit(Limit::per_address("per-address", config.address_limit).exempt_verified())?;
-    let client = RateLimitLayer::new().limit(Limit::per_client("per-client"))?;
+    let mut client = RateLimitLayer::new().limit(Limit::per_client("per-client"))?;
+    // The configuration file's route groups: a quota per client and group.
+    if !config.rate_groups.is_empty() {
+        let per_group = config.rate_groups.iter().fold(
+            Limit::per_client_route("per-client-route"),
+            |l, (group, quota)| l.route_quota(group, *quota),
+        );
+        client = client.limit(per_group)?;
+    }
     Ok((address, client))
 }
 
@@ -461,14 +472,14 @@ fn stop_signal() -> Result<impl std::future::Future<Output = &'static str>, Stri
 /// that does not load, or breaks what the controls require of it (with several
 /// issuers, every client names its own), leaves the current one. Policy rules no
 /// client of the new inventory can pass are logged and counted, never refused.
-pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std::path::PathBuf>) {
+pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, config: &Config) {
     #[cfg(unix)]
-    if let Some(path) = path {
+    if let Some(path) = config.clients.clone() {
+        let policy = policy(&config.routes.clone().unwrap_or_else(routes));
         tokio::spawn(async move {
             let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
                 return;
             };
-            let policy = policy(&routes());
             while hup.recv().await.is_some() {
                 match registry.reload_from_file(&path) {
                     Ok(()) => {
@@ -481,7 +492,7 @@ pub(crate) fn reload_on_sighup(registry: Arc<InMemoryRegistry>, path: Option<std
         });
     }
     #[cfg(not(unix))]
-    let _ = (registry, path);
+    let _ = (registry, config);
 }
 
 /// Logs to stderr at `RUST_LOG` (default `info`); stdout stays for the

@@ -2,6 +2,9 @@
 //!
 //! Every control in front of a small orders / inventory API. Environment (all
 //! optional; an invalid value stops start-up with a message naming the variable):
+//! - `NHI_GUARD_CONFIG`: a TOML file with the same settings (keys named after the
+//!   variables), the route table (`[[route]]`) and route-group quotas
+//!   (`[[rate_group]]`); see `nhi-guard.toml` beside this file. Variables override it;
 //! - `NHI_GUARD_LISTEN` (default `127.0.0.1:8080`);
 //! - `NHI_GUARD_CLIENTS`: a TOML client inventory, re-read on SIGHUP (default: a
 //!   built-in demo inventory, only with the demo issuer on a loopback address);
@@ -17,7 +20,8 @@
 //! - `NHI_GUARD_IPV6_PREFIX`: the prefix IPv6 clients are limited and scored by;
 //! - `NHI_GUARD_ADDRESS_LIMIT`: `PER_SECOND:BURST` of the per-address flood shield
 //!   (verified clients are limited by their tier instead);
-//! - `NHI_GUARD_SHUTDOWN_GRACE`: seconds requests in flight get after SIGTERM / SIGINT.
+//! - `NHI_GUARD_SHUTDOWN_GRACE`: seconds requests in flight get after SIGTERM / SIGINT;
+//! - `NHI_GUARD_AUDIT_SAMPLE_ALLOWED`: the share of allowed requests audited (0 to 1).
 //!
 //! Prints `listening on http://ADDR` once it accepts connections, then commands to try.
 //! `GET /metrics` (scope `admin`) serves the guard's metrics in Prometheus text format.

@@ -32,7 +32,7 @@ pub(crate) async fn run(get: impl Fn(&str) -> Option<String>) -> Result<(), Stri
     let guard = guard::build(&config, registry.clone(), &base, Arc::new(SystemClock)).await?;
     let state = guard.app_state(Some(metrics));
     let router = app::routes(state).layer(guard.layer.clone());
-    guard::reload_on_sighup(registry.clone(), config.clients.clone());
+    guard::reload_on_sighup(registry.clone(), &config);
 
     println!("listening on {base}");
     if let Some(line) = config.trusted_proxies_line() {

@@ -31,6 +31,17 @@ use nhi_guard_core::route::{Route, Routes};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateGroup(Arc<str>);
 
+/// From configuration: the group's name (`rate_group = "exports"`).
+impl<'de> serde::Deserialize<'de> for RateGroup {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if name.trim().is_empty() {
+            return Err(serde::de::Error::custom("a rate-limit group needs a name"));
+        }
+        Ok(Self::new(name))
+    }
+}
+
 impl RateGroup {
     /// The group `name`.
     pub fn new(name: impl Into<Arc<str>>) -> Self {

@@ -53,6 +53,46 @@ pub struct RouteRisk {
     capacity: u32,
 }
 
+/// What a [`RouteRisk`] is written as in configuration: `{ group = "inventory",
+/// resource = "sku", sensitivity = 1.5, scarce = true, capacity = 100 }`, every
+/// field optional (`resource = ""` for none); the builder's checks apply.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteRiskSpec {
+    group: Option<String>,
+    resource: Option<String>,
+    sensitivity: Option<f32>,
+    #[serde(default)]
+    scarce: bool,
+    capacity: Option<u32>,
+}
+
+/// From configuration, as [`RouteRiskSpec`] describes.
+impl<'de> serde::Deserialize<'de> for RouteRisk {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = RouteRiskSpec::deserialize(d)?;
+        let mut risk = Self::new();
+        if let Some(group) = spec.group {
+            risk = risk.group(group);
+        }
+        match spec.resource.as_deref() {
+            Some("") => risk = risk.no_resource(),
+            Some(capture) => risk = risk.resource(capture),
+            None => {}
+        }
+        if let Some(weight) = spec.sensitivity {
+            risk = risk.sensitivity(weight).map_err(serde::de::Error::custom)?;
+        }
+        if spec.scarce {
+            risk = risk.scarce();
+        }
+        if let Some(items) = spec.capacity {
+            risk = risk.capacity(items).map_err(serde::de::Error::custom)?;
+        }
+        Ok(risk)
+    }
+}
+
 impl Default for RouteRisk {
     fn default() -> Self {
         Self::new()

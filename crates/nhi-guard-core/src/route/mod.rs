@@ -112,6 +112,37 @@ impl From<&[Method]> for Methods {
     }
 }
 
+/// From configuration: one method (`"GET"`), several (`["GET", "POST"]`), or any
+/// (`"ANY"` or `"*"`). Names are case-sensitive, as in HTTP (RFC 9110 §9.1).
+impl<'de> serde::Deserialize<'de> for Methods {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            Several(Vec<String>),
+        }
+        let method = |m: &str| {
+            Method::from_bytes(m.as_bytes())
+                .ok()
+                .filter(|_| !m.is_empty())
+                .ok_or_else(|| serde::de::Error::custom(format!("{m:?} is not an HTTP method")))
+        };
+        match Raw::deserialize(d)? {
+            Raw::One(m) if m == "ANY" || m == "*" => Ok(Self::ANY),
+            Raw::One(m) => Ok(Self::from(method(&m)?)),
+            Raw::Several(ms) if ms.is_empty() => Err(serde::de::Error::custom(
+                "an empty list of methods matches nothing; use \"ANY\" for every method",
+            )),
+            Raw::Several(ms) => ms
+                .iter()
+                .map(|m| method(m))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| Self(Some(v))),
+        }
+    }
+}
+
 impl fmt::Display for Methods {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
@@ -481,6 +512,24 @@ impl RoutesBuilder {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+
+    #[test]
+    fn methods_from_configuration() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<Methods>(v).map_err(|e| e.to_string());
+        assert_eq!(parse(serde_json::json!("GET")), Ok(Methods::from(Method::GET)));
+        assert_eq!(parse(serde_json::json!("ANY")), Ok(Methods::ANY));
+        assert_eq!(parse(serde_json::json!("*")), Ok(Methods::ANY));
+        assert_eq!(
+            parse(serde_json::json!(["GET", "PURGE"])),
+            Ok(Methods::from([
+                Method::GET,
+                Method::from_bytes(b"PURGE").expect("token")
+            ]))
+        );
+        assert!(parse(serde_json::json!([])).is_err_and(|e| e.contains("matches nothing")));
+        assert!(parse(serde_json::json!("GET POST")).is_err_and(|e| e.contains("not an HTTP method")));
+        assert!(parse(serde_json::json!("")).is_err());
+    }
 
     fn table() -> Routes {
         Routes::builder()

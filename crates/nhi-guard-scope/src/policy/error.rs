@@ -23,7 +23,7 @@ pub enum PolicyErrorKind {
 pub struct PolicyError {
     kind: PolicyErrorKind,
     rule: String,
-    message: String,
+    pub(super) message: String,
 }
 
 impl PolicyError {

@@ -37,6 +37,70 @@ enum Spec {
     },
 }
 
+/// What a `Require` is written as in configuration: `{ public = true }`,
+/// `{ authenticated = true }`, or scopes, `{ all_of = ["orders:read"] }` and / or
+/// `{ any_of = ["a", "b"] }`; exactly one of the three kinds.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequireSpec {
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    authenticated: bool,
+    #[serde(default)]
+    all_of: Vec<String>,
+    #[serde(default)]
+    any_of: Vec<String>,
+}
+
+impl TryFrom<RequireSpec> for Require {
+    type Error = String;
+
+    fn try_from(spec: RequireSpec) -> Result<Self, String> {
+        let scoped = !spec.all_of.is_empty() || !spec.any_of.is_empty();
+        let require = match (spec.public, spec.authenticated, scoped) {
+            (true, false, false) => Self::public(),
+            (false, true, false) => Self::authenticated(),
+            (false, false, true) => {
+                let join = |v: &[String]| {
+                    if let Some(bad) = v.iter().find(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+                        return Err(format!("{bad:?} is not one scope"));
+                    }
+                    Ok(v.join(" "))
+                };
+                let (all, any) = (join(&spec.all_of)?, join(&spec.any_of)?);
+                let mut r = if all.is_empty() {
+                    Self::any_of(&any)
+                } else {
+                    Self::all_of(&all)
+                };
+                if !all.is_empty() && !any.is_empty() {
+                    r = r.and_any_of(&any);
+                }
+                r
+            }
+            _ => {
+                return Err(
+                    "give exactly one of public = true, authenticated = true, or scopes (all_of / any_of)"
+                        .into(),
+                );
+            }
+        };
+        // The scopes are checked as a policy would check them.
+        require
+            .compile(Arc::from("require"), None)
+            .map_err(|e| e.message.clone())?;
+        Ok(require)
+    }
+}
+
+/// From configuration, as [`RequireSpec`] describes (errors name the field).
+impl<'de> serde::Deserialize<'de> for Require {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::try_from(RequireSpec::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Require {
     /// No principal needed: anyone may call the route.
     pub fn public() -> Self {
