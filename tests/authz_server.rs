@@ -53,7 +53,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::Request;
-use common::nginx::{Nginx, Site, documented_site, nginx_binary};
+use common::nginx::{Nginx, Site, documented_site};
 use common::{HttpClient, Reply, Server, audit_requests, client_toml, get, http_client, lookup};
 use http::{HeaderMap, StatusCode};
 use nhi_guard::core::clock::ManualClock;
@@ -149,24 +149,8 @@ fn client_at(ip: &str) -> HttpClient {
     http_client(Some(ip.parse::<IpAddr>().expect("ip")))
 }
 
-/// The nginx, or `None` (after saying why) when the test must be skipped.
 fn prerequisites(test: &str) -> Option<PathBuf> {
-    let bound = [CLIENT, FLOODER]
-        .iter()
-        .try_for_each(|ip| std::net::TcpListener::bind((*ip, 0)).map(drop));
-    let missing = match (nginx_binary(), bound) {
-        (Some(nginx), Ok(())) => return Some(nginx),
-        (None, _) => {
-            "nginx not found on PATH or at /usr/sbin/nginx (Debian: apt-get install nginx-light)".to_owned()
-        }
-        (_, Err(e)) => format!("cannot bind {CLIENT} and {FLOODER}: {e}"),
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: {missing}; required under CI=true"
-    );
-    eprintln!("{test}: SKIPPED: {missing}");
-    None
+    common::nginx::prerequisites(test, &[CLIENT, FLOODER])
 }
 
 /// A refusal as the stack renders it: problem body with the status, one challenge
@@ -304,15 +288,7 @@ async fn nginx_auth_request_asks_the_stack_about_every_request() {
     );
     drop(nginx);
     let records = authz.finish().await;
-    let placed: Vec<(&str, u64)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["src_endpoint"]["ip"].as_str().unwrap_or_default(),
-                r["http_response"]["code"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let placed = common::placed(&records);
     assert_eq!(
         placed,
         [
@@ -374,15 +350,7 @@ async fn traefik_forward_auth_gets_the_real_status() {
     assert_problem(&r, StatusCode::BAD_REQUEST);
 
     let records = authz.finish().await;
-    let placed: Vec<(&str, u64)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["src_endpoint"]["ip"].as_str().unwrap_or_default(),
-                r["http_response"]["code"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let placed = common::placed(&records);
     let client = "203.0.113.7";
     assert_eq!(
         placed,
@@ -630,15 +598,7 @@ async fn envoy_check_requests_get_the_stacks_decision() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     let records = authz.finish().await;
-    let placed: Vec<(&str, u64)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["src_endpoint"]["ip"].as_str().unwrap_or_default(),
-                r["http_response"]["code"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let placed = common::placed(&records);
     let (d, f) = (DOWNSTREAM, DOWNSTREAM_FLOODER);
     assert_eq!(
         placed,

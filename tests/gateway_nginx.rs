@@ -43,7 +43,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use axum::extract::ConnectInfo;
-use common::nginx::{Nginx, Site, nginx_binary};
+use common::nginx::{Nginx, Site};
 use common::{Gateway, HttpClient, Reply, Server, client_toml, get, http_client};
 use http::{HeaderMap, StatusCode};
 use nhi_guard::core::registry::ApiKeyHash;
@@ -90,31 +90,8 @@ fn inventory() -> String {
 // Prerequisites: nginx, and loopback addresses besides 127.0.0.1.
 // ---------------------------------------------------------------------------
 
-/// The nginx binary, or `None` (after printing why) when the test must be skipped.
-///
-/// # Panics
-/// Under `CI=true` when something the test needs is missing.
 fn prerequisites(test: &str) -> Option<PathBuf> {
-    let bound = [CLIENT, FLOODER, BYSTANDER]
-        .iter()
-        .try_for_each(|ip| std::net::TcpListener::bind((*ip, 0)).map(drop));
-    let missing = match (nginx_binary(), bound) {
-        (Some(nginx), Ok(())) => return Some(nginx),
-        (None, _) => {
-            "nginx not found on PATH or at /usr/sbin/nginx (Debian: apt-get install nginx)".to_owned()
-        }
-        (_, Err(e)) => {
-            format!(
-                "cannot bind {CLIENT}, {FLOODER} and {BYSTANDER} (the test's clients must not be the trusted proxy 127.0.0.1): {e}"
-            )
-        }
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: {missing}; required under CI=true"
-    );
-    eprintln!("{test}: SKIPPED: {missing}");
-    None
+    common::nginx::prerequisites(test, &[CLIENT, FLOODER, BYSTANDER])
 }
 
 // ---------------------------------------------------------------------------
@@ -452,15 +429,7 @@ async fn the_address_flood_shield_keys_on_the_real_address_behind_nginx() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
     let records = gw.finish().await;
-    let placed: Vec<(&str, u64)> = records
-        .iter()
-        .map(|r| {
-            (
-                r["src_endpoint"]["ip"].as_str().unwrap_or_default(),
-                r["http_response"]["code"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let placed = common::placed(&records);
     assert_eq!(
         placed,
         [

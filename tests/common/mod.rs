@@ -151,6 +151,19 @@ pub(crate) fn audit_requests(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Each request record's client address and response status, in order.
+pub(crate) fn placed(records: &[Value]) -> Vec<(&str, u64)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["src_endpoint"]["ip"].as_str().unwrap_or_default(),
+                r["http_response"]["code"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
 pub(crate) type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// A hyper client; with `local`, its connections leave from that address (any

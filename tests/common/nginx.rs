@@ -209,3 +209,31 @@ pub(crate) fn documented_site(authz: SocketAddr, upstream: SocketAddr) -> String
     conf.replace(authz_default, &format!("server {authz};"))
         .replace(upstream_default, &format!("server {upstream};"))
 }
+
+/// The nginx binary, or `None` (after printing why) when `test` must be skipped:
+/// nginx is missing, or the test's `clients` addresses (127.0.0.x, which must not
+/// be the trusted proxy 127.0.0.1) cannot be bound.
+///
+/// # Panics
+/// Under `CI=true` when something the test needs is missing.
+pub(crate) fn prerequisites(test: &str, clients: &[&str]) -> Option<PathBuf> {
+    let bound = clients
+        .iter()
+        .try_for_each(|ip| std::net::TcpListener::bind((*ip, 0)).map(drop));
+    let missing = match (nginx_binary(), bound) {
+        (Some(nginx), Ok(())) => return Some(nginx),
+        (None, _) => {
+            "nginx not found on PATH or at /usr/sbin/nginx (Debian: apt-get install nginx-light)".to_owned()
+        }
+        (_, Err(e)) => format!(
+            "cannot bind {} (the test's clients must not be the trusted proxy 127.0.0.1): {e}",
+            clients.join(", ")
+        ),
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {missing}; required under CI=true"
+    );
+    eprintln!("{test}: SKIPPED: {missing}");
+    None
+}

@@ -67,7 +67,9 @@ struct RouteRiskSpec {
     capacity: Option<u32>,
 }
 
-/// From configuration, as [`RouteRiskSpec`] describes.
+/// From configuration: `{ group = "inventory", resource = "sku", sensitivity = 1.5,
+/// scarce = true, capacity = 100 }`, every field optional (`resource = ""` for
+/// none), through the builder's checks.
 impl<'de> serde::Deserialize<'de> for RouteRisk {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spec = RouteRiskSpec::deserialize(d)?;

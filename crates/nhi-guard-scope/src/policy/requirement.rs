@@ -94,7 +94,9 @@ impl TryFrom<RequireSpec> for Require {
     }
 }
 
-/// From configuration, as [`RequireSpec`] describes (errors name the field).
+/// From configuration: `{ all_of = ["orders:read"] }` and / or `{ any_of = [...] }`,
+/// `{ public = true }` or `{ authenticated = true }`; exactly one kind, the scopes
+/// checked as a policy checks them.
 impl<'de> serde::Deserialize<'de> for Require {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Self::try_from(RequireSpec::deserialize(d)?).map_err(serde::de::Error::custom)
