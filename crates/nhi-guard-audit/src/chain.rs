@@ -150,6 +150,10 @@ pub enum BreakKind {
     CheckpointMismatch,
     /// A rotated file does not link to the file before it.
     FileLink,
+    /// A line that is not byte for byte the canonical form of the record it parses
+    /// to: a duplicate key (which JSON readers resolve differently, so the line
+    /// could say two things), members reordered or re-spaced.
+    NotCanonical,
 }
 
 impl BreakKind {
@@ -164,6 +168,7 @@ impl BreakKind {
             Self::Reordered => "reordered",
             Self::CheckpointMismatch => "checkpoint_mismatch",
             Self::FileLink => "file_link",
+            Self::NotCanonical => "not_canonical",
         }
     }
 }
@@ -291,8 +296,77 @@ struct Entry {
     kind: Kind,
 }
 
-fn parse_entry(line_no: u64, text: &str) -> Result<Entry, String> {
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+fn parse_entry(line_no: u64, text: &str) -> Result<Entry, (BreakKind, String)> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| (BreakKind::Malformed, format!("not JSON: {e}")))?;
+    // The writer writes every record in its canonical form: any other spelling of
+    // it (a duplicate key, whose value readers pick differently, reordered or
+    // re-spaced members) was not written by it.
+    if canonical_json(&v) != text.as_bytes() {
+        let duplicate = v.as_object().is_some_and(|_| has_duplicate_key(text));
+        return Err((
+            BreakKind::NotCanonical,
+            if duplicate {
+                "a key appears twice in one object: the line can be read two ways".into()
+            } else {
+                "the line is not the canonical form of its record (members reordered or re-spaced)".into()
+            },
+        ));
+    }
+    parse_fields(line_no, &v).map_err(|e| (BreakKind::Malformed, e))
+}
+
+/// Whether some object of `text` (valid JSON) has a key twice.
+fn has_duplicate_key(text: &str) -> bool {
+    struct Check;
+    impl<'de> serde::de::Visitor<'de> for Check {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON without duplicate keys")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if !seen.insert(key) {
+                    return Err(serde::de::Error::custom("duplicate key"));
+                }
+                map.next_value::<Nested>()?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element::<Nested>()?.is_some() {}
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    struct Nested;
+    impl<'de> serde::Deserialize<'de> for Nested {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Check).map(|()| Nested)
+        }
+    }
+    serde_json::from_str::<Nested>(text).is_err()
+}
+
+fn parse_fields(line_no: u64, v: &Value) -> Result<Entry, String> {
     let u = v.get("unmapped").ok_or("no `unmapped` object")?;
     let seq = u.get("seq").and_then(Value::as_u64).ok_or("no `unmapped.seq`")?;
     let prev = u
@@ -323,7 +397,7 @@ fn parse_entry(line_no: u64, text: &str) -> Result<Entry, String> {
         },
         None => Kind::Request,
     };
-    let hash_ok = record_hash(&v) == sha;
+    let hash_ok = record_hash(v) == sha;
     Ok(Entry {
         line: line_no,
         seq,
@@ -368,12 +442,8 @@ pub fn verify_reader(mut reader: impl BufRead) -> io::Result<Verification> {
         }
         match parse_entry(line_no, text) {
             Ok(e) => entries.push(e),
-            Err(detail) => {
-                let kind = if complete {
-                    BreakKind::Malformed
-                } else {
-                    BreakKind::TornLine
-                };
+            Err((kind, detail)) => {
+                let kind = if complete { kind } else { BreakKind::TornLine };
                 let detail = if complete {
                     detail
                 } else {
@@ -623,24 +693,71 @@ pub fn verify_files<P: AsRef<Path>>(paths: &[P]) -> io::Result<Vec<Verification>
 }
 
 /// Reads the tip of an existing log (its last complete line), to link a new chain
-/// to it when appending.
+/// to it when appending. The file must end with a newline (see [`repair_tail`]);
+/// the last line may be of any length.
 pub(crate) fn read_tip(file: &mut std::fs::File) -> io::Result<Option<ChainTip>> {
     use std::io::{Seek, SeekFrom};
     let len = file.seek(SeekFrom::End(0))?;
     if len == 0 {
         return Ok(None);
     }
-    let start = len.saturating_sub(1 << 16);
-    file.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::new();
-    file.take(len - start).read_to_end(&mut tail)?;
-    let text = String::from_utf8_lossy(&tail);
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..end],
-        None => return Ok(None),
+    // The last line starts after the newline before the final one.
+    let start = match last_newline_before(file, len - 1)? {
+        Some(nl) => nl + 1,
+        None => 0,
     };
-    let last = complete.rsplit('\n').next().unwrap_or("");
-    Ok(ChainTip::from_last_line(last))
+    file.seek(SeekFrom::Start(start))?;
+    let mut line = Vec::new();
+    file.take(len - start).read_to_end(&mut line)?;
+    Ok(ChainTip::from_last_line(
+        String::from_utf8_lossy(&line).trim_end(),
+    ))
+}
+
+/// The offset of the last `\n` before byte `end`, read backwards in blocks.
+fn last_newline_before(file: &mut std::fs::File, end: u64) -> io::Result<Option<u64>> {
+    use std::io::{Seek, SeekFrom};
+    const BLOCK: u64 = 1 << 16;
+    let mut hi = end;
+    let mut block = Vec::new();
+    while hi > 0 {
+        let lo = hi.saturating_sub(BLOCK);
+        file.seek(SeekFrom::Start(lo))?;
+        block.clear();
+        file.by_ref().take(hi - lo).read_to_end(&mut block)?;
+        if let Some(i) = block.iter().rposition(|b| *b == b'\n') {
+            return Ok(Some(lo + i as u64));
+        }
+        hi = lo;
+    }
+    Ok(None)
+}
+
+/// Cuts a torn last line (a crash in the middle of a write) off the end of a log,
+/// so that what is appended next starts on a line of its own and the log stays
+/// verifiable. Returns the bytes cut, for the caller to keep as evidence.
+pub(crate) fn repair_tail(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
+    use std::io::{Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(Vec::new());
+    }
+    let keep = match last_newline_before(file, len)? {
+        Some(nl) => nl + 1,
+        None => 0,
+    };
+    file.seek(SeekFrom::Start(keep))?;
+    let mut torn = Vec::new();
+    file.by_ref().take(len - keep).read_to_end(&mut torn)?;
+    file.set_len(keep)?;
+    file.sync_data()?;
+    Ok(torn)
 }
 
 #[cfg(test)]
@@ -663,6 +780,41 @@ mod tests {
             String::from_utf8(canonical_json(&v)).unwrap(),
             r#"{"a":true,"b":[1,{"a":null,"z":"é\n"}]}"#
         );
+    }
+
+    #[test]
+    fn the_tip_is_found_behind_a_last_line_of_any_length() {
+        let dir = nhi_guard_testkit::temp::TempDir::unique("nhi-guard-audit-long-tip");
+        let path = dir.join("audit.jsonl");
+        let long = "x".repeat(300_000);
+        let text = format!(
+            "{{\"unmapped\":{{\"seq\":0,\"sha256\":\"aa\"}}}}\n{{\"pad\":\"{long}\",\"unmapped\":{{\"seq\":1,\"sha256\":\"bb\"}}}}\n"
+        );
+        std::fs::write(&path, &text).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        let tip = read_tip(&mut file).unwrap().unwrap();
+        assert_eq!((tip.sha256.as_str(), tip.seq), ("bb", 1));
+        // A torn record after it, longer than a block too, is cut off whole.
+        let torn = format!("{{\"pad\":\"{long}");
+        std::fs::write(&path, format!("{text}{torn}")).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        assert_eq!(repair_tail(&mut file).unwrap(), torn.as_bytes());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        assert_eq!(read_tip(&mut file).unwrap().unwrap().seq, 1);
+        assert!(repair_tail(&mut file).unwrap().is_empty(), "nothing more to cut");
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_at_any_depth() {
+        assert!(has_duplicate_key(r#"{"a":1,"b":{"c":1,"c":2}}"#));
+        assert!(has_duplicate_key(r#"{"a":[{"x":1,"x":1}]}"#));
+        assert!(!has_duplicate_key(
+            r#"{"a":1,"b":{"a":1},"c":[1,"a",null,true,1.5]}"#
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use nhi_guard_core::context::{ContextState, Decision};
 use tokio::sync::mpsc;
 
-use crate::chain::{ChainTip, read_tip};
+use crate::chain::{ChainTip, read_tip, repair_tail};
 use crate::event::AuditEvent;
 use crate::ocsf::decision_fields;
 
@@ -359,10 +359,37 @@ impl JsonLinesFile {
     ///
     /// # Errors
     /// The file cannot be opened for appending.
+    ///
+    /// A torn last line (the process died in the middle of a write) is cut off so
+    /// that the log stays verifiable, and kept, with a warning, in `PATH.torn`
+    /// beside it.
     pub fn open(path: impl Into<PathBuf>) -> io::Result<Self> {
         let path = path.into();
-        let mut file = open_append(&path)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        let torn = repair_tail(&mut file)?;
+        if !torn.is_empty() {
+            let mut kept = path.clone().into_os_string();
+            kept.push(".torn");
+            let mut evidence = OpenOptions::new().create(true).append(true).open(&kept)?;
+            evidence.write_all(&torn)?;
+            evidence.write_all(b"\n")?;
+            evidence.sync_data()?;
+            tracing::warn!(
+                target: "nhi_guard::audit",
+                path = %path.display(),
+                bytes = torn.len(),
+                kept = %std::path::Path::new(&kept).display(),
+                "the audit log ended in a torn record (a crash mid-write); cut off and kept aside"
+            );
+        }
         let tip = read_tip(&mut file)?;
+        drop(file);
+        let file = open_append(&path)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path,

@@ -276,3 +276,63 @@ async fn appending_after_a_restart_links_the_new_chain() {
     let report = rewrite(&path, &l);
     assert_eq!(broken_at(&report), (4, BreakKind::Deleted), "{report}");
 }
+
+#[tokio::test]
+async fn a_line_that_can_be_read_two_ways_is_found() {
+    let path = write_log("duplicate-key", 12).await;
+    let mut l = lines(&path);
+    assert!(l[2].contains("\"decision\":\"denied\""));
+    // A reader that keeps the first of two keys sees "allowed"; serde_json keeps
+    // the last, so the hash still matches: only the canonical form gives it away.
+    l[2] = l[2].replace(
+        "\"decision\":\"denied\"",
+        "\"decision\":\"allowed\",\"decision\":\"denied\"",
+    );
+    let report = rewrite(&path, &l);
+    assert_eq!(broken_at(&report), (3, BreakKind::NotCanonical), "{report}");
+    assert!(
+        report.first_break.as_ref().unwrap().detail.contains("twice"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_reformatted_line_is_found() {
+    let path = write_log("respaced", 12).await;
+    let mut l = lines(&path);
+    // The same record, pretty-printed on one line: same value, same hash.
+    let v: Value = serde_json::from_str(&l[4]).unwrap();
+    l[4] = serde_json::to_string_pretty(&v).unwrap().replace('\n', " ");
+    let report = rewrite(&path, &l);
+    assert_eq!(broken_at(&report), (5, BreakKind::NotCanonical), "{report}");
+}
+
+#[tokio::test]
+async fn a_crash_mid_write_is_repaired_on_restart() {
+    let path = write_log("torn", 4).await;
+    // The process died while writing a record: half a line at the end.
+    let mut l = lines(&path);
+    let half = l[2][..l[2].len() / 2].to_owned();
+    let mut text = l.join("\n");
+    text.push('\n');
+    text.push_str(&half);
+    std::fs::write(&path, &text).unwrap();
+    assert_eq!(broken_at(&verify_file(&path).unwrap()).1, BreakKind::TornLine);
+
+    // Restarted: the torn record is cut off (and kept aside), the new chain links
+    // to the last complete record, and the whole log verifies.
+    let (w, h) = AuditWriter::builder()
+        .spawn(JsonLinesFile::open(path.to_path_buf()).unwrap())
+        .unwrap();
+    run(AuditLayer::new(w), 3).await;
+    h.shutdown().await.unwrap();
+    let v = verify_file(&path).unwrap();
+    assert!(v.is_sealed(), "{v}");
+    assert_eq!((v.chains, v.requests), (2, 7), "{v}");
+    let mut kept = path.to_path_buf().into_os_string();
+    kept.push(".torn");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), format!("{half}\n"));
+    std::fs::remove_file(&kept).unwrap();
+    l = lines(&path);
+    assert!(!l.iter().any(|line| line.as_str() == half));
+}
