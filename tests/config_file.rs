@@ -207,3 +207,38 @@ async fn a_stack_configured_by_a_file_refuses_and_limits_as_it_says() {
     let r = get(&client, &format!("{}/healthz", gw.base()), &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_of_a_file_configured_gateway_is_authenticated_with_its_key() {
+    let dir = TempDir::unique("nhi-guard-config-audit-key");
+    let key = dir.join("audit.key");
+    std::fs::write(&key, [b'k'; 48]).expect("key");
+    let log = dir.join("audit.jsonl");
+    let file = dir.join("nhi-guard.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "audit_log = {:?}\naudit_key_file = {:?}\n",
+            log.to_str().expect("utf-8"),
+            key.to_str().expect("utf-8")
+        ),
+    )
+    .expect("config");
+    let gw = Gateway::start(&[("NHI_GUARD_CONFIG", file.to_str().expect("utf-8"))])
+        .await
+        .expect("gateway");
+    let r = get(&http_client(None), &format!("{}/healthz", gw.base()), &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(gw.finish().await.len(), 1);
+    let with = |bytes: &[u8]| nhi_guard::audit::VerifyOptions {
+        key: Some(nhi_guard::audit::CheckpointKey::new(bytes.to_vec()).expect("key")),
+        expected_head: None,
+    };
+    let report = nhi_guard::audit::verify_file_with(&log, &with(&[b'k'; 48])).expect("readable");
+    assert!(report.is_sealed(), "{report}");
+    let report = nhi_guard::audit::verify_file_with(&log, &with(&[b'z'; 48])).expect("readable");
+    assert_eq!(
+        report.first_break.map(|b| b.kind),
+        Some(nhi_guard::audit::BreakKind::Unauthenticated)
+    );
+}

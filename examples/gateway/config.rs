@@ -52,6 +52,9 @@ pub(crate) struct Config {
     /// `NHI_GUARD_SHUTDOWN_GRACE`: seconds requests in flight get to finish after
     /// SIGTERM / SIGINT (default 10).
     pub(crate) shutdown_grace: Duration,
+    /// `NHI_GUARD_AUDIT_KEY_FILE`: the key (32 bytes or more) that authenticates the
+    /// audit log's checkpoints (HMAC-SHA-256); `nhi-guard audit verify --key`.
+    pub(crate) audit_key_file: Option<PathBuf>,
     /// `NHI_GUARD_AUDIT_SAMPLE_ALLOWED`: the share of allowed requests audited, from
     /// 0 to 1 (default 1; refusals are always recorded).
     pub(crate) audit_sample_allowed: f64,
@@ -269,6 +272,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
                 format!("NHI_GUARD_SHUTDOWN_GRACE={v:?} is not a number of seconds from 0 to 3600")
             })?,
     };
+    let audit_key_file = get("NHI_GUARD_AUDIT_KEY_FILE").map(PathBuf::from);
     let audit_sample_allowed = match get("NHI_GUARD_AUDIT_SAMPLE_ALLOWED") {
         None => 1.0,
         Some(v) => v
@@ -294,6 +298,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         address_limit,
         shutdown_grace,
         audit_sample_allowed,
+        audit_key_file,
         grpc_listen: get("NHI_GUARD_GRPC_LISTEN"),
         routes: None,
         rate_groups: Vec::new(),
@@ -312,7 +317,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
 }
 
 /// The file's keys for the variables, one to one (`NHI_GUARD_` + upper case).
-pub(crate) const FILE_KEYS: [(&str, &str); 16] = [
+pub(crate) const FILE_KEYS: [(&str, &str); 17] = [
     ("listen", "NHI_GUARD_LISTEN"),
     ("clients", "NHI_GUARD_CLIENTS"),
     ("issuers", "NHI_GUARD_ISSUER"),
@@ -322,6 +327,7 @@ pub(crate) const FILE_KEYS: [(&str, &str); 16] = [
     ("redis_url", "NHI_GUARD_REDIS_URL"),
     ("audit_log", "NHI_GUARD_AUDIT_LOG"),
     ("audit_sample_allowed", "NHI_GUARD_AUDIT_SAMPLE_ALLOWED"),
+    ("audit_key_file", "NHI_GUARD_AUDIT_KEY_FILE"),
     ("risk_mode", "NHI_GUARD_RISK_MODE"),
     ("trusted_proxies", "NHI_GUARD_TRUSTED_PROXIES"),
     ("forwarded_header", "NHI_GUARD_FORWARDED_HEADER"),

@@ -289,7 +289,12 @@ pub(crate) async fn build(
     };
 
     // Audit: JSON Lines with a hash chain, or tracing events.
-    let writer = AuditWriter::builder().clock(clock.clone());
+    let mut writer = AuditWriter::builder().clock(clock.clone());
+    if let Some(path) = &config.audit_key_file {
+        let key = nhi_guard::audit::CheckpointKey::from_file(path)
+            .map_err(|e| format!("NHI_GUARD_AUDIT_KEY_FILE: {e}"))?;
+        writer = writer.checkpoint_key(key);
+    }
     let spawned = match &config.audit_log {
         Some(path) => {
             let file = JsonLinesFile::open(path)

@@ -26,6 +26,8 @@ use std::path::Path;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::mac::{CheckpointKey, Claims, checkpoint_mac, same_mac};
+
 /// The `prev_sha256` of the first chain of a new log.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -154,6 +156,12 @@ pub enum BreakKind {
     /// to: a duplicate key (which JSON readers resolve differently, so the line
     /// could say two things), members reordered or re-spaced.
     NotCanonical,
+    /// Verified with a key: a checkpoint without a MAC, or whose MAC does not
+    /// verify (written by someone who does not hold the key).
+    Unauthenticated,
+    /// Verified with an expected head: the checkpoint exported earlier is not in
+    /// the log, which was truncated or rewritten before it.
+    HeadMissing,
 }
 
 impl BreakKind {
@@ -169,6 +177,8 @@ impl BreakKind {
             Self::CheckpointMismatch => "checkpoint_mismatch",
             Self::FileLink => "file_link",
             Self::NotCanonical => "not_canonical",
+            Self::Unauthenticated => "unauthenticated",
+            Self::HeadMissing => "head_missing",
         }
     }
 }
@@ -229,6 +239,22 @@ pub struct Verification {
     pub tip: Option<ChainTip>,
     /// `prev_sha256` of the first record (links a rotated file to the one before).
     pub first_prev: Option<String>,
+    /// `sha256` of the last checkpoint before any break: the chain's head. Kept
+    /// outside the log, it is the expected head of a later verification
+    /// ([`VerifyOptions::expected_head`]), which then finds a truncation even to
+    /// an earlier, genuine checkpoint.
+    pub head: Option<String>,
+}
+
+/// What [`verify_file_with`] checks besides the chain.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyOptions {
+    /// Every checkpoint must carry a MAC that verifies under this key (the
+    /// writer's [`crate::AuditWriterBuilder::checkpoint_key`]).
+    pub key: Option<CheckpointKey>,
+    /// A head exported earlier ([`Verification::head`]) must be a checkpoint of
+    /// the log.
+    pub expected_head: Option<String>,
 }
 
 impl Verification {
@@ -275,13 +301,16 @@ impl fmt::Display for Verification {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Kind {
     Start,
     Checkpoint {
         requests: u64,
         count: u64,
         is_final: bool,
+        dropped: u64,
+        sampled: u64,
+        mac: Option<String>,
     },
     Request,
 }
@@ -392,6 +421,9 @@ fn parse_fields(line_no: u64, v: &Value) -> Result<Entry, String> {
                     .and_then(Value::as_u64)
                     .ok_or("checkpoint without `count`")?,
                 is_final: c.get("final").and_then(Value::as_bool).unwrap_or(false),
+                dropped: c.get("dropped_total").and_then(Value::as_u64).unwrap_or(0),
+                sampled: c.get("sampled_out_total").and_then(Value::as_u64).unwrap_or(0),
+                mac: c.get("mac").and_then(Value::as_str).map(str::to_owned),
             },
             _ => return Err("unknown `unmapped.chain.kind`".into()),
         },
@@ -413,7 +445,15 @@ fn parse_fields(line_no: u64, v: &Value) -> Result<Entry, String> {
 /// # Errors
 /// Only I/O errors of the reader; everything wrong with the content is reported
 /// in the [`Verification`].
-pub fn verify_reader(mut reader: impl BufRead) -> io::Result<Verification> {
+pub fn verify_reader(reader: impl BufRead) -> io::Result<Verification> {
+    verify_reader_with(reader, &VerifyOptions::default())
+}
+
+/// [`verify_reader`] with the checks of `options`.
+///
+/// # Errors
+/// Only I/O errors of the reader.
+pub fn verify_reader_with(mut reader: impl BufRead, options: &VerifyOptions) -> io::Result<Verification> {
     let mut entries = Vec::new();
     let mut report = Verification {
         records: 0,
@@ -424,6 +464,7 @@ pub fn verify_reader(mut reader: impl BufRead) -> io::Result<Verification> {
         tail: Tail::Empty,
         tip: None,
         first_prev: None,
+        head: None,
     };
     let mut buf = Vec::new();
     let mut line_no = 0u64;
@@ -463,7 +504,64 @@ pub fn verify_reader(mut reader: impl BufRead) -> io::Result<Verification> {
         (Some(w), _) => Some(w),
         (None, p) => p,
     };
+    let limit = report.first_break.as_ref().map_or(u64::MAX, |b| b.line);
+    let verified = || entries.iter().take_while(|e| e.line < limit);
+    let is_checkpoint = |e: &&Entry| matches!(e.kind, Kind::Checkpoint { .. });
+    report.head = verified().filter(is_checkpoint).last().map(|e| e.sha.clone());
+    if let Some(key) = &options.key
+        && let Some(b) = verified().find_map(|e| unauthenticated(key, e))
+    {
+        report.first_break = Some(b);
+    }
+    if let Some(head) = &options.expected_head
+        && report.first_break.is_none()
+        && !verified().filter(is_checkpoint).any(|e| e.sha == *head)
+    {
+        report.first_break = Some(ChainBreak {
+            line: line_no + 1,
+            kind: BreakKind::HeadMissing,
+            detail: format!(
+                "the expected head {head} is not a checkpoint of this log: it was truncated or rewritten before it"
+            ),
+        });
+    }
     Ok(report)
+}
+
+/// The break a checkpoint makes under `key`, if its MAC is missing or wrong.
+fn unauthenticated(key: &CheckpointKey, e: &Entry) -> Option<ChainBreak> {
+    let Kind::Checkpoint {
+        requests,
+        is_final,
+        dropped,
+        sampled,
+        mac,
+        ..
+    } = &e.kind
+    else {
+        return None;
+    };
+    let expected = checkpoint_mac(
+        key,
+        &Claims {
+            prev_sha256: &e.prev,
+            seq: e.seq,
+            requests: *requests,
+            dropped_total: *dropped,
+            sampled_out_total: *sampled,
+            is_final: *is_final,
+        },
+    );
+    let detail = match mac {
+        Some(m) if same_mac(m, &expected) => return None,
+        Some(_) => "the checkpoint's MAC does not verify under the key: it was written without it",
+        None => "the checkpoint carries no MAC: it was written without the key",
+    };
+    Some(ChainBreak {
+        line: e.line,
+        kind: BreakKind::Unauthenticated,
+        detail: detail.into(),
+    })
 }
 
 fn walk(entries: &[Entry], report: &mut Verification) -> Option<ChainBreak> {
@@ -535,6 +633,7 @@ fn walk(entries: &[Entry], report: &mut Verification) -> Option<ChainBreak> {
                 requests,
                 count,
                 is_final,
+                ..
             } => {
                 if count != e.seq || requests != chain_requests {
                     return brk(
@@ -657,8 +756,17 @@ fn classify(
 /// # Errors
 /// I/O errors opening or reading the file.
 pub fn verify_file(path: impl AsRef<Path>) -> io::Result<Verification> {
+    verify_file_with(path, &VerifyOptions::default())
+}
+
+/// [`verify_file`] with the checks of `options`: every checkpoint authenticated
+/// under a key, an exported head present.
+///
+/// # Errors
+/// I/O errors opening or reading the file.
+pub fn verify_file_with(path: impl AsRef<Path>, options: &VerifyOptions) -> io::Result<Verification> {
     let file = std::fs::File::open(path)?;
-    verify_reader(io::BufReader::with_capacity(1 << 16, file))
+    verify_reader_with(io::BufReader::with_capacity(1 << 16, file), options)
 }
 
 /// Verifies rotated files given oldest first (`audit.jsonl.2`, `audit.jsonl.1`,
@@ -669,9 +777,25 @@ pub fn verify_file(path: impl AsRef<Path>) -> io::Result<Verification> {
 /// # Errors
 /// I/O errors opening or reading a file.
 pub fn verify_files<P: AsRef<Path>>(paths: &[P]) -> io::Result<Vec<Verification>> {
+    verify_files_with(paths, &VerifyOptions::default())
+}
+
+/// [`verify_files`] with the checks of `options`: the key for every file; the
+/// expected head in any of them (it is reported missing on the newest file).
+///
+/// # Errors
+/// I/O errors opening or reading a file.
+pub fn verify_files_with<P: AsRef<Path>>(
+    paths: &[P],
+    options: &VerifyOptions,
+) -> io::Result<Vec<Verification>> {
+    let keyed = VerifyOptions {
+        key: options.key.clone(),
+        expected_head: None,
+    };
     let mut out: Vec<Verification> = Vec::new();
     for path in paths {
-        let mut v = verify_file(path)?;
+        let mut v = verify_file_with(path, &keyed)?;
         if v.is_intact()
             && let Some(prev) = out.last()
             && let (Some(tip), Some(first)) = (&prev.tip, &v.first_prev)
@@ -687,6 +811,31 @@ pub fn verify_files<P: AsRef<Path>>(paths: &[P]) -> io::Result<Vec<Verification>
         out.push(v);
         if broken {
             break;
+        }
+    }
+    if let Some(head) = &options.expected_head
+        && out.len() == paths.len()
+        && out.iter().all(Verification::is_intact)
+    {
+        let mut found = false;
+        for path in paths {
+            let v = verify_file_with(
+                path,
+                &VerifyOptions {
+                    key: None,
+                    expected_head: Some(head.clone()),
+                },
+            )?;
+            found |= v.is_intact();
+        }
+        if !found && let Some(newest) = out.last_mut() {
+            newest.first_break = Some(ChainBreak {
+                line: newest.records + 1,
+                kind: BreakKind::HeadMissing,
+                detail: format!(
+                    "the expected head {head} is not a checkpoint of these logs: they were truncated or rewritten before it"
+                ),
+            });
         }
     }
     Ok(out)

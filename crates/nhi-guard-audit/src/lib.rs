@@ -87,17 +87,20 @@ mod event;
 mod future;
 mod json;
 mod layer;
+mod mac;
 pub mod ocsf;
 mod service;
 mod sink;
 mod writer;
 
 pub use crate::chain::{
-    BreakKind, ChainBreak, ChainTip, Tail, Verification, verify_file, verify_files, verify_reader,
+    BreakKind, ChainBreak, ChainTip, Tail, Verification, VerifyOptions, verify_file, verify_file_with,
+    verify_files, verify_files_with, verify_reader, verify_reader_with,
 };
 pub use crate::error::{AuditError, ConfigError};
 pub use crate::future::ResponseFuture;
 pub use crate::layer::AuditLayer;
+pub use crate::mac::CheckpointKey;
 pub use crate::service::Audit;
 pub use crate::sink::{
     AuditEntry, AuditRecord, AuditSink, ChannelSink, FsyncPolicy, JsonLinesFile, RecordKind, StdoutSink,

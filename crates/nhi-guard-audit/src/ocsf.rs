@@ -498,6 +498,8 @@ struct ChainFields {
     is_final: Option<bool>,
     kind: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     requests: Option<u64>,
@@ -533,13 +535,15 @@ struct Lifecycle<'a> {
     unmapped: ChainUnmapped<'a>,
 }
 
-/// Writes a chain start or checkpoint record without its `sha256` into `buf`.
+/// Writes a chain start or checkpoint record without its `sha256` into `buf`; a
+/// checkpoint is authenticated under `key` when there is one.
 pub(crate) fn write_chain_record(
     buf: &mut Vec<u8>,
     mark: ChainMark,
     time: SystemTime,
     prev_sha256: &str,
     seq: u64,
+    key: Option<&crate::mac::CheckpointKey>,
 ) -> serde_json::Result<()> {
     let (message, chain) = match mark {
         ChainMark::Start { reason } => (
@@ -549,6 +553,7 @@ pub(crate) fn write_chain_record(
                 dropped_total: None,
                 is_final: None,
                 kind: "start",
+                mac: None,
                 reason: Some(reason),
                 requests: None,
                 sampled_out_total: None,
@@ -566,6 +571,19 @@ pub(crate) fn write_chain_record(
                 dropped_total: Some(dropped_total),
                 is_final: Some(is_final),
                 kind: "checkpoint",
+                mac: key.map(|key| {
+                    crate::mac::checkpoint_mac(
+                        key,
+                        &crate::mac::Claims {
+                            prev_sha256,
+                            seq,
+                            requests,
+                            dropped_total,
+                            sampled_out_total,
+                            is_final,
+                        },
+                    )
+                }),
                 reason: None,
                 requests: Some(requests),
                 sampled_out_total: Some(sampled_out_total),

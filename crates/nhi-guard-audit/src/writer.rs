@@ -1,6 +1,7 @@
 //! The writer: a bounded queue from the request path to a dedicated thread that
 //! formats, chains and hands records to the sink.
 
+use crate::mac::CheckpointKey;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -309,6 +310,7 @@ pub struct AuditWriterBuilder {
     checkpoint_every: u64,
     checkpoint_interval: Duration,
     clock: SharedClock,
+    checkpoint_key: Option<CheckpointKey>,
 }
 
 impl Default for AuditWriterBuilder {
@@ -319,6 +321,7 @@ impl Default for AuditWriterBuilder {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
+            checkpoint_key: None,
         }
     }
 }
@@ -338,6 +341,15 @@ impl AuditWriterBuilder {
         }
         self.capacity = records;
         Ok(self)
+    }
+
+    /// Authenticates every checkpoint with HMAC-SHA-256 under `key`
+    /// (`unmapped.chain.mac`; see [`crate::chain::verify_file_with`]): whoever can
+    /// write the log but not read the key can no longer cut its end and append a
+    /// checkpoint the verifier accepts.
+    pub fn checkpoint_key(mut self, key: CheckpointKey) -> Self {
+        self.checkpoint_key = Some(key);
+        self
     }
 
     /// What to do when the queue is full (default [`Overflow::Backpressure`]).
@@ -410,6 +422,7 @@ impl AuditWriterBuilder {
             since_checkpoint: 0,
             checkpoint_every: self.checkpoint_every,
             checkpoint_interval: self.checkpoint_interval,
+            checkpoint_key: self.checkpoint_key,
             // The startup chain start is stamped when `spawn` is called, not when
             // the thread gets to run.
             last_checkpoint: started,
@@ -443,6 +456,7 @@ struct Writer<K> {
     since_checkpoint: u64,
     checkpoint_every: u64,
     checkpoint_interval: Duration,
+    checkpoint_key: Option<CheckpointKey>,
     last_checkpoint: std::time::SystemTime,
     sealed: bool,
     /// `nhi_guard_audit_queue_depth`, resolved by the writer thread at its first
@@ -611,7 +625,7 @@ impl<K: AuditSink> Writer<K> {
         self.since_checkpoint = 0;
         self.last_checkpoint = now;
         self.append(RecordKind::ChainStart, None, |buf, prev, seq| {
-            write_chain_record(buf, ChainMark::Start { reason }, now, prev, seq)
+            write_chain_record(buf, ChainMark::Start { reason }, now, prev, seq, None)
         });
     }
 
@@ -652,8 +666,9 @@ impl<K: AuditSink> Writer<K> {
         };
         let now = self.clock.now();
         let seq = self.seq;
+        let key = self.checkpoint_key.clone();
         if self.append(RecordKind::Checkpoint, None, |buf, prev, seq| {
-            write_chain_record(buf, mark, now, prev, seq)
+            write_chain_record(buf, mark, now, prev, seq, key.as_ref())
         }) {
             c.checkpoints.fetch_add(1, Ordering::Relaxed);
             self.sealed = is_final;

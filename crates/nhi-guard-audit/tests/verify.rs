@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use http::Request;
 use nhi_guard_audit::chain::record_hash;
 use nhi_guard_audit::{
-    AuditLayer, AuditWriter, BreakKind, JsonLinesFile, Tail, Verification, verify_file, verify_files,
+    AuditLayer, AuditWriter, BreakKind, CheckpointKey, JsonLinesFile, Tail, Verification, VerifyOptions,
+    verify_file, verify_file_with, verify_files,
 };
 use nhi_guard_testkit::temp::TempFile;
 use serde_json::Value;
@@ -335,4 +336,107 @@ async fn a_crash_mid_write_is_repaired_on_restart() {
     std::fs::remove_file(&kept).unwrap();
     l = lines(&path);
     assert!(!l.iter().any(|line| line.as_str() == half));
+}
+
+/// A sealed log of `n` requests whose checkpoints (every 5) carry a MAC.
+async fn write_keyed_log(name: &str, n: usize, key: &CheckpointKey) -> TempFile {
+    let path = tmp_dir(name).file("audit.jsonl");
+    let (w, h) = AuditWriter::builder()
+        .checkpoint_every(5)
+        .unwrap()
+        .checkpoint_key(key.clone())
+        .spawn(JsonLinesFile::open(path.to_path_buf()).unwrap())
+        .unwrap();
+    run(AuditLayer::new(w), n).await;
+    h.shutdown().await.unwrap();
+    path
+}
+
+fn key(byte: u8) -> CheckpointKey {
+    CheckpointKey::new(vec![byte; 32]).unwrap()
+}
+
+fn with_key(key: &CheckpointKey) -> VerifyOptions {
+    VerifyOptions {
+        key: Some(key.clone()),
+        ..Default::default()
+    }
+}
+
+/// The attack the chain alone cannot see: cut the log after line `keep` and append
+/// a final checkpoint recomputed to match (counts, link, hash), with the MAC of
+/// the checkpoint it copies.
+fn cut_and_forge_final_checkpoint(path: &Path, keep: usize) -> Vec<String> {
+    let l = lines(path);
+    let mut forged: Value = serde_json::from_str(l.last().unwrap()).unwrap();
+    let last: Value = serde_json::from_str(&l[keep - 1]).unwrap();
+    let seq = last["unmapped"]["seq"].as_u64().unwrap() + 1;
+    let requests = l[..keep]
+        .iter()
+        .filter(|x| x.contains("\"class_uid\":6003"))
+        .count();
+    forged["unmapped"]["prev_sha256"] = last["unmapped"]["sha256"].clone();
+    forged["unmapped"]["seq"] = seq.into();
+    forged["unmapped"]["chain"]["count"] = seq.into();
+    forged["unmapped"]["chain"]["requests"] = requests.into();
+    forged["unmapped"]["sha256"] = record_hash(&forged).into();
+    let mut out = l[..keep].to_vec();
+    out.push(String::from_utf8(nhi_guard_audit::chain::canonical_json(&forged)).unwrap());
+    out
+}
+
+#[tokio::test]
+async fn a_truncation_sealed_with_a_recomputed_checkpoint_is_found_with_the_key() {
+    let k = key(7);
+    let path = write_keyed_log("keyed-truncation", 12, &k).await;
+    let genuine = verify_file_with(&path, &with_key(&k)).unwrap();
+    assert!(genuine.is_sealed(), "{genuine}");
+    assert_eq!(genuine.checkpoints, 3);
+
+    // start, r1..r5, ck (7), r6..r10, ck (13), r11, r12, final ck (16): keep r1..r8.
+    let forged = cut_and_forge_final_checkpoint(&path, 10);
+    let without_key = rewrite(&path, &forged);
+    assert!(
+        without_key.is_sealed(),
+        "the chain alone accepts the forgery: {without_key}"
+    );
+    let report = verify_file_with(&path, &with_key(&k)).unwrap();
+    assert_eq!(broken_at(&report), (11, BreakKind::Unauthenticated), "{report}");
+    // Another key does not verify even the genuine checkpoints.
+    let other = verify_file_with(&path, &with_key(&key(8))).unwrap();
+    assert_eq!(broken_at(&other), (7, BreakKind::Unauthenticated), "{other}");
+}
+
+#[tokio::test]
+async fn checkpoints_without_a_mac_fail_a_keyed_verification() {
+    let path = write_log("unkeyed", 6).await;
+    let report = verify_file_with(&path, &with_key(&key(7))).unwrap();
+    assert_eq!(broken_at(&report), (7, BreakKind::Unauthenticated), "{report}");
+    assert!(report.first_break.unwrap().detail.contains("no MAC"));
+}
+
+#[tokio::test]
+async fn a_truncation_to_an_earlier_genuine_checkpoint_is_found_with_the_exported_head() {
+    let k = key(7);
+    let path = write_keyed_log("keyed-head", 12, &k).await;
+    let full = verify_file_with(&path, &with_key(&k)).unwrap();
+    let head = full.head.clone().expect("a head");
+    let l = lines(&path);
+    let last: Value = serde_json::from_str(l.last().unwrap()).unwrap();
+    assert_eq!(
+        head,
+        last["unmapped"]["sha256"].as_str().unwrap(),
+        "the head is the last checkpoint"
+    );
+    let options = VerifyOptions {
+        key: Some(k.clone()),
+        expected_head: Some(head),
+    };
+    assert!(verify_file_with(&path, &options).unwrap().is_sealed());
+    // Cut after the genuine checkpoint on line 13: every MAC verifies, only the
+    // head shows what is missing.
+    let report = rewrite(&path, &l[..13]);
+    assert!(report.is_intact(), "{report}");
+    let report = verify_file_with(&path, &options).unwrap();
+    assert_eq!(broken_at(&report), (14, BreakKind::HeadMissing), "{report}");
 }

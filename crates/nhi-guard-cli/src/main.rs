@@ -5,7 +5,8 @@
 //! nhi-guard key hash                        the inventory line of a key read on standard input
 //! nhi-guard inventory lint FILE [--warn-days N]
 //!                                           load FILE as the guard does; print its error, or its warnings
-//! nhi-guard audit verify FILE [NEWER ...]   check the hash chain of audit logs (oldest first)
+//! nhi-guard audit verify [--key FILE] [--head SHA256] FILE [NEWER ...]
+//!                                           check the hash chain of audit logs (oldest first)
 //! nhi-guard report [--since T | --unused-days N] [--html FILE]
 //!                                           a running gateway's least-privilege report, as
 //!                                           JSON or as one self-contained HTML page
@@ -50,7 +51,10 @@ const HELP: &str = "usage:
   nhi-guard key hash                           the inventory line of the key read on standard input
   nhi-guard inventory lint FILE [--warn-days N]
                                                load FILE as the guard does: its error, or its warnings
-  nhi-guard audit verify FILE [NEWER ...]      check the hash chain of audit logs, oldest first
+  nhi-guard audit verify [--key FILE] [--head SHA256] FILE [NEWER ...]
+                                               check the hash chain of audit logs, oldest first;
+                                               with the writer's checkpoint key and a head
+                                               printed by an earlier check
   nhi-guard report [--since T | --unused-days N] [--html FILE]
                                                a gateway's least-privilege report: JSON, or an HTML page
   nhi-guard report --from FILE [--html FILE]   the same from a report saved earlier
@@ -68,7 +72,7 @@ fn main() -> ExitCode {
         ["key", "new", rest @ ..] => key_new(rest),
         ["key", "hash"] => key_hash(),
         ["inventory", "lint", rest @ ..] => inventory_lint(rest),
-        ["audit", "verify", files @ ..] if !files.is_empty() => audit_verify(files),
+        ["audit", "verify", rest @ ..] => audit_verify(rest),
         ["report", rest @ ..] => finish(report(rest)),
         ["revoke", rest @ ..] => finish(revoke(rest)),
         ["help" | "--help" | "-h"] => {
@@ -439,9 +443,35 @@ fn lint(inventory: &Inventory, now: SystemTime, window: Option<Duration>) -> Vec
     out
 }
 
-/// Checks audit logs as `audit_verify` does.
-fn audit_verify(files: &[&str]) -> ExitCode {
-    let reports = match nhi_guard_audit::verify_files(files) {
+/// Checks audit logs as `audit_verify` does; `--key FILE` authenticates every
+/// checkpoint, `--head SHA256` requires a head printed by an earlier check.
+fn audit_verify(args: &[&str]) -> ExitCode {
+    let mut options = nhi_guard_audit::VerifyOptions::default();
+    let mut files = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match *arg {
+            "--key" => match args.next().map(nhi_guard_audit::CheckpointKey::from_file) {
+                Some(Ok(key)) => options.key = Some(key),
+                Some(Err(e)) => {
+                    eprintln!("nhi-guard: audit verify: {e}");
+                    return ExitCode::from(3);
+                }
+                None => return usage("audit verify: --key needs a file"),
+            },
+            "--head" => match args.next() {
+                Some(head) if head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                    options.expected_head = Some(head.to_ascii_lowercase());
+                }
+                _ => return usage("audit verify: --head needs the 64 hex digits of a checkpoint's sha256"),
+            },
+            file => files.push(file),
+        }
+    }
+    if files.is_empty() {
+        return usage("audit verify: which files?");
+    }
+    let reports = match nhi_guard_audit::verify_files_with(&files, &options) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nhi-guard: audit verify: {e}");
@@ -459,6 +489,15 @@ fn audit_verify(files: &[&str]) -> ExitCode {
     }
     for path in &files[reports.len()..] {
         println!("{path}: not checked (an earlier file is broken)");
+    }
+    if let Some(head) = reports
+        .last()
+        .filter(|r| r.is_intact())
+        .and_then(|r| r.head.as_ref())
+    {
+        // Kept outside the log (a ticket, another system), it finds a later
+        // truncation: `--head` it next time.
+        println!("head: {head}");
     }
     ExitCode::from(status)
 }

@@ -158,3 +158,82 @@ async fn audit_verify_checks_the_chain() {
     assert_eq!(run(&["audit", "verify"], None).status.code(), Some(64));
     assert_eq!(run(&["frobnicate"], None).status.code(), Some(64));
 }
+
+#[tokio::test]
+async fn audit_verify_authenticates_checkpoints_and_finds_the_head() {
+    let dir = TempDir::unique("nhi-guard-cli-audit-key");
+    let key_file = dir.join("audit.key");
+    std::fs::write(
+        &key_file,
+        "c2VjcmV0LWtleS1mb3ItdGhlLWF1ZGl0LWNoZWNrcG9pbnRzCg==\n",
+    )
+    .expect("key");
+    let key = nhi_guard_audit::CheckpointKey::from_file(&key_file).expect("key");
+    let log = dir.join("audit.jsonl");
+    let (writer, handle) = AuditWriter::builder()
+        .checkpoint_key(key)
+        .spawn(JsonLinesFile::open(log.clone()).expect("log"))
+        .expect("writer");
+    let svc = ServiceBuilder::new().layer(AuditLayer::new(writer)).service_fn(
+        |_req: http::Request<String>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        },
+    );
+    for _ in 0..2 {
+        let req = http::Request::get("/orders")
+            .body(String::new())
+            .expect("request");
+        let _ = svc.clone().oneshot(req).await;
+    }
+    handle.shutdown().await.expect("sealed");
+    let (path, key) = (log.to_str().expect("path"), key_file.to_str().expect("path"));
+    let out = run(&["audit", "verify", "--key", key, path], None);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let head = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("head: "))
+        .unwrap_or_else(|| panic!("no head printed: {stdout}"))
+        .to_owned();
+    assert!(!stdout.contains("c2VjcmV0"), "the key is never printed");
+    assert_eq!(
+        run(&["audit", "verify", "--key", key, "--head", &head, path], None)
+            .status
+            .code(),
+        Some(0)
+    );
+
+    // Another key: the checkpoints do not verify.
+    let other = dir.join("other.key");
+    std::fs::write(&other, [b'x'; 40]).expect("key");
+    let out = run(
+        &["audit", "verify", "--key", other.to_str().expect("path"), path],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("unauthenticated"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A head this log never had: missing.
+    let out = run(&["audit", "verify", "--head", &"0".repeat(64), path], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("head_missing"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        run(&["audit", "verify", "--head", "abc", path], None)
+            .status
+            .code(),
+        Some(64)
+    );
+    assert_eq!(
+        run(&["audit", "verify", "--key", "/nonexistent.key", path], None)
+            .status
+            .code(),
+        Some(3)
+    );
+}
