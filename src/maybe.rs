@@ -15,13 +15,13 @@ use tower_service::Service;
 /// off: it then passes requests through, so the stack's type is the same either
 /// way (and holds each inner service once, which keeps the type a chain rather than
 /// a tree that doubles at every control).
-pub(crate) trait Control<S>: Layer<S> {
+pub(crate) trait Passthrough<S>: Layer<S> {
     fn passthrough(inner: S) -> Self::Service;
 }
 
-macro_rules! control {
+macro_rules! passthrough {
     ($($layer:ty => $service:ident),* $(,)?) => {$(
-        impl<S> Control<S> for $layer {
+        impl<S> Passthrough<S> for $layer {
             fn passthrough(inner: S) -> Self::Service {
                 $service::passthrough(inner)
             }
@@ -29,7 +29,7 @@ macro_rules! control {
     )*};
 }
 
-control! {
+passthrough! {
     ScopeLayer => Scope,
     RateLimitLayer => RateLimitService,
     RiskLayer => Risk,
@@ -42,7 +42,7 @@ control! {
 #[derive(Debug, Clone)]
 pub(crate) struct Maybe<L>(pub(crate) Option<L>);
 
-impl<L: Control<S>, S> Layer<S> for Maybe<L> {
+impl<L: Passthrough<S>, S> Layer<S> for Maybe<L> {
     type Service = L::Service;
 
     fn layer(&self, inner: S) -> Self::Service {

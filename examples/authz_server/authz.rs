@@ -37,7 +37,7 @@ use nhi_guard::core::denial::{DefaultRenderer, GrpcCode, RenderDenial};
 use nhi_guard::core::{Control, Denial, Protocol, SecurityContext};
 use tower::ServiceExt;
 
-use crate::proxy::{CLIENT_ID, CREDENTIAL_KIND, OWNER, REQUEST_ID, SCOPES, TIER, encode, strip_hop_by_hop};
+use crate::proxy::{REQUEST_ID, encode, insert_identity, strip_hop_by_hop};
 
 /// The real status of a refusal (NGINX answers with it; see the module docs).
 pub(crate) const STATUS: HeaderName = HeaderName::from_static("x-nhi-status");
@@ -104,14 +104,7 @@ pub(crate) fn routes(decider: Router, jwks: Option<Arc<str>>) -> Router {
 async fn allowed(req: Request) -> Response {
     let mut headers = HeaderMap::new();
     if let Some(ctx) = req.extensions().get::<SecurityContext>() {
-        headers.insert(REQUEST_ID, encode(&ctx.request_id().to_string()));
-        if let Some(p) = ctx.principal() {
-            headers.insert(CLIENT_ID, encode(p.client_id().as_str()));
-            headers.insert(OWNER, encode(p.owner()));
-            headers.insert(SCOPES, encode(&p.scopes().to_string()));
-            headers.insert(TIER, encode(p.tier_name()));
-            headers.insert(CREDENTIAL_KIND, encode(p.kind().as_str()));
-        }
+        insert_identity(&mut headers, ctx);
     }
     (StatusCode::OK, headers).into_response()
 }

@@ -476,10 +476,16 @@ pub(crate) fn prepare_request_headers(headers: &mut HeaderMap, ctx: Option<&Secu
         headers.remove(&name);
     }
     let Some(ctx) = ctx else { return };
-    headers.insert(REQUEST_ID, encode(&ctx.request_id().to_string()));
     if let Some(addr) = ctx.client_addr() {
         headers.insert("x-forwarded-for", encode(&addr.ip().to_string()));
     }
+    insert_identity(headers, ctx);
+}
+
+/// The request id and, when a client was verified, its identity as `x-nhi-*`
+/// fields (also the forward-auth answer of the authz_server example).
+pub(crate) fn insert_identity(headers: &mut HeaderMap, ctx: &SecurityContext) {
+    headers.insert(REQUEST_ID, encode(&ctx.request_id().to_string()));
     if let Some(p) = ctx.principal() {
         headers.insert(CLIENT_ID, encode(p.client_id().as_str()));
         headers.insert(OWNER, encode(p.owner()));
