@@ -238,7 +238,9 @@ pub(crate) fn write_api_activity(
         }
         None => {
             user.lit(buf, "name", "anonymous");
-            user.str(buf, "type", kind);
+            // OCSF's caption of type_id 0; the credential's kind is in
+            // unmapped.nhi_guard.credential_kind.
+            user.lit(buf, "type", "Unknown");
             user.num(buf, "type_id", 0);
         }
     }
@@ -281,6 +283,12 @@ pub(crate) fn write_api_activity(
     );
     root.lit(buf, "disposition", disposition);
     root.num(buf, "disposition_id", disposition_id);
+    if let Some(name) = ev.service_name.as_deref() {
+        root.key(buf, "dst_endpoint");
+        let mut dst = open(buf);
+        dst.str(buf, "svc_name", name);
+        dst.close(buf);
+    }
     root.num(buf, "duration", latency_ms);
 
     root.key(buf, "http_request");
@@ -305,7 +313,35 @@ pub(crate) fn write_api_activity(
     url.opt_str(buf, "path", route);
     url.opt_str(buf, "query_string", ev.info.query.as_deref());
     url.close(buf);
+    // The fields SIEMs map, from the allow-listed headers (never captured
+    // otherwise): the user agent, and the forwarding chain as sent.
+    let allowed = |name: &'static str| {
+        ev.info
+            .headers
+            .iter()
+            .filter(move |(n, _)| n.as_str() == name)
+            .map(|(_, v)| &**v)
+    };
+    if let Some(ua) = allowed("user-agent").next() {
+        http.str(buf, "user_agent", ua);
+    }
     http.lit(buf, "version", http_version(ev.info.version));
+    let mut forwarded = allowed("x-forwarded-for")
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .peekable();
+    if forwarded.peek().is_some() {
+        http.key(buf, "x_forwarded_for");
+        buf.push(b'[');
+        for (i, ip) in forwarded.enumerate() {
+            if i > 0 {
+                buf.push(b',');
+            }
+            crate::json::string(buf, ip);
+        }
+        buf.push(b']');
+    }
     http.close(buf);
 
     if let Some(code) = status {
@@ -328,17 +364,34 @@ pub(crate) fn write_api_activity(
     buf.extend_from_slice(request_id.as_bytes());
     buf.extend_from_slice(concat!(r#"","version":""#, ocsf_version!(), r#""}"#).as_bytes());
 
+    // The route template the request was matched to.
+    if let Some(r) = route {
+        root.key(buf, "resources");
+        buf.push(b'[');
+        let mut res = open(buf);
+        res.str(buf, "name", r);
+        res.lit(buf, "type", "route");
+        res.close(buf);
+        buf.push(b']');
+    }
+
     root.lit(buf, "severity", severity_name(severity_id));
     root.num(buf, "severity_id", u64::from(severity_id));
 
+    // Required by the class: the client's address, or, when no address could be
+    // resolved (no socket peer in the request), a named unknown rather than an
+    // empty endpoint.
     root.key(buf, "src_endpoint");
     let mut src = open(buf);
-    if let Some(addr) = ev.client_addr {
-        src.key(buf, "ip");
-        display(buf, scratch, addr.ip());
-        if !addr.is_forwarded() {
-            src.num(buf, "port", u64::from(addr.peer().port()));
+    match ev.client_addr {
+        Some(addr) => {
+            src.key(buf, "ip");
+            display(buf, scratch, addr.ip());
+            if !addr.is_forwarded() {
+                src.num(buf, "port", u64::from(addr.peer().port()));
+            }
         }
+        None => src.lit(buf, "name", "unknown"),
     }
     src.close(buf);
 
@@ -404,6 +457,9 @@ pub(crate) fn write_api_activity(
     }
     ext.lit(buf, "completion", ev.completion.as_str());
     ext.opt_str(buf, "control", control);
+    if principal.is_none() && kind != "unknown" {
+        ext.str(buf, "credential_kind", kind);
+    }
     ext.lit(buf, "decision", decision);
     if let Some(s) = denied_status {
         ext.num(buf, "denied_status", u64::from(s));

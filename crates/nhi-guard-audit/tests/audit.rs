@@ -149,7 +149,10 @@ async fn identity_denials_are_recorded_with_the_fingerprint_only() {
     assert!(ext(&v).get("client").is_none());
     let fp = CredentialFingerprint::of(BAD_TOKEN.as_bytes()).to_string();
     assert_eq!(v["actor"]["user"]["credential_uid"], fp.as_str());
-    assert_eq!(v["actor"]["user"]["type"], "service_account");
+    // OCSF's caption of type_id 0; the credential's kind is kept beside it.
+    assert_eq!(v["actor"]["user"]["type"], "Unknown");
+    assert_eq!(v["actor"]["user"]["type_id"], 0);
+    assert_eq!(ext(&v)["credential_kind"], "service_account");
 }
 
 #[tokio::test]
@@ -182,8 +185,14 @@ async fn workload_certificate_principal_shows_thumbprint_and_spiffe_id() {
     assert_eq!(cred["type"], "certificate");
     assert_eq!(cred["thumbprint"], "q3R0aHVtYnByaW50");
     assert_eq!(cred["spiffe_id"], "spiffe://example.org/ns/prod/sa/sync");
-    // No peer recorded by the server: an empty source endpoint.
-    assert_eq!(v["src_endpoint"], serde_json::json!({}));
+    // No peer recorded by the server: a named unknown, never an empty endpoint.
+    assert_eq!(v["src_endpoint"], serde_json::json!({ "name": "unknown" }));
+    // The route template as the resource; no service name, no destination.
+    assert_eq!(
+        v["resources"],
+        serde_json::json!([{ "name": "/orders/{id}", "type": "route" }])
+    );
+    assert!(v.get("dst_endpoint").is_none());
 }
 
 #[tokio::test]
@@ -362,6 +371,42 @@ async fn route_query_and_headers_follow_the_allow_lists() {
     assert_eq!(v["api"]["operation"], "GET");
     let v = &lines3.requests()[0];
     assert_eq!(v["http_request"]["url"]["path"], "/orders/42");
+}
+
+#[tokio::test]
+async fn allow_listed_user_agent_and_forwarding_chain_fill_the_fields_siems_map() {
+    let (w, h, lines) = memory(AuditWriter::builder());
+    let layer = AuditLayer::new(w)
+        .service_name("orders-api")
+        .allow_header("user-agent")
+        .unwrap()
+        .allow_header("x-forwarded-for")
+        .unwrap();
+    let mut r = req("");
+    r.headers_mut().insert(
+        "x-forwarded-for",
+        "203.0.113.7, not-an-ip, 10.0.0.2".parse().unwrap(),
+    );
+    one(layer, r).await.unwrap();
+    // Not allow-listed: not captured, so not mapped either.
+    let (w2, h2, lines2) = memory(AuditWriter::builder());
+    let mut r = req("");
+    r.headers_mut()
+        .insert("x-forwarded-for", "203.0.113.7".parse().unwrap());
+    one(AuditLayer::new(w2), r).await.unwrap();
+    h.shutdown().await.unwrap();
+    h2.shutdown().await.unwrap();
+
+    let v = &lines.requests()[0];
+    assert_eq!(v["http_request"]["user_agent"], "inventory-sync/1.4");
+    assert_eq!(
+        v["http_request"]["x_forwarded_for"],
+        serde_json::json!(["203.0.113.7", "10.0.0.2"])
+    );
+    assert_eq!(v["dst_endpoint"], serde_json::json!({ "svc_name": "orders-api" }));
+    let v = &lines2.requests()[0];
+    assert!(v["http_request"].get("user_agent").is_none());
+    assert!(v["http_request"].get("x_forwarded_for").is_none());
 }
 
 #[tokio::test]
