@@ -232,7 +232,7 @@ async fn the_audit_log_of_a_file_configured_gateway_is_authenticated_with_its_ke
     assert_eq!(gw.finish().await.len(), 1);
     let with = |bytes: &[u8]| nhi_guard::audit::VerifyOptions {
         key: Some(nhi_guard::audit::CheckpointKey::new(bytes.to_vec()).expect("key")),
-        expected_head: None,
+        ..Default::default()
     };
     let report = nhi_guard::audit::verify_file_with(&log, &with(&[b'k'; 48])).expect("readable");
     assert!(report.is_sealed(), "{report}");

@@ -101,6 +101,8 @@ pub use crate::error::{AuditError, ConfigError};
 pub use crate::future::ResponseFuture;
 pub use crate::layer::AuditLayer;
 pub use crate::mac::CheckpointKey;
+#[cfg(feature = "ed25519")]
+pub use crate::mac::{CheckpointPublicKey, CheckpointSigner};
 pub use crate::service::Audit;
 pub use crate::sink::{
     AuditEntry, AuditRecord, AuditSink, ChannelSink, FsyncPolicy, JsonLinesFile, RecordKind, StdoutSink,

@@ -94,11 +94,7 @@ pub(crate) struct Claims<'a> {
 
 /// The `mac` of a checkpoint (see the module docs).
 pub(crate) fn checkpoint_mac(key: &CheckpointKey, c: &Claims<'_>) -> String {
-    let text = format!(
-        "nhi-guard-checkpoint-v1\n{}\n{}\n{}\n{}\n{}\n{}",
-        c.prev_sha256, c.seq, c.requests, c.dropped_total, c.sampled_out_total, c.is_final
-    );
-    format!("{MAC_PREFIX}{}", hex(&key.hmac(text.as_bytes())))
+    format!("{MAC_PREFIX}{}", hex(&key.hmac(claims_text(c).as_bytes())))
 }
 
 /// Compares two MACs in time that does not depend on where they differ.
@@ -136,3 +132,226 @@ mod tests {
         assert!(!same_mac("hmac-sha256:ab", "hmac-sha256:ac"));
     }
 }
+
+/// How the writer authenticates checkpoints: an HMAC key, an Ed25519 signer
+/// (feature `ed25519`), both, or neither.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CheckpointAuth {
+    pub(crate) key: Option<CheckpointKey>,
+    #[cfg(feature = "ed25519")]
+    pub(crate) signer: Option<std::sync::Arc<CheckpointSigner>>,
+}
+
+impl CheckpointAuth {
+    /// The checkpoint's `mac`, with a key.
+    pub(crate) fn mac(&self, c: &Claims<'_>) -> Option<String> {
+        self.key.as_ref().map(|key| checkpoint_mac(key, c))
+    }
+
+    /// The checkpoint's `sig`, with a signer.
+    #[allow(
+        clippy::unused_self,
+        reason = "without the ed25519 feature there is never a signature"
+    )]
+    pub(crate) fn sig(&self, c: &Claims<'_>) -> Option<String> {
+        #[cfg(feature = "ed25519")]
+        {
+            self.signer.as_ref().map(|s| s.sign(c))
+        }
+        #[cfg(not(feature = "ed25519"))]
+        {
+            let _ = c;
+            None
+        }
+    }
+}
+
+/// The text a checkpoint's MAC or signature covers (see the module docs).
+pub(crate) fn claims_text(c: &Claims<'_>) -> String {
+    format!(
+        "nhi-guard-checkpoint-v1\n{}\n{}\n{}\n{}\n{}\n{}",
+        c.prev_sha256, c.seq, c.requests, c.dropped_total, c.sampled_out_total, c.is_final
+    )
+}
+
+/// Ed25519 checkpoint signatures (feature `ed25519`): the writer signs with the
+/// private key, verifiers need only the public key.
+#[cfg(feature = "ed25519")]
+mod ed25519 {
+    use std::fmt;
+    use std::path::Path;
+
+    use aws_lc_rs::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+    use base64::Engine as _;
+
+    use super::{Claims, claims_text};
+    use crate::chain::hex;
+    use crate::error::ConfigError;
+
+    /// The prefix of a checkpoint's `sig`.
+    pub(crate) const SIG_PREFIX: &str = "ed25519:";
+    /// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410), before the
+    /// 32 key bytes.
+    const SPKI_PREFIX: [u8; 12] = [
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+
+    fn error(message: impl Into<String>) -> ConfigError {
+        ConfigError::new("audit", "checkpoint_signer", message)
+    }
+
+    /// The DER inside a PEM block labelled `label`.
+    fn pem(text: &str, label: &str) -> Option<Vec<u8>> {
+        let begin = format!("-----BEGIN {label}-----");
+        let end = format!("-----END {label}-----");
+        let body = text.split_once(&begin)?.1.split_once(&end)?.0;
+        let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+        base64::engine::general_purpose::STANDARD.decode(b64).ok()
+    }
+
+    /// The private key that signs checkpoints. Its `Debug` shows only the public key.
+    pub struct CheckpointSigner(Ed25519KeyPair);
+
+    impl fmt::Debug for CheckpointSigner {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "CheckpointSigner(public {})", self.public_key().hex())
+        }
+    }
+
+    impl CheckpointSigner {
+        /// A new random key pair (store [`CheckpointSigner::to_pkcs8_pem`] to keep it).
+        ///
+        /// # Errors
+        /// The platform's random source failed.
+        pub fn generate() -> Result<Self, ConfigError> {
+            Ed25519KeyPair::generate()
+                .map(Self)
+                .map_err(|e| error(e.to_string()))
+        }
+
+        /// The key in a PKCS#8 PEM file (`-----BEGIN PRIVATE KEY-----`, as
+        /// `openssl genpkey -algorithm ed25519` writes it).
+        ///
+        /// # Errors
+        /// [`ConfigError`] when the file cannot be read or holds no Ed25519 key.
+        pub fn from_pem_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+            let path = path.as_ref();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
+            let der = pem(&text, "PRIVATE KEY")
+                .ok_or_else(|| error(format!("{}: no PRIVATE KEY PEM block", path.display())))?;
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+                .map(Self)
+                .map_err(|e| error(format!("{}: not an Ed25519 key: {e}", path.display())))
+        }
+
+        /// The key as PKCS#8 PEM.
+        ///
+        /// # Errors
+        /// The key cannot be serialised.
+        pub fn to_pkcs8_pem(&self) -> Result<String, ConfigError> {
+            let der = self.0.to_pkcs8().map_err(|e| error(e.to_string()))?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                .collect();
+            Ok(format!(
+                "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+                lines.join("\n")
+            ))
+        }
+
+        /// The public key, for verifiers.
+        pub fn public_key(&self) -> CheckpointPublicKey {
+            let mut key = [0u8; 32];
+            key.copy_from_slice(self.0.public_key().as_ref());
+            CheckpointPublicKey(key)
+        }
+
+        pub(crate) fn sign(&self, c: &Claims<'_>) -> String {
+            format!(
+                "{SIG_PREFIX}{}",
+                hex(self.0.sign(claims_text(c).as_bytes()).as_ref())
+            )
+        }
+    }
+
+    /// The public key that verifies checkpoint signatures.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub struct CheckpointPublicKey([u8; 32]);
+
+    impl fmt::Debug for CheckpointPublicKey {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "CheckpointPublicKey({})", self.hex())
+        }
+    }
+
+    impl CheckpointPublicKey {
+        /// The key from a file: an SPKI PEM block (`-----BEGIN PUBLIC KEY-----`, as
+        /// `openssl pkey -pubout` writes it) or the 64 hex digits of its 32 bytes.
+        ///
+        /// # Errors
+        /// [`ConfigError`] when the file cannot be read or holds no Ed25519 key.
+        pub fn from_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+            let path = path.as_ref();
+            let text =
+                std::fs::read_to_string(path).map_err(|e| error(format!("{}: {e}", path.display())))?;
+            Self::parse(&text).ok_or_else(|| error(format!("{}: not an Ed25519 public key", path.display())))
+        }
+
+        /// The key from PEM or hex text.
+        pub fn parse(text: &str) -> Option<Self> {
+            let bytes = match pem(text, "PUBLIC KEY") {
+                Some(der) => der.strip_prefix(SPKI_PREFIX.as_slice())?.to_vec(),
+                None => {
+                    let t = text.trim();
+                    (t.len() == 64)
+                        .then(|| {
+                            (0..32)
+                                .map(|i| u8::from_str_radix(&t[2 * i..2 * i + 2], 16).ok())
+                                .collect::<Option<Vec<u8>>>()
+                        })
+                        .flatten()?
+                }
+            };
+            Some(Self(bytes.try_into().ok()?))
+        }
+
+        /// The key as 64 lower-case hex digits.
+        pub fn hex(&self) -> String {
+            hex(&self.0)
+        }
+
+        /// The key as an SPKI PEM block.
+        pub fn to_pem(&self) -> String {
+            let der: Vec<u8> = SPKI_PREFIX.iter().chain(self.0.iter()).copied().collect();
+            format!(
+                "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+                base64::engine::general_purpose::STANDARD.encode(der)
+            )
+        }
+
+        pub(crate) fn verifies(&self, c: &Claims<'_>, sig: &str) -> bool {
+            let Some(hexsig) = sig.strip_prefix(SIG_PREFIX) else {
+                return false;
+            };
+            if hexsig.len() != 128 {
+                return false;
+            }
+            let Some(bytes) = (0..64)
+                .map(|i| u8::from_str_radix(hexsig.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()
+            else {
+                return false;
+            };
+            UnparsedPublicKey::new(&ED25519, &self.0)
+                .verify(claims_text(c).as_bytes(), &bytes)
+                .is_ok()
+        }
+    }
+}
+
+#[cfg(feature = "ed25519")]
+pub use ed25519::{CheckpointPublicKey, CheckpointSigner};

@@ -561,6 +561,8 @@ struct ChainFields {
     requests: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sampled_out_total: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sig: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -592,14 +594,14 @@ struct Lifecycle<'a> {
 }
 
 /// Writes a chain start or checkpoint record without its `sha256` into `buf`; a
-/// checkpoint is authenticated under `key` when there is one.
+/// checkpoint is authenticated as `auth` says.
 pub(crate) fn write_chain_record(
     buf: &mut Vec<u8>,
     mark: ChainMark,
     time: SystemTime,
     prev_sha256: &str,
     seq: u64,
-    key: Option<&crate::mac::CheckpointKey>,
+    auth: &crate::mac::CheckpointAuth,
 ) -> serde_json::Result<()> {
     let (message, chain) = match mark {
         ChainMark::Start { reason } => (
@@ -613,6 +615,7 @@ pub(crate) fn write_chain_record(
                 reason: Some(reason),
                 requests: None,
                 sampled_out_total: None,
+                sig: None,
             },
         ),
         ChainMark::Checkpoint {
@@ -620,31 +623,30 @@ pub(crate) fn write_chain_record(
             dropped_total,
             sampled_out_total,
             is_final,
-        } => (
-            "audit chain checkpoint",
-            ChainFields {
-                count: Some(seq),
-                dropped_total: Some(dropped_total),
-                is_final: Some(is_final),
-                kind: "checkpoint",
-                mac: key.map(|key| {
-                    crate::mac::checkpoint_mac(
-                        key,
-                        &crate::mac::Claims {
-                            prev_sha256,
-                            seq,
-                            requests,
-                            dropped_total,
-                            sampled_out_total,
-                            is_final,
-                        },
-                    )
-                }),
-                reason: None,
-                requests: Some(requests),
-                sampled_out_total: Some(sampled_out_total),
-            },
-        ),
+        } => {
+            let claims = crate::mac::Claims {
+                prev_sha256,
+                seq,
+                requests,
+                dropped_total,
+                sampled_out_total,
+                is_final,
+            };
+            (
+                "audit chain checkpoint",
+                ChainFields {
+                    count: Some(seq),
+                    dropped_total: Some(dropped_total),
+                    is_final: Some(is_final),
+                    kind: "checkpoint",
+                    mac: auth.mac(&claims),
+                    reason: None,
+                    requests: Some(requests),
+                    sampled_out_total: Some(sampled_out_total),
+                    sig: auth.sig(&claims),
+                },
+            )
+        }
     };
     let record = Lifecycle {
         activity_id: 99,

@@ -1,7 +1,7 @@
 //! The writer: a bounded queue from the request path to a dedicated thread that
 //! formats, chains and hands records to the sink.
 
-use crate::mac::CheckpointKey;
+use crate::mac::{CheckpointAuth, CheckpointKey};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -310,7 +310,7 @@ pub struct AuditWriterBuilder {
     checkpoint_every: u64,
     checkpoint_interval: Duration,
     clock: SharedClock,
-    checkpoint_key: Option<CheckpointKey>,
+    auth: CheckpointAuth,
 }
 
 impl Default for AuditWriterBuilder {
@@ -321,7 +321,7 @@ impl Default for AuditWriterBuilder {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             clock: Arc::new(SystemClock),
-            checkpoint_key: None,
+            auth: CheckpointAuth::default(),
         }
     }
 }
@@ -348,7 +348,16 @@ impl AuditWriterBuilder {
     /// write the log but not read the key can no longer cut its end and append a
     /// checkpoint the verifier accepts.
     pub fn checkpoint_key(mut self, key: CheckpointKey) -> Self {
-        self.checkpoint_key = Some(key);
+        self.auth.key = Some(key);
+        self
+    }
+
+    /// Signs every checkpoint with Ed25519 (`unmapped.chain.sig`; feature
+    /// `ed25519`): verifiers then need only the public key
+    /// ([`crate::VerifyOptions::public_key`]), and cannot sign themselves.
+    #[cfg(feature = "ed25519")]
+    pub fn checkpoint_signer(mut self, signer: crate::CheckpointSigner) -> Self {
+        self.auth.signer = Some(Arc::new(signer));
         self
     }
 
@@ -422,7 +431,7 @@ impl AuditWriterBuilder {
             since_checkpoint: 0,
             checkpoint_every: self.checkpoint_every,
             checkpoint_interval: self.checkpoint_interval,
-            checkpoint_key: self.checkpoint_key,
+            auth: self.auth,
             // The startup chain start is stamped when `spawn` is called, not when
             // the thread gets to run.
             last_checkpoint: started,
@@ -456,7 +465,7 @@ struct Writer<K> {
     since_checkpoint: u64,
     checkpoint_every: u64,
     checkpoint_interval: Duration,
-    checkpoint_key: Option<CheckpointKey>,
+    auth: CheckpointAuth,
     last_checkpoint: std::time::SystemTime,
     sealed: bool,
     /// `nhi_guard_audit_queue_depth`, resolved by the writer thread at its first
@@ -625,7 +634,14 @@ impl<K: AuditSink> Writer<K> {
         self.since_checkpoint = 0;
         self.last_checkpoint = now;
         self.append(RecordKind::ChainStart, None, |buf, prev, seq| {
-            write_chain_record(buf, ChainMark::Start { reason }, now, prev, seq, None)
+            write_chain_record(
+                buf,
+                ChainMark::Start { reason },
+                now,
+                prev,
+                seq,
+                &CheckpointAuth::default(),
+            )
         });
     }
 
@@ -666,9 +682,9 @@ impl<K: AuditSink> Writer<K> {
         };
         let now = self.clock.now();
         let seq = self.seq;
-        let key = self.checkpoint_key.clone();
+        let auth = self.auth.clone();
         if self.append(RecordKind::Checkpoint, None, |buf, prev, seq| {
-            write_chain_record(buf, mark, now, prev, seq, key.as_ref())
+            write_chain_record(buf, mark, now, prev, seq, &auth)
         }) {
             c.checkpoints.fetch_add(1, Ordering::Relaxed);
             self.sealed = is_final;

@@ -431,6 +431,7 @@ async fn a_truncation_to_an_earlier_genuine_checkpoint_is_found_with_the_exporte
     let options = VerifyOptions {
         key: Some(k.clone()),
         expected_head: Some(head),
+        ..Default::default()
     };
     assert!(verify_file_with(&path, &options).unwrap().is_sealed());
     // Cut after the genuine checkpoint on line 13: every MAC verifies, only the
@@ -439,4 +440,64 @@ async fn a_truncation_to_an_earlier_genuine_checkpoint_is_found_with_the_exporte
     assert!(report.is_intact(), "{report}");
     let report = verify_file_with(&path, &options).unwrap();
     assert_eq!(broken_at(&report), (14, BreakKind::HeadMissing), "{report}");
+}
+
+#[cfg(feature = "ed25519")]
+mod ed25519 {
+    use nhi_guard_audit::{CheckpointPublicKey, CheckpointSigner};
+
+    use super::*;
+
+    fn with_public_key(key: CheckpointPublicKey) -> VerifyOptions {
+        VerifyOptions {
+            public_key: Some(key),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn signed_checkpoints_verify_with_the_public_key_only() {
+        let dir = tmp_dir("signed");
+        // The signing key as openssl would store it, read back from its file.
+        let pem = dir.join("audit-signing.pem");
+        std::fs::write(
+            &pem,
+            CheckpointSigner::generate().unwrap().to_pkcs8_pem().unwrap(),
+        )
+        .unwrap();
+        let signer = CheckpointSigner::from_pem_file(&pem).unwrap();
+        let public = signer.public_key();
+        assert!(!format!("{signer:?}").contains("PRIVATE"), "{signer:?}");
+        let path = dir.file("audit.jsonl");
+        let (w, h) = AuditWriter::builder()
+            .checkpoint_every(5)
+            .unwrap()
+            .checkpoint_signer(signer)
+            .spawn(JsonLinesFile::open(path.to_path_buf()).unwrap())
+            .unwrap();
+        run(AuditLayer::new(w), 12).await;
+        h.shutdown().await.unwrap();
+
+        // The public key, from PEM or hex, is all a verifier holds.
+        let from_pem = CheckpointPublicKey::parse(&public.to_pem()).unwrap();
+        let from_hex = CheckpointPublicKey::parse(&public.hex()).unwrap();
+        assert_eq!((from_pem, from_hex), (public, public));
+        let report = verify_file_with(&path, &with_public_key(public)).unwrap();
+        assert!(report.is_sealed(), "{report}");
+
+        // Cut and sealed again with a recomputed checkpoint: the copied signature
+        // does not cover it.
+        let forged = cut_and_forge_final_checkpoint(&path, 10);
+        assert!(rewrite(&path, &forged).is_sealed(), "the chain alone accepts it");
+        let report = verify_file_with(&path, &with_public_key(public)).unwrap();
+        assert_eq!(broken_at(&report), (11, BreakKind::Unauthenticated), "{report}");
+        // Another key pair verifies nothing.
+        let other = CheckpointSigner::generate().unwrap().public_key();
+        let report = verify_file_with(&path, &with_public_key(other)).unwrap();
+        assert_eq!(broken_at(&report), (7, BreakKind::Unauthenticated), "{report}");
+        // An unsigned log fails a signature check.
+        let unsigned = write_log("unsigned", 6).await;
+        let report = verify_file_with(&unsigned, &with_public_key(public)).unwrap();
+        assert!(report.first_break.unwrap().detail.contains("no signature"));
+    }
 }

@@ -5,7 +5,7 @@
 //! nhi-guard key hash                        the inventory line of a key read on standard input
 //! nhi-guard inventory lint FILE [--warn-days N]
 //!                                           load FILE as the guard does; print its error, or its warnings
-//! nhi-guard audit verify [--key FILE] [--head SHA256] FILE [NEWER ...]
+//! nhi-guard audit verify [--key FILE] [--public-key FILE] [--head SHA256] FILE [NEWER ...]
 //!                                           check the hash chain of audit logs (oldest first)
 //! nhi-guard report [--since T | --unused-days N] [--html FILE]
 //!                                           a running gateway's least-privilege report, as
@@ -51,10 +51,10 @@ const HELP: &str = "usage:
   nhi-guard key hash                           the inventory line of the key read on standard input
   nhi-guard inventory lint FILE [--warn-days N]
                                                load FILE as the guard does: its error, or its warnings
-  nhi-guard audit verify [--key FILE] [--head SHA256] FILE [NEWER ...]
+  nhi-guard audit verify [--key FILE] [--public-key FILE] [--head SHA256] FILE [NEWER ...]
                                                check the hash chain of audit logs, oldest first;
-                                               with the writer's checkpoint key and a head
-                                               printed by an earlier check
+                                               with the writer's HMAC key or Ed25519 public key,
+                                               and a head printed by an earlier check
   nhi-guard report [--since T | --unused-days N] [--html FILE]
                                                a gateway's least-privilege report: JSON, or an HTML page
   nhi-guard report --from FILE [--html FILE]   the same from a report saved earlier
@@ -443,8 +443,9 @@ fn lint(inventory: &Inventory, now: SystemTime, window: Option<Duration>) -> Vec
     out
 }
 
-/// Checks audit logs as `audit_verify` does; `--key FILE` authenticates every
-/// checkpoint, `--head SHA256` requires a head printed by an earlier check.
+/// Checks audit logs as `audit_verify` does; `--key FILE` (HMAC) or
+/// `--public-key FILE` (Ed25519, PEM or hex) authenticates every checkpoint,
+/// `--head SHA256` requires a head printed by an earlier check.
 fn audit_verify(args: &[&str]) -> ExitCode {
     let mut options = nhi_guard_audit::VerifyOptions::default();
     let mut files = Vec::new();
@@ -458,6 +459,14 @@ fn audit_verify(args: &[&str]) -> ExitCode {
                     return ExitCode::from(3);
                 }
                 None => return usage("audit verify: --key needs a file"),
+            },
+            "--public-key" => match args.next().map(nhi_guard_audit::CheckpointPublicKey::from_file) {
+                Some(Ok(key)) => options.public_key = Some(key),
+                Some(Err(e)) => {
+                    eprintln!("nhi-guard: audit verify: {e}");
+                    return ExitCode::from(3);
+                }
+                None => return usage("audit verify: --public-key needs a file"),
             },
             "--head" => match args.next() {
                 Some(head) if head.len() == 64 && head.bytes().all(|b| b.is_ascii_hexdigit()) => {
