@@ -213,14 +213,19 @@ async fn the_audit_log_of_a_file_configured_gateway_is_authenticated_with_its_ke
     let dir = TempDir::unique("nhi-guard-config-audit-key");
     let key = dir.join("audit.key");
     std::fs::write(&key, [b'k'; 48]).expect("key");
+    let signing = dir.join("audit-signing.pem");
+    let signer = nhi_guard::audit::CheckpointSigner::generate().expect("key pair");
+    std::fs::write(&signing, signer.to_pkcs8_pem().expect("pem")).expect("signing key");
+    let public = signer.public_key();
     let log = dir.join("audit.jsonl");
     let file = dir.join("nhi-guard.toml");
     std::fs::write(
         &file,
         format!(
-            "audit_log = {:?}\naudit_key_file = {:?}\n",
+            "audit_log = {:?}\naudit_key_file = {:?}\naudit_signing_key_file = {:?}\n",
             log.to_str().expect("utf-8"),
-            key.to_str().expect("utf-8")
+            key.to_str().expect("utf-8"),
+            signing.to_str().expect("utf-8")
         ),
     )
     .expect("config");
@@ -237,6 +242,21 @@ async fn the_audit_log_of_a_file_configured_gateway_is_authenticated_with_its_ke
     let report = nhi_guard::audit::verify_file_with(&log, &with(&[b'k'; 48])).expect("readable");
     assert!(report.is_sealed(), "{report}");
     let report = nhi_guard::audit::verify_file_with(&log, &with(&[b'z'; 48])).expect("readable");
+    assert_eq!(
+        report.first_break.map(|b| b.kind),
+        Some(nhi_guard::audit::BreakKind::Unauthenticated)
+    );
+    // Signed too: the public key alone verifies it, another one does not.
+    let signed = |key| nhi_guard::audit::VerifyOptions {
+        public_key: Some(key),
+        ..Default::default()
+    };
+    let report = nhi_guard::audit::verify_file_with(&log, &signed(public)).expect("readable");
+    assert!(report.is_sealed(), "{report}");
+    let other = nhi_guard::audit::CheckpointSigner::generate()
+        .expect("key pair")
+        .public_key();
+    let report = nhi_guard::audit::verify_file_with(&log, &signed(other)).expect("readable");
     assert_eq!(
         report.first_break.map(|b| b.kind),
         Some(nhi_guard::audit::BreakKind::Unauthenticated)

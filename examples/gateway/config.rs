@@ -55,6 +55,9 @@ pub(crate) struct Config {
     /// `NHI_GUARD_AUDIT_KEY_FILE`: the key (32 bytes or more) that authenticates the
     /// audit log's checkpoints (HMAC-SHA-256); `nhi-guard audit verify --key`.
     pub(crate) audit_key_file: Option<PathBuf>,
+    /// `NHI_GUARD_AUDIT_SIGNING_KEY_FILE`: an Ed25519 private key (PKCS#8 PEM) that
+    /// signs the audit log's checkpoints; `nhi-guard audit verify --public-key`.
+    pub(crate) audit_signing_key_file: Option<PathBuf>,
     /// `NHI_GUARD_AUDIT_SAMPLE_ALLOWED`: the share of allowed requests audited, from
     /// 0 to 1 (default 1; refusals are always recorded).
     pub(crate) audit_sample_allowed: f64,
@@ -273,6 +276,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
             })?,
     };
     let audit_key_file = get("NHI_GUARD_AUDIT_KEY_FILE").map(PathBuf::from);
+    let audit_signing_key_file = get("NHI_GUARD_AUDIT_SIGNING_KEY_FILE").map(PathBuf::from);
     let audit_sample_allowed = match get("NHI_GUARD_AUDIT_SAMPLE_ALLOWED") {
         None => 1.0,
         Some(v) => v
@@ -299,6 +303,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         shutdown_grace,
         audit_sample_allowed,
         audit_key_file,
+        audit_signing_key_file,
         grpc_listen: get("NHI_GUARD_GRPC_LISTEN"),
         routes: None,
         rate_groups: Vec::new(),
@@ -317,7 +322,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
 }
 
 /// The file's keys for the variables, one to one (`NHI_GUARD_` + upper case).
-pub(crate) const FILE_KEYS: [(&str, &str); 17] = [
+pub(crate) const FILE_KEYS: [(&str, &str); 18] = [
     ("listen", "NHI_GUARD_LISTEN"),
     ("clients", "NHI_GUARD_CLIENTS"),
     ("issuers", "NHI_GUARD_ISSUER"),
@@ -328,6 +333,7 @@ pub(crate) const FILE_KEYS: [(&str, &str); 17] = [
     ("audit_log", "NHI_GUARD_AUDIT_LOG"),
     ("audit_sample_allowed", "NHI_GUARD_AUDIT_SAMPLE_ALLOWED"),
     ("audit_key_file", "NHI_GUARD_AUDIT_KEY_FILE"),
+    ("audit_signing_key_file", "NHI_GUARD_AUDIT_SIGNING_KEY_FILE"),
     ("risk_mode", "NHI_GUARD_RISK_MODE"),
     ("trusted_proxies", "NHI_GUARD_TRUSTED_PROXIES"),
     ("forwarded_header", "NHI_GUARD_FORWARDED_HEADER"),

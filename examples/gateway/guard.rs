@@ -295,6 +295,12 @@ pub(crate) async fn build(
             .map_err(|e| format!("NHI_GUARD_AUDIT_KEY_FILE: {e}"))?;
         writer = writer.checkpoint_key(key);
     }
+    if let Some(path) = &config.audit_signing_key_file {
+        let signer = nhi_guard::audit::CheckpointSigner::from_pem_file(path)
+            .map_err(|e| format!("NHI_GUARD_AUDIT_SIGNING_KEY_FILE: {e}"))?;
+        tracing::info!(public_key = %signer.public_key().hex(), "audit checkpoints are signed (Ed25519)");
+        writer = writer.checkpoint_signer(signer);
+    }
     let spawned = match &config.audit_log {
         Some(path) => {
             let file = JsonLinesFile::open(path)
