@@ -153,6 +153,10 @@ fn every_error_names_the_line_and_the_key() {
             "{text:?}: {err:?} should contain {expected:?}"
         );
     }
+    // A URL that may carry a password is never echoed.
+    let err = load_text("\nredis_url = \"http://ops:hunter2-secret@10.0.0.5\"\n", &[]).expect_err("scheme");
+    assert!(err.starts_with("FILE:2: redis_url: NHI_GUARD_REDIS_URL"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
     // A route's error from the parser names its line too.
     let err = load_text(
         "[[route]]\nmethod = \"GET\"\npath = \"/a\"\nrisk = { group = 3 }\n",

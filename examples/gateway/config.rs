@@ -227,10 +227,9 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         Some(v) if v.starts_with("redis://") || v.starts_with("rediss://") || v.starts_with("unix://") => {
             Some(v)
         }
-        Some(v) => {
-            return Err(format!(
-                "NHI_GUARD_REDIS_URL={v:?} must start with redis://, rediss:// or unix://"
-            ));
+        // Not echoed: the URL may carry a password.
+        Some(_) => {
+            return Err("NHI_GUARD_REDIS_URL must start with redis://, rediss:// or unix:// (value not shown: it may hold a password)".into());
         }
     };
     let audit_log = match get("NHI_GUARD_AUDIT_LOG") {
