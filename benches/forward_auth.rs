@@ -34,9 +34,9 @@ mod envoy;
 #[allow(dead_code, unreachable_pub)]
 mod proxy;
 
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use common::server::Server;
 use criterion::{Criterion, criterion_group, criterion_main};
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use envoy_types::pb::envoy::config::core::v3::address::Address;
@@ -65,58 +65,6 @@ impl Authorization for AlwaysOk {
             status: Some(rpc::Status::default()),
             ..Default::default()
         }))
-    }
-}
-
-/// One server on its own thread and one-worker runtime; stops when dropped.
-struct Server {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(router: axum::Router) -> Self {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            let serving = rt.spawn(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(listener, router).await.unwrap();
-            });
-            // Not a graceful stop: the client's HTTP/2 connection lives on the bench
-            // thread's runtime, idle between runs, and would hold it open. Dropping the
-            // runtime ends the server and its connections.
-            rt.block_on(async {
-                tokio::select! {
-                    _ = serving => {}
-                    _ = stopped => {}
-                }
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -54,7 +54,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use axum::Router;
+use common::server::Server;
 use http::HeaderValue;
 
 const DEFAULT_SECONDS: u64 = 5;
@@ -123,7 +123,7 @@ fn main() {
         } else {
             println!("throughput: {entry} answers 200 (test mode, no load)");
         }
-        server.stop();
+        drop(server);
         if let Some(handle) = handle {
             let stats = control.block_on(handle.shutdown()).unwrap();
             audit_report = Some(format!(
@@ -174,8 +174,7 @@ fn main() {
                 }
             }
             drop(proxy);
-            upstream.stop();
-            authz.stop();
+            drop((upstream, authz));
         }
     }
     drop(dir);
@@ -221,49 +220,6 @@ fn main() {
     }
     if refused {
         std::process::exit(1);
-    }
-}
-
-/// One axum server on its own thread and its own one-worker tokio runtime.
-struct Server {
-    addr: SocketAddr,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl Server {
-    fn start(router: Router) -> Self {
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .unwrap();
-            // Spawned, not run by `block_on`, so that the accept loop too runs on the worker.
-            let serving = rt.spawn(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-            });
-            rt.block_on(serving).unwrap();
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        Self { addr, stop, thread }
-    }
-
-    fn stop(self) {
-        let _ = self.stop.send(());
-        self.thread.join().unwrap();
     }
 }
 

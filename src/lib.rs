@@ -23,41 +23,28 @@
 //! connect info) and `demo` (identity's `DemoIssuer`, a throw-away signing key for
 //! examples). Fetching an issuer's keys over https needs no feature.
 
-#[cfg(all(
-    feature = "identity",
-    feature = "scope",
-    feature = "ratelimit",
-    feature = "risk",
-    feature = "audit"
-))]
-mod builder;
-#[cfg(all(
-    feature = "identity",
-    feature = "scope",
-    feature = "ratelimit",
-    feature = "risk",
-    feature = "audit"
-))]
-pub mod config;
-#[cfg(all(
-    feature = "identity",
-    feature = "scope",
-    feature = "ratelimit",
-    feature = "risk",
-    feature = "audit"
-))]
-mod maybe;
+/// Items that need all five controls (the builder and what it composes).
+macro_rules! with_every_control {
+    ($($item:item)*) => {$(
+        #[cfg(all(
+            feature = "identity",
+            feature = "scope",
+            feature = "ratelimit",
+            feature = "risk",
+            feature = "audit"
+        ))]
+        $item
+    )*};
+}
 
-#[cfg(all(
-    feature = "identity",
-    feature = "scope",
-    feature = "ratelimit",
-    feature = "risk",
-    feature = "audit"
-))]
-pub use crate::builder::{
-    BuildError, NhiGuard, NhiGuardBody, NhiGuardBuilder, NhiGuardLayer, NhiGuardService, ResponseFuture,
-};
+with_every_control! {
+    mod builder;
+    pub mod config;
+    mod maybe;
+    pub use crate::builder::{
+        BuildError, NhiGuard, NhiGuardBody, NhiGuardBuilder, NhiGuardLayer, NhiGuardService, ResponseFuture,
+    };
+}
 
 pub use nhi_guard_core as core;
 pub use nhi_guard_core::{
@@ -102,12 +89,7 @@ pub mod prelude {
     #[cfg(feature = "scope")]
     pub use nhi_guard_scope::{Policy, Require, ScopeLayer};
 
-    #[cfg(all(
-        feature = "identity",
-        feature = "scope",
-        feature = "ratelimit",
-        feature = "risk",
-        feature = "audit"
-    ))]
-    pub use crate::builder::NhiGuard;
+    with_every_control! {
+        pub use crate::builder::NhiGuard;
+    }
 }

@@ -4,6 +4,8 @@
 
 #[allow(dead_code, reason = "the criterion benches' table, not used by throughput")]
 pub(crate) mod report;
+#[allow(dead_code, reason = "the benches that serve over loopback, not stack")]
+pub(crate) mod server;
 
 use std::path::Path;
 use std::sync::Arc;
