@@ -21,9 +21,17 @@
 //! assert_eq!(err.field(), "fallback_store");
 //! ```
 
+//! Every store connects through a [`RedisTarget`]: one server (`redis://`), the same
+//! over TLS (`rediss://`, the platform's trust anchors or a CA file), or a Redis
+//! Cluster given as a comma-separated list of seeds. Credentials in a URL never
+//! appear in `Debug` output, errors or logs. On a cluster, the keys one script
+//! touches share a hash tag (one slot), the client follows `MOVED`/`ASK` and
+//! re-learns the slot map as nodes fail and return.
+//!
 //! One feature per control whose store this crate implements: `ratelimit`,
 //! `risk` and `usage` (on by default), and `revocations`.
 
+mod connection;
 #[cfg(feature = "ratelimit")]
 mod ratelimit;
 #[cfg(feature = "revocations")]
@@ -35,6 +43,8 @@ pub mod testing;
 pub mod usage;
 
 pub use nhi_guard_core::config::ConfigError;
+
+pub use crate::connection::{IntoRedisTarget, RedisTarget};
 
 #[cfg(feature = "ratelimit")]
 pub use crate::ratelimit::{RedisStore, RedisStoreBuilder};

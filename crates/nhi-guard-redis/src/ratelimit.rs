@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nhi_guard_ratelimit::store::{
-    CheckMode, FailurePolicy, RateLimitCheck, RateLimitDecision, RateLimitStore, StoreError, StoreErrorKind,
-    StoreFuture,
+    CheckMode, FailurePolicy, GcraStep, RateLimitCheck, RateLimitDecision, RateLimitStore, StoreError,
+    StoreErrorKind, StoreFuture,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::connection::{Conn, IntoRedisTarget, RedisTarget, Timeouts};
 
 /// The script: checks every limit of one request against Redis server time and,
 /// if all pass (and the mode is consume), stores every new TAT with a TTL. One
@@ -74,12 +75,37 @@ for i = 1, n do out[#out + 1] = diffs[i] end
 return out
 ";
 
+/// Gives back what a request spent (Redis Cluster, limits on several subjects,
+/// refused by another subject's limit): per key, `ARGV[i]` nanoseconds come off
+/// its TAT, which never goes below now (the key is then deleted); the TTL stays.
+const REFUND_LUA: &str = r"
+local t = redis.call('TIME')
+local now_s = tonumber(t[1])
+local now_n = tonumber(t[2]) * 1000
+for i = 1, #KEYS do
+  local v = redis.call('GET', KEYS[i])
+  local sp = v and string.find(v, ':', 1, true)
+  if sp then
+    local diff = (tonumber(string.sub(v, 1, sp - 1)) - now_s) * 1000000000
+      + (tonumber(string.sub(v, sp + 1)) - now_n) - tonumber(ARGV[i])
+    if diff <= 0 then
+      redis.call('DEL', KEYS[i])
+    else
+      local total = now_n + diff
+      redis.call('SET', KEYS[i],
+        string.format('%d:%d', now_s + math.floor(total / 1000000000), total % 1000000000), 'KEEPTTL')
+    end
+  end
+end
+return 0
+";
+
 use nhi_guard_core::config::ConfigError;
 
 /// Builds a [`RedisStore`].
 #[must_use]
 pub struct RedisStoreBuilder {
-    url: String,
+    target: Result<RedisTarget, ConfigError>,
     prefix: String,
     timeout: Duration,
     retry_after_failure: Duration,
@@ -90,21 +116,13 @@ pub struct RedisStoreBuilder {
 impl fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redact_url(&self.url))
+            .field("target", &self.target)
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("retry_after_failure", &self.retry_after_failure)
             .field("policy", &self.policy)
             .field("fallback", &self.fallback)
             .finish()
-    }
-}
-
-/// The URL without its password.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
     }
 }
 
@@ -142,7 +160,7 @@ impl RedisStoreBuilder {
         self
     }
 
-    fn validate(&self) -> Result<(redis::Client, ConnectionManagerConfig), ConfigError> {
+    fn validate(&self) -> Result<(&RedisTarget, Timeouts), ConfigError> {
         if self.policy == FailurePolicy::FallbackLocal && self.fallback.is_none() {
             return Err(ConfigError::new(
                 "redis",
@@ -153,21 +171,22 @@ impl RedisStoreBuilder {
         if self.timeout.is_zero() {
             return Err(ConfigError::new("redis", "timeout", "must be longer than zero"));
         }
-        let client = redis::Client::open(self.url.as_str())
-            .map_err(|e| ConfigError::new("redis", "url", format!("not a Redis URL ({:?})", e.kind())))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        Ok((client, config))
+        let target = self.target.as_ref().map_err(Clone::clone)?;
+        let timeouts = Timeouts {
+            connect: self.timeout.max(Duration::from_millis(100)),
+            response: self.timeout,
+            retries: 1,
+            max_delay: Duration::from_millis(500),
+        };
+        Ok((target, timeouts))
     }
 
-    fn finish(self, conn: ConnectionManager) -> RedisStore {
+    fn finish(self, conn: Conn) -> RedisStore {
         RedisStore {
             inner: Arc::new(Inner {
                 conn,
                 script: redis::Script::new(GCRA_LUA),
+                refund: redis::Script::new(REFUND_LUA),
                 prefix: self.prefix,
                 timeout: self.timeout,
                 retry_after_failure: self.retry_after_failure,
@@ -185,8 +204,9 @@ impl RedisStoreBuilder {
     /// # Errors
     /// The configuration is invalid, or Redis cannot be reached (field `url`).
     pub async fn connect(self) -> Result<RedisStore, ConfigError> {
-        let (client, config) = self.validate()?;
-        let conn = ConnectionManager::new_with_config(client, config)
+        let (target, timeouts) = self.validate()?;
+        let conn = target
+            .connect(timeouts)
             .await
             .map_err(|e| ConfigError::new("redis", "url", format!("cannot connect ({:?})", e.kind())))?;
         Ok(self.finish(conn))
@@ -198,16 +218,18 @@ impl RedisStoreBuilder {
     /// # Errors
     /// The configuration is invalid.
     pub fn build_lazy(self) -> Result<RedisStore, ConfigError> {
-        let (client, config) = self.validate()?;
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let (target, timeouts) = self.validate()?;
+        let conn = target
+            .connect_lazy(timeouts)
             .map_err(|e| ConfigError::new("redis", "url", format!("cannot connect ({:?})", e.kind())))?;
         Ok(self.finish(conn))
     }
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     script: redis::Script,
+    refund: redis::Script,
     prefix: String,
     timeout: Duration,
     retry_after_failure: Duration,
@@ -232,13 +254,14 @@ struct Inner {
 /// # Keys and Redis Cluster
 ///
 /// Keys look like `nhi:rl:{<subject>}:<policy>:<qualifier>`, with the subject (client
-/// id, address, fingerprint) as the hash tag. All limits of one request must live
-/// in one slot for the script to run on Cluster: a per-client and a
-/// per-client-per-route limit share the tag `{client}` and work; limits on
-/// *different* subjects in one layer (address and client) would make Cluster refuse
-/// the script with `CROSSSLOT`. Put address limits in their own layer (the usual
-/// pre-auth position) — each layer sends its own script. A single Redis (or a
-/// primary with replicas) has no such constraint.
+/// id, address, fingerprint) as the hash tag, so that all of one subject's limits
+/// (per client, per client and route) live in one slot and one atomic script
+/// decides them. On a Redis Cluster ([`RedisTarget`] with several seeds), a layer
+/// whose limits name several subjects (address and client) sends one script per
+/// subject, all at once: still one round trip. Each script is atomic on its own;
+/// when one subject refuses after another spent, what was spent is given back
+/// (a second round trip, on refusals only), so a refused request costs nothing.
+/// On one server every limit is in one script.
 ///
 /// ```no_run
 /// use std::sync::Arc;
@@ -291,11 +314,13 @@ fn push_encoded(out: &mut String, bytes: &[u8]) {
 }
 
 impl RedisStore {
-    /// A builder for `url` (`redis://[:password@]host:port[/db]`, `rediss://` needs
-    /// the `redis` TLS features).
-    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+    /// A builder for `target`: a URL (`redis://[user:password@]host:port[/db]`,
+    /// `rediss://` for TLS), a comma-separated list of Redis Cluster seeds, or a
+    /// [`RedisTarget`] (with a CA file). A target that does not parse fails
+    /// `connect`/`build_lazy` with field `url`.
+    pub fn builder(target: impl IntoRedisTarget) -> RedisStoreBuilder {
         RedisStoreBuilder {
-            url: url.into(),
+            target: target.into_redis_target(),
             prefix: String::from("nhi:rl"),
             timeout: Duration::from_millis(50),
             retry_after_failure: Duration::from_secs(1),
@@ -333,31 +358,87 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    async fn eval(
+    /// Runs the script over the checks at `at` (indices into `checks`, keys that
+    /// share one hash slot).
+    async fn run(
         &self,
         checks: &[RateLimitCheck],
+        at: &[usize],
         mode: CheckMode,
-    ) -> Result<Vec<RateLimitDecision>, StoreError> {
+    ) -> Result<Vec<i64>, StoreError> {
         let mut inv = self.script.prepare_invoke();
         inv.arg(if mode == CheckMode::Consume { "1" } else { "0" });
-        for c in checks {
+        for &i in at {
+            let c = &checks[i];
             inv.key(key_of(&self.prefix, c));
             inv.arg(c.quota.emission_nanos())
                 .arg(c.quota.tolerance_nanos())
                 .arg(c.quota.effective_cost(c.cost));
         }
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(|e| {
-            let kind = if e.is_timeout() {
-                StoreErrorKind::Timeout
-            } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                StoreErrorKind::Unavailable
-            } else {
-                StoreErrorKind::Protocol
-            };
-            StoreError::new(kind, format!("redis: {:?}", e.kind()))
-        })?;
-        decisions_from_reply(checks, mode, &reply)
+        inv.invoke_async(&mut conn).await.map_err(|e| redis_error(&e))
+    }
+
+    async fn eval(
+        &self,
+        checks: &[RateLimitCheck],
+        mode: CheckMode,
+    ) -> Result<Vec<RateLimitDecision>, StoreError> {
+        if !self.conn.is_cluster() || checks.iter().all(|c| c.key == checks[0].key) {
+            // One server, or one subject (one hash tag, one slot): one atomic script.
+            let all: Vec<usize> = (0..checks.len()).collect();
+            let reply = self.run(checks, &all, mode).await?;
+            let (passed, steps) = steps_from_reply(checks, &all, &reply)?;
+            return Ok(decide(checks, mode, passed, steps));
+        }
+        // A cluster and limits on several subjects: one script per subject's slot,
+        // all sent at once (one round trip). Each is atomic on its own; when one
+        // refuses after another spent, what the other spent is given back.
+        let groups = by_subject(checks);
+        let replies =
+            futures_util::future::try_join_all(groups.iter().map(|g| self.run(checks, g, mode))).await?;
+        let mut steps: Vec<Option<(GcraStep, u64)>> = vec![None; checks.len()];
+        let mut passed = Vec::with_capacity(groups.len());
+        for (group, reply) in groups.iter().zip(&replies) {
+            let (ok, group_steps) = steps_from_reply(checks, group, reply)?;
+            passed.push(ok);
+            for (&i, step) in group.iter().zip(group_steps) {
+                steps[i] = Some(step);
+            }
+        }
+        // Every index is in exactly one group.
+        let steps: Vec<(GcraStep, u64)> = steps.into_iter().flatten().collect();
+        let all = passed.iter().all(|&p| p);
+        if !all && mode == CheckMode::Consume {
+            let spent = groups
+                .iter()
+                .zip(&passed)
+                .filter(|&(_, &ok)| ok)
+                .map(|(g, _)| self.give_back(checks, g));
+            if let Err(err) = futures_util::future::try_join_all(spent).await {
+                tracing::warn!(target: "nhi_guard::redis", error = %err, "a refused request's spending on another subject was not given back");
+            }
+        }
+        Ok(decide(checks, mode, all, steps))
+    }
+
+    /// Takes back what the checks at `at` spent (a request refused by another
+    /// subject's limit).
+    async fn give_back(&self, checks: &[RateLimitCheck], at: &[usize]) -> Result<(), StoreError> {
+        let mut inv = self.refund.prepare_invoke();
+        for &i in at {
+            let c = &checks[i];
+            inv.key(key_of(&self.prefix, c)).arg(
+                c.quota
+                    .emission_nanos()
+                    .saturating_mul(u64::from(c.quota.effective_cost(c.cost))),
+            );
+        }
+        let mut conn = self.conn.clone();
+        inv.invoke_async::<i64>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|e| redis_error(&e))
     }
 
     async fn on_failure(
@@ -382,31 +463,62 @@ impl Inner {
     }
 }
 
-/// Turns the script's reply into decisions with the same arithmetic as every store.
-fn decisions_from_reply(
+fn redis_error(e: &redis::RedisError) -> StoreError {
+    let kind = if e.is_timeout() {
+        StoreErrorKind::Timeout
+    } else if e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+    {
+        StoreErrorKind::Unavailable
+    } else {
+        StoreErrorKind::Protocol
+    };
+    StoreError::new(kind, format!("redis: {:?}", e.kind()))
+}
+
+/// The checks' indices grouped by subject (the hash tag of their keys), in order
+/// of first appearance.
+fn by_subject(checks: &[RateLimitCheck]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, c) in checks.iter().enumerate() {
+        match groups.iter_mut().find(|g| checks[g[0]].key == c.key) {
+            Some(g) => g.push(i),
+            None => groups.push(vec![i]),
+        }
+    }
+    groups
+}
+
+/// Reads the script's reply for the checks at `at` into GCRA steps (with each
+/// key's state before), recomputed with the same arithmetic as every store.
+fn steps_from_reply(
     checks: &[RateLimitCheck],
-    mode: CheckMode,
+    at: &[usize],
     reply: &[i64],
-) -> Result<Vec<RateLimitDecision>, StoreError> {
+) -> Result<(bool, Vec<(GcraStep, u64)>), StoreError> {
     let bad = |what: &str| {
         StoreError::new(
             StoreErrorKind::Protocol,
             format!("unexpected script reply: {what}"),
         )
     };
-    if reply.len() != checks.len() + 3 {
+    if reply.len() != at.len() + 3 {
         return Err(bad("length"));
     }
     let passed = reply[0] == 1;
     // Repeated keys see their earlier spending in the script; recompute alike.
     let mut all = true;
-    let mut out: Vec<(nhi_guard_ratelimit::store::GcraStep, u64)> = Vec::with_capacity(checks.len());
-    for (i, (c, &diff)) in checks.iter().zip(&reply[3..]).enumerate() {
-        let earlier = (0..i).rev().find(|&j| {
-            checks[j].policy == c.policy && checks[j].key == c.key && checks[j].qualifier == c.qualifier
+    let mut out: Vec<(GcraStep, u64)> = Vec::with_capacity(at.len());
+    for (n, (&i, &diff)) in at.iter().zip(&reply[3..]).enumerate() {
+        let c = &checks[i];
+        let earlier = (0..n).rev().find(|&m| {
+            let e = &checks[at[m]];
+            e.policy == c.policy && e.key == c.key && e.qualifier == c.qualifier
         });
         let step = match earlier {
-            Some(j) if out[j].0.allowed => c.quota.step(out[j].0.diff_after, c.cost.max(1)),
+            Some(m) if out[m].0.allowed => c.quota.step(out[m].0.diff_after, c.cost.max(1)),
             _ => c.quota.step(u64::try_from(diff).unwrap_or(0), c.cost.max(1)),
         };
         all &= step.allowed;
@@ -415,18 +527,28 @@ fn decisions_from_reply(
     if all != passed {
         return Err(bad("verdict differs from the local arithmetic"));
     }
-    Ok(checks
+    Ok((passed, out))
+}
+
+/// The decisions: each step's, except that a refused request spent nothing, so
+/// its passing limits are reported as they stand.
+fn decide(
+    checks: &[RateLimitCheck],
+    mode: CheckMode,
+    all: bool,
+    steps: Vec<(GcraStep, u64)>,
+) -> Vec<RateLimitDecision> {
+    checks
         .iter()
-        .zip(out)
+        .zip(steps)
         .map(|(c, (step, before))| {
             if !all && mode == CheckMode::Consume && step.allowed {
-                // Nothing was spent: report the key as it stands.
                 c.quota.state(before)
             } else {
                 step.decision
             }
         })
-        .collect())
+        .collect()
 }
 
 impl RateLimitStore for RedisStore {
@@ -486,6 +608,26 @@ mod tests {
     use super::*;
     use nhi_guard_ratelimit::store::Quota;
 
+    fn decisions_from_reply(
+        checks: &[RateLimitCheck],
+        mode: CheckMode,
+        reply: &[i64],
+    ) -> Result<Vec<RateLimitDecision>, StoreError> {
+        let all: Vec<usize> = (0..checks.len()).collect();
+        let (passed, steps) = steps_from_reply(checks, &all, reply)?;
+        Ok(decide(checks, mode, passed, steps))
+    }
+
+    #[test]
+    fn limits_are_grouped_by_subject() {
+        let checks = [
+            check("a", b"client", b""),
+            check("b", &[127, 0, 0, 1], b""),
+            check("c", b"client", b"orders"),
+        ];
+        assert_eq!(by_subject(&checks), vec![vec![0, 2], vec![1]]);
+    }
+
     fn check(policy: &str, key: &[u8], qualifier: &[u8]) -> RateLimitCheck {
         RateLimitCheck {
             policy: Arc::from(policy),
@@ -511,15 +653,6 @@ mod tests {
             key_of("p", &check("a", b"b:c", b""))
         );
         assert_eq!(key_of("p", &check("x", b"{evil}", b"")), "p:{~7b6576696c7d}:x:");
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://:hunter2@cache:6379/0"),
-            "redis://***@cache:6379/0"
-        );
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
     }
 
     #[test]

@@ -31,7 +31,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use nhi_guard_identity::{Revocation, Revocations, Revoked};
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::connection::{Conn, IntoRedisTarget, Timeouts};
 
 /// Why Redis could not be used: its error kind only, as the other stores of this
 /// crate report it (no URL, no server text that could echo one).
@@ -80,7 +81,7 @@ impl std::fmt::Debug for RedisRevocations {
 
 struct Inner {
     local: Revocations,
-    conn: ConnectionManager,
+    conn: Conn,
     hash: String,
     channel: String,
     pending: Mutex<Vec<Pending>>,
@@ -100,19 +101,30 @@ impl Drop for Inner {
 const RELOAD: Duration = Duration::from_secs(5);
 
 impl RedisRevocations {
-    /// Connects to `url` (keys and channel under `prefix`), loads the shared set
-    /// into `local` and starts following changes.
+    /// Connects to `target` (a URL, `rediss://` for TLS, a comma-separated list of
+    /// Redis Cluster seeds, or a [`RedisTarget`](crate::RedisTarget); keys and
+    /// channel under `prefix`), loads the shared set into `local` and starts
+    /// following changes.
     ///
     /// # Errors
     /// Redis is unreachable at start.
-    pub async fn start(url: &str, prefix: &str, local: Revocations) -> Result<Self, RevocationsError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(TIMEOUT);
-        let conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+    pub async fn start(
+        target: impl IntoRedisTarget,
+        prefix: &str,
+        local: Revocations,
+    ) -> Result<Self, RevocationsError> {
+        let target = target
+            .into_redis_target()
+            .map_err(|e| RevocationsError(e.to_string()))?;
+        let timeouts = Timeouts {
+            connect: TIMEOUT,
+            response: TIMEOUT,
+            retries: 2,
+            max_delay: TIMEOUT,
+        };
+        let conn = target.connect(timeouts).await?;
+        // Subscriptions listen on one node; a cluster forwards every PUBLISH to all.
+        let clients = target.node_clients()?;
         let inner = Arc::new(Inner {
             local,
             conn,
@@ -123,7 +135,7 @@ impl RedisRevocations {
         });
         reload(&inner).await?;
         let weak = Arc::downgrade(&inner);
-        let task = tokio::spawn(follow(client, weak));
+        let task = tokio::spawn(follow(clients, weak));
         *inner.task.lock().unwrap_or_else(PoisonError::into_inner) = Some(task);
         Ok(Self { inner })
     }
@@ -280,9 +292,10 @@ fn apply(inner: &Inner, message: &str) {
 }
 
 /// Subscribes and applies changes, reloading the whole set at every
-/// (re)subscription and every [`RELOAD`]; retries while Redis is unreachable.
-async fn follow(client: redis::Client, inner: std::sync::Weak<Inner>) {
-    loop {
+/// (re)subscription and every [`RELOAD`]; retries while Redis is unreachable, on
+/// the next node of a cluster each time a subscription is lost.
+async fn follow(clients: Vec<redis::Client>, inner: std::sync::Weak<Inner>) {
+    for client in clients.iter().cycle() {
         let subscribed = async {
             let mut pubsub = client.get_async_pubsub().await?;
             let channel = match inner.upgrade() {

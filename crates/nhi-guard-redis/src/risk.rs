@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nhi_guard_risk::store::{
     RiskKey, RiskStore, RiskStoreError, RiskStoreFuture, StickyAction, StickyDecision,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::connection::{Conn, IntoRedisTarget, Timeouts};
 
 /// Keeps the stronger (or, at equal strength, the longer) of the stored decision
 /// and the new one, and indexes it. KEYS[1] decision key, KEYS[2] index;
@@ -42,7 +43,7 @@ return 1
 /// timeout; the risk layer fails open on errors unless told to fail closed.
 #[derive(Clone)]
 pub struct RedisRiskStore {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: Arc<str>,
     timeout: Duration,
     put: Arc<redis::Script>,
@@ -103,21 +104,28 @@ fn decode(key: RiskKey, v: &str) -> Option<StickyDecision> {
 }
 
 impl RedisRiskStore {
-    /// Connects to `url` (`redis://127.0.0.1:6379`), naming keys `<prefix>:...`;
-    /// each operation times out after `timeout`.
+    /// Connects to `target` (a URL such as `redis://127.0.0.1:6379` or
+    /// `rediss://…`, a comma-separated list of Redis Cluster seeds, or a
+    /// [`RedisTarget`](crate::RedisTarget)), naming keys `<prefix>:...`; each
+    /// operation times out after `timeout`.
     ///
     /// # Errors
-    /// An invalid URL or an unreachable server.
-    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, RiskStoreError> {
-        let client = redis::Client::open(url).map_err(|e| error(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout.max(Duration::from_millis(100))))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| error(&e))?;
+    /// An invalid target or an unreachable server.
+    pub async fn connect(
+        target: impl IntoRedisTarget,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<Self, RiskStoreError> {
+        let target = target
+            .into_redis_target()
+            .map_err(|e| RiskStoreError::new(e.to_string()))?;
+        let timeouts = Timeouts {
+            connect: timeout.max(Duration::from_millis(100)),
+            response: timeout,
+            retries: 2,
+            max_delay: Duration::from_millis(500),
+        };
+        let conn = target.connect(timeouts).await.map_err(|e| error(&e))?;
         Ok(Self {
             conn,
             prefix: Arc::from(prefix),
@@ -126,12 +134,15 @@ impl RedisRiskStore {
         })
     }
 
+    /// Sticky decisions and their index share the hash tag `{sticky}`: the script
+    /// that writes both, and the look-up of several keys, stay in one slot of a
+    /// Redis Cluster.
     fn decision_key(&self, key: &RiskKey) -> String {
-        format!("{}:risk:sticky:{key}", self.prefix)
+        format!("{}:risk:{{sticky}}:{key}", self.prefix)
     }
 
     fn index_key(&self) -> String {
-        format!("{}:risk:sticky-index", self.prefix)
+        format!("{}:risk:{{sticky}}-index", self.prefix)
     }
 
     async fn timed<T>(

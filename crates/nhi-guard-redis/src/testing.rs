@@ -1,5 +1,7 @@
 //! A throw-away `redis-server` for tests and benchmarks: started on a free loopback
-//! port, without persistence, stopped on drop.
+//! port, without persistence, stopped on drop; also TLS-only and password-protected
+//! servers ([`RedisServer::start_with`]) and a Redis Cluster of several primaries
+//! ([`RedisCluster`]).
 //!
 //! When the binary cannot be found, [`RedisServer::start`] prints why and returns
 //! `None` so the test can skip, except under `CI=true`, where a missing server is a
@@ -16,16 +18,82 @@
 //! ```
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 /// A running `redis-server`, killed when dropped.
-#[derive(Debug)]
 pub struct RedisServer {
     binary: PathBuf,
     child: Option<Child>,
     port: u16,
+    options: ServerOptions,
+    /// The server's working directory (a cluster node's `nodes.conf`), removed
+    /// when dropped.
+    dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisServer")
+            .field("port", &self.port)
+            .field("tls", &self.options.tls.is_some())
+            .field("cluster", &self.options.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to start a test server: see [`RedisServer::start_with`].
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// Serve TLS only (no plain port), with this certificate and key (PEM files).
+    pub tls: Option<TlsFiles>,
+    /// `requirepass`: clients must authenticate (the `default` user).
+    pub password: Option<String>,
+    /// A Redis Cluster node (`--cluster-enabled yes`); see [`RedisCluster`].
+    pub cluster: bool,
+}
+
+impl std::fmt::Debug for ServerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerOptions")
+            .field("tls", &self.tls)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
+/// A server's TLS certificate and key, PEM files.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key.
+    pub key: PathBuf,
+}
+
+/// A free loopback port whose cluster bus port (port + 10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `None` after saying why the test is skipped; a failure under `CI=true`.
+fn missing<T>(what: &str) -> Option<T> {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{what} is required in CI (install redis-server, or set NHI_GUARD_REDIS_SERVER)"
+    );
+    eprintln!("SKIPPED: {what} not found; install redis-server to run the Redis tests");
+    None
 }
 
 fn find_binary() -> Option<PathBuf> {
@@ -51,22 +119,29 @@ impl RedisServer {
     /// When the binary is missing under `CI=true`, or the server does not accept
     /// connections within five seconds.
     pub fn start() -> Option<Self> {
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// [`RedisServer::start`] with TLS only, a password or as a cluster node.
+    ///
+    /// # Panics
+    /// As [`RedisServer::start`].
+    pub fn start_with(options: ServerOptions) -> Option<Self> {
         let Some(binary) = find_binary() else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "redis-server is required in CI (install it, or set NHI_GUARD_REDIS_SERVER)"
-            );
-            eprintln!("SKIPPED: redis-server not found; install it to run the Redis tests");
-            return None;
+            return missing("redis-server");
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
+        let port = free_port();
+        let dir = options.cluster.then(|| {
+            let dir = std::env::temp_dir().join(format!("nhi-guard-redis-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a node directory");
+            dir
+        });
         let mut server = Self {
             binary,
             child: None,
             port,
+            options,
+            dir,
         };
         server.restart();
         Some(server)
@@ -77,9 +152,23 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, or `rediss://` for a TLS server; with the
+    /// password when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.options.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        match &self.options.password {
+            Some(password) => format!("{scheme}://:{password}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The binary this server runs (`redis-cli` is looked for next to it).
+    pub fn binary(&self) -> &Path {
+        &self.binary
     }
 
     /// Stops the server (clients see it go down).
@@ -97,17 +186,42 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port.to_string();
-        let child = Command::new(&self.binary)
-            .args([
-                "--port",
-                &port,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new(&self.binary);
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.options.tls {
+            Some(tls) => {
+                command
+                    .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key);
+                if self.options.cluster {
+                    command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                }
+            }
+            None => {
+                command.args(["--port", &port]);
+            }
+        }
+        if let Some(password) = &self.options.password {
+            command.args(["--requirepass", password]);
+        }
+        if let Some(dir) = &self.dir {
+            // The node keeps its id and slots in nodes.conf across a restart.
+            command
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--cluster-require-full-coverage",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -128,5 +242,114 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A Redis Cluster of primaries on loopback ports (no replicas), made with
+/// `redis-cli --cluster create`; its nodes are stopped and their directories
+/// removed when it is dropped. A node that is [killed](RedisCluster::kill) leaves
+/// its slots unserved (`cluster-require-full-coverage no`: the others go on) until
+/// it is [restarted](RedisCluster::restart) with its old identity and slots.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `primaries` nodes (at least 3) and creates the cluster, or returns
+    /// `None` (after printing `SKIPPED: ...`) when `redis-server` or `redis-cli`
+    /// is missing outside CI.
+    ///
+    /// # Panics
+    /// When a binary is missing under `CI=true`, or the cluster does not form
+    /// within ten seconds.
+    pub fn start(primaries: usize) -> Option<Self> {
+        let options = ServerOptions {
+            cluster: true,
+            ..ServerOptions::default()
+        };
+        let nodes: Vec<RedisServer> = (0..primaries.max(3))
+            .map(|_| RedisServer::start_with(options.clone()))
+            .collect::<Option<_>>()?;
+        let cli = nodes[0].binary.with_file_name("redis-cli");
+        let cli = if cli.is_file() {
+            cli
+        } else {
+            PathBuf::from("redis-cli")
+        };
+        let mut create = Command::new(&cli);
+        create.args(["--cluster", "create"]);
+        for node in &nodes {
+            create.arg(format!("127.0.0.1:{}", node.port));
+        }
+        let status = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!("redis-cli --cluster create failed: {s}"),
+            Err(_) => {
+                return missing("redis-cli");
+            }
+        }
+        let cluster = Self { nodes };
+        cluster.wait_until_ok(&cli);
+        Some(cluster)
+    }
+
+    fn wait_until_ok(&self, cli: &Path) {
+        for _ in 0..400 {
+            let ok = self.nodes.iter().all(|node| {
+                Command::new(cli)
+                    .args(["-p", &node.port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("the Redis Cluster did not become ready");
+    }
+
+    /// The nodes' URLs, comma-separated: what `NHI_GUARD_REDIS_URL` takes.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// Stops node `i` (a primary: its slots go unserved).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Starts node `i` again with its identity and slots, and waits until the
+    /// cluster is whole.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        let cli = self.nodes[0].binary.with_file_name("redis-cli");
+        let cli = if cli.is_file() {
+            cli
+        } else {
+            PathBuf::from("redis-cli")
+        };
+        self.wait_until_ok(&cli);
     }
 }

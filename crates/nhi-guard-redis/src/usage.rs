@@ -7,10 +7,11 @@
 //! [`InMemoryUsageStore`] (a read lock and an atomic or two), and a background task
 //! moves what accumulated to Redis every second (one Lua script per flush, for
 //! every client seen since the last one). Each client is one hash,
-//! `<prefix>usage:<client id>`, holding a count and a last time per scope and the
+//! `<prefix>{usage}:<client id>`, holding a count and a last time per scope and the
 //! newest token's issue time; it expires `retention` (default 90 days) after the
 //! client's last flush. Reads merge Redis with what this replica has not flushed
-//! yet.
+//! yet. The hash tag `{usage}` keeps every client's hash in one slot of a Redis
+//! Cluster, so that one script flushes them all.
 //!
 //! While Redis is unreachable, flushes keep what they could not write (bounded by
 //! the buffer's limits) and retry; reading the report fails with the error kind,
@@ -34,7 +35,8 @@ use nhi_guard_core::ClientId;
 use nhi_guard_scope::usage::{
     ClientUsage, InMemoryUsageStore, ScopeStat, ScopeUsageStore, UsageFuture, UsageLimits, UsageStoreError,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::connection::{Conn, IntoRedisTarget, Timeouts};
 
 /// Adds one flush to the clients' hashes. KEYS: one hash per client. ARGV[1]: the
 /// TTL in milliseconds; then per key, the number of entries and the entries as
@@ -75,7 +77,7 @@ pub struct RedisUsageStore {
 }
 
 struct Inner {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: Arc<str>,
     retention: Duration,
     script: redis::Script,
@@ -117,14 +119,16 @@ async fn timed<T>(f: impl Future<Output = Result<T, redis::RedisError>>) -> Resu
 }
 
 impl RedisUsageStore {
-    /// Connects to `url`, naming keys `<prefix>usage:<client id>`, and starts the
-    /// background flush (every second) on the current tokio runtime.
+    /// Connects to `target` (a URL, `rediss://` for TLS, a comma-separated list
+    /// of Redis Cluster seeds, or a [`RedisTarget`](crate::RedisTarget)), naming
+    /// keys `<prefix>{usage}:<client id>`, and starts the background flush (every
+    /// second) on the current tokio runtime.
     ///
     /// # Errors
-    /// An invalid URL or an unreachable server (the error kind only).
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, UsageStoreError> {
+    /// An invalid target or an unreachable server (the error kind only).
+    pub async fn connect(target: impl IntoRedisTarget, prefix: &str) -> Result<Self, UsageStoreError> {
         Self::connect_with(
-            url,
+            target,
             prefix,
             Duration::from_secs(90 * 86_400),
             Duration::from_secs(1),
@@ -137,22 +141,23 @@ impl RedisUsageStore {
     /// 10 ms; `Duration::MAX` for none: then call [`flush`](Self::flush)).
     ///
     /// # Errors
-    /// An invalid URL or an unreachable server (the error kind only).
+    /// An invalid target or an unreachable server (the error kind only).
     pub async fn connect_with(
-        url: &str,
+        target: impl IntoRedisTarget,
         prefix: &str,
         retention: Duration,
         every: Duration,
     ) -> Result<Self, UsageStoreError> {
-        let client = redis::Client::open(url).map_err(|e| error(&e))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, config)
-            .await
-            .map_err(|e| error(&e))?;
+        let target = target
+            .into_redis_target()
+            .map_err(|e| UsageStoreError::new(e.to_string()))?;
+        let timeouts = Timeouts {
+            connect: TIMEOUT,
+            response: TIMEOUT,
+            retries: 2,
+            max_delay: Duration::from_millis(500),
+        };
+        let conn = target.connect(timeouts).await.map_err(|e| error(&e))?;
         let store = Self {
             inner: Arc::new(Inner {
                 conn,
@@ -202,7 +207,7 @@ async fn flush_every(inner: Weak<Inner>, every: Duration) {
 
 impl Inner {
     fn key(&self, client: &ClientId) -> String {
-        format!("{}usage:{}", self.prefix, client.as_str())
+        format!("{}{{usage}}:{}", self.prefix, client.as_str())
     }
 
     async fn flush(&self) -> Result<(), UsageStoreError> {

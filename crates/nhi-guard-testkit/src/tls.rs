@@ -55,6 +55,29 @@ impl TestCa {
     /// # Panics
     /// When rcgen or rustls refuse the certificate.
     pub fn server_config(&self) -> Arc<ServerConfig> {
+        let (cert, key) = self.leaf();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .expect("server certificate");
+        Arc::new(config)
+    }
+
+    /// A server certificate for 127.0.0.1 and `localhost` signed by this CA, and
+    /// its private key, both PEM: for servers that read files (`redis-server`).
+    ///
+    /// # Panics
+    /// When rcgen refuses the certificate.
+    pub fn server_pem(&self) -> (String, String) {
+        let (cert, key) = self.leaf();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn leaf(&self) -> (rcgen::Certificate, KeyPair) {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf parameters");
         params.subject_alt_names = vec![
             SanType::IpAddress([127, 0, 0, 1].into()),
@@ -64,20 +87,8 @@ impl TestCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().expect("leaf key");
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("leaf certificate")
-            .der()
-            .clone();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .expect("server certificate");
-        Arc::new(config)
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        (cert, key)
     }
 }
 

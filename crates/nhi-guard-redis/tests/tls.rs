@@ -1,0 +1,108 @@
+//! `rediss://` against a real TLS-only `redis-server` with a password, whose
+//! certificate comes from a CA made in the test. Skipped (with a message) when the
+//! binary is missing, unless `CI=true`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nhi_guard_ratelimit::store::{CheckMode, Quota, RateLimitCheck, RateLimitStore};
+use nhi_guard_redis::testing::{RedisServer, ServerOptions, TlsFiles};
+use nhi_guard_redis::{RedisStore, RedisTarget};
+use nhi_guard_testkit::temp::TempDir;
+use nhi_guard_testkit::tls::TestCa;
+
+const PASSWORD: &str = "tls-test-s3cret";
+
+fn check(client: &str) -> Arc<[RateLimitCheck]> {
+    Arc::from(vec![RateLimitCheck {
+        policy: Arc::from("per-client"),
+        key: client.as_bytes().into(),
+        qualifier: Box::from(&b""[..]),
+        quota: Quota::per_minute(1).expect("q").with_burst(2).expect("q"),
+        cost: 1,
+    }])
+}
+
+async fn connect(target: RedisTarget) -> Result<RedisStore, nhi_guard_redis::ConfigError> {
+    RedisStore::builder(target)
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_ca_file_and_a_password() {
+    let dir = TempDir::unique("redis-tls");
+    let ca = TestCa::new("nhi-guard redis test CA");
+    let (cert, key) = ca.server_pem();
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&files.cert, cert).expect("cert");
+    std::fs::write(&files.key, key).expect("key");
+    std::fs::write(&ca_file, ca.pem()).expect("ca");
+    let Some(server) = RedisServer::start_with(ServerOptions {
+        tls: Some(files),
+        password: Some(PASSWORD.into()),
+        cluster: false,
+    }) else {
+        return;
+    };
+    let url = server.url();
+    assert!(url.starts_with("rediss://"), "{url}");
+
+    // Trusting the test CA: connected over TLS, authenticated, and limiting.
+    let target = RedisTarget::parse(&url)
+        .expect("url")
+        .ca_file(&ca_file)
+        .expect("ca file");
+    assert!(!format!("{target:?}").contains(PASSWORD));
+    let store = connect(target).await.expect("rediss:// with the CA");
+    for want in [true, true, false] {
+        let d = store
+            .check(check("tls-client"), CheckMode::Consume)
+            .await
+            .expect("checked");
+        assert_eq!(d[0].allowed, want);
+    }
+    assert_eq!(store.failures(), 0);
+
+    // The platform's trust anchors do not know the test CA: refused, and the
+    // error shows neither the password nor a panic.
+    let err = connect(RedisTarget::parse(&url).expect("url"))
+        .await
+        .expect_err("untrusted certificate");
+    assert_eq!(err.field(), "url");
+    assert!(!err.to_string().contains(PASSWORD), "{err}");
+
+    // A wrong password is refused.
+    let wrong = url.replace(PASSWORD, "not-the-password");
+    let err = connect(
+        RedisTarget::parse(&wrong)
+            .expect("url")
+            .ca_file(&ca_file)
+            .expect("ca"),
+    )
+    .await
+    .expect_err("wrong password");
+    assert!(!err.to_string().contains("not-the-password"), "{err}");
+
+    // Plain TCP to the TLS-only port does not get through.
+    let plain = url.replacen("rediss://", "redis://", 1);
+    assert!(connect(RedisTarget::parse(&plain).expect("url")).await.is_err());
+    // TLS without the password connects, and Redis refuses its commands
+    // (NOAUTH): the failure policy (fail closed) decides.
+    let anonymous = format!("rediss://127.0.0.1:{}", server.port());
+    let store = connect(
+        RedisTarget::parse(&anonymous)
+            .expect("url")
+            .ca_file(&ca_file)
+            .expect("ca"),
+    )
+    .await
+    .expect("TLS without AUTH connects");
+    assert!(store.check(check("anonymous"), CheckMode::Consume).await.is_err());
+    assert_eq!(store.failures(), 1);
+}
