@@ -40,8 +40,14 @@ pub(crate) struct Config {
     pub(crate) ca_file: Option<PathBuf>,
     /// `NHI_GUARD_AUDIENCE`: the `aud` tokens must carry (default `nhi-guard-demo`).
     pub(crate) audience: String,
-    /// `NHI_GUARD_REDIS_URL`: share rate-limit and risk state through Redis.
-    pub(crate) redis_url: Option<String>,
+    /// `NHI_GUARD_REDIS_URL`: share rate-limit, risk, usage and revocation state
+    /// through Redis: one URL (`redis://`, `rediss://` for TLS), or a Redis
+    /// Cluster's seeds, comma-separated; with `NHI_GUARD_REDIS_CA_FILE`, the CA
+    /// certificates `rediss://` trusts instead of the platform's.
+    pub(crate) redis_url: Option<nhi_guard_redis::RedisTarget>,
+    /// `NHI_GUARD_REDIS_TIMEOUT_MS`: how long a rate-limit or risk operation may
+    /// wait for Redis before the failure policy applies (default 50).
+    pub(crate) redis_timeout: Duration,
     /// `NHI_GUARD_AUDIT_LOG`: append audit records as JSON Lines to this file (default: tracing on stderr).
     pub(crate) audit_log: Option<PathBuf>,
     /// `NHI_GUARD_RISK_MODE`: `enforce` (default), `shadow` or `off`.
@@ -222,15 +228,38 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         Some(v) if v.trim().is_empty() => return Err("NHI_GUARD_AUDIENCE is set but empty".into()),
         Some(v) => v.trim().to_owned(),
     };
+    // Not echoed: a URL may carry a password (the target's errors never show it).
     let redis_url = match get("NHI_GUARD_REDIS_URL") {
         None => None,
-        Some(v) if v.starts_with("redis://") || v.starts_with("rediss://") || v.starts_with("unix://") => {
-            Some(v)
+        Some(v) => Some(nhi_guard_redis::RedisTarget::parse(&v).map_err(|e| {
+            format!(
+                "NHI_GUARD_REDIS_URL: {} (value not shown: it may hold a password)",
+                e.message()
+            )
+        })?),
+    };
+    let redis_url = match (redis_url, get("NHI_GUARD_REDIS_CA_FILE")) {
+        (target, None) => target,
+        (None, Some(_)) => return Err("NHI_GUARD_REDIS_CA_FILE needs NHI_GUARD_REDIS_URL".into()),
+        (Some(_), Some(v)) if v.trim().is_empty() => {
+            return Err("NHI_GUARD_REDIS_CA_FILE is set but empty".into());
         }
-        // Not echoed: the URL may carry a password.
-        Some(_) => {
-            return Err("NHI_GUARD_REDIS_URL must start with redis://, rediss:// or unix:// (value not shown: it may hold a password)".into());
-        }
+        (Some(target), Some(v)) => Some(
+            target
+                .ca_file(v.trim())
+                .map_err(|e| format!("NHI_GUARD_REDIS_CA_FILE: {}", e.message()))?,
+        ),
+    };
+    let redis_timeout = match get("NHI_GUARD_REDIS_TIMEOUT_MS").as_deref().map(str::trim) {
+        None => Duration::from_millis(50),
+        Some(v) => match v.parse::<u64>() {
+            Ok(ms @ 1..=60_000) => Duration::from_millis(ms),
+            _ => {
+                return Err(format!(
+                    "NHI_GUARD_REDIS_TIMEOUT_MS must be milliseconds from 1 to 60000, not {v:?}"
+                ));
+            }
+        },
     };
     let audit_log = match get("NHI_GUARD_AUDIT_LOG") {
         None => None,
@@ -296,6 +325,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
         ca_file,
         audience,
         redis_url,
+        redis_timeout,
         audit_log,
         risk_mode,
         address_limit,
@@ -321,7 +351,7 @@ fn from_values(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, String> {
 }
 
 /// The file's keys for the variables, one to one (`NHI_GUARD_` + upper case).
-pub(crate) const FILE_KEYS: [(&str, &str); 18] = [
+pub(crate) const FILE_KEYS: [(&str, &str); 20] = [
     ("listen", "NHI_GUARD_LISTEN"),
     ("clients", "NHI_GUARD_CLIENTS"),
     ("issuers", "NHI_GUARD_ISSUER"),
@@ -329,6 +359,8 @@ pub(crate) const FILE_KEYS: [(&str, &str); 18] = [
     ("audience", "NHI_GUARD_AUDIENCE"),
     ("ca_file", "NHI_GUARD_CA_FILE"),
     ("redis_url", "NHI_GUARD_REDIS_URL"),
+    ("redis_ca_file", "NHI_GUARD_REDIS_CA_FILE"),
+    ("redis_timeout_ms", "NHI_GUARD_REDIS_TIMEOUT_MS"),
     ("audit_log", "NHI_GUARD_AUDIT_LOG"),
     ("audit_sample_allowed", "NHI_GUARD_AUDIT_SAMPLE_ALLOWED"),
     ("audit_key_file", "NHI_GUARD_AUDIT_KEY_FILE"),

@@ -208,8 +208,8 @@ pub(crate) async fn build(
     // With Redis, every replica's records are shared: a client seen on any replica
     // is not stale in this one's report.
     let shared_usage = match &config.redis_url {
-        Some(url) => Some(
-            nhi_guard_redis::usage::RedisUsageStore::connect(url, "nhi-guard:")
+        Some(target) => Some(
+            nhi_guard_redis::usage::RedisUsageStore::connect(target, "nhi-guard:")
                 .await
                 .map_err(|e| format!("NHI_GUARD_REDIS_URL: scope usage: {e}"))?,
         ),
@@ -228,10 +228,11 @@ pub(crate) async fn build(
     // Rate limits: by address before authentication, failed authentications, and
     // per client at its inventory tier after.
     let shared: Option<Arc<dyn RateLimitStore>> = match &config.redis_url {
-        Some(url) => Some(Arc::new(
+        Some(target) => Some(Arc::new(
             // Keep limiting on this replica's own counters while Redis is unreachable.
-            nhi_guard_redis::RedisStore::builder(url.as_str())
+            nhi_guard_redis::RedisStore::builder(target)
                 .key_prefix("nhi-guard:rl:")
+                .timeout(config.redis_timeout)
                 .failure_policy(FailurePolicy::FallbackLocal)
                 .fallback_store(Arc::new(InMemoryRateLimitStore::new()))
                 .build_lazy()
@@ -263,11 +264,11 @@ pub(crate) async fn build(
         None => None,
         Some(mode) => {
             let mut layer = risk_layer(mode);
-            if let Some(url) = &config.redis_url {
+            if let Some(target) = &config.redis_url {
                 let store = nhi_guard_redis::risk::RedisRiskStore::connect(
-                    url,
+                    target,
                     "nhi-guard:risk:",
-                    Duration::from_millis(50),
+                    config.redis_timeout,
                 )
                 .await
                 .map_err(|e| format!("NHI_GUARD_REDIS_URL: {e}"))?;
@@ -280,8 +281,8 @@ pub(crate) async fn build(
 
     // Revocations: shared by every replica through Redis when configured.
     let shared_revocations = match &config.redis_url {
-        Some(url) => Some(
-            nhi_guard_redis::revocations::RedisRevocations::start(url, "nhi-guard:", revocations.clone())
+        Some(target) => Some(
+            nhi_guard_redis::revocations::RedisRevocations::start(target, "nhi-guard:", revocations.clone())
                 .await
                 .map_err(|e| format!("NHI_GUARD_REDIS_URL: revocations: {e}"))?,
         ),

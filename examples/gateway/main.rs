@@ -12,7 +12,9 @@
 //!   (one issuer only), `NHI_GUARD_AUDIENCE`, `NHI_GUARD_CA_FILE`: external token
 //!   issuers over http or https (default: an in-process demo issuer whose JWKS is
 //!   served at `/.well-known/jwks.json`);
-//! - `NHI_GUARD_REDIS_URL`: share rate limits and risk state through Redis;
+//! - `NHI_GUARD_REDIS_URL`: share rate limits and risk state through Redis (one
+//!   URL, `rediss://` for TLS, or a Redis Cluster's seeds, comma-separated);
+//!   `NHI_GUARD_REDIS_CA_FILE`, `NHI_GUARD_REDIS_TIMEOUT_MS`;
 //! - `NHI_GUARD_AUDIT_LOG`: append the audit log (JSON Lines, hash-chained) to a file;
 //! - `NHI_GUARD_RISK_MODE`: `enforce` (default), `shadow` or `off`;
 //! - `NHI_GUARD_TRUSTED_PROXIES`, `NHI_GUARD_FORWARDED_HEADER`: proxies whose
