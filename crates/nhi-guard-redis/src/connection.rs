@@ -261,10 +261,19 @@ impl RedisTarget {
         ))
     }
 
-    /// Connects on first use (inside a tokio runtime).
+    /// Starts connecting in the background and returns at once (inside a tokio
+    /// runtime); a command waits for the connection, and retries it when the
+    /// attempt failed.
     pub(crate) fn connect_lazy(&self, timeouts: Timeouts) -> redis::RedisResult<Conn> {
         if self.cluster {
-            return Ok(Conn::lazy_cluster(self.cluster_client(&timeouts)?));
+            let conn = Conn::lazy_cluster(self.cluster_client(&timeouts)?);
+            if let Conn::Cluster(lazy) = &conn {
+                let lazy = Arc::clone(lazy);
+                // Learning the slot map takes a round trip to every primary: begin
+                // now rather than in the first request's time budget.
+                tokio::spawn(async move { lazy.get().await.map(drop) });
+            }
+            return Ok(conn);
         }
         let client = self.single_client()?;
         Ok(Conn::Single(ConnectionManager::new_lazy_with_config(
