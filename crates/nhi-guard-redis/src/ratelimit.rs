@@ -358,18 +358,11 @@ impl Inner {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
-    /// Runs the script over the checks at `at` (indices into `checks`, keys that
-    /// share one hash slot).
-    async fn run(
-        &self,
-        checks: &[RateLimitCheck],
-        at: &[usize],
-        mode: CheckMode,
-    ) -> Result<Vec<i64>, StoreError> {
+    /// Runs the script over `checks` (keys that share one hash slot on a cluster).
+    async fn run(&self, checks: &[RateLimitCheck], mode: CheckMode) -> Result<Vec<i64>, StoreError> {
         let mut inv = self.script.prepare_invoke();
         inv.arg(if mode == CheckMode::Consume { "1" } else { "0" });
-        for &i in at {
-            let c = &checks[i];
+        for c in checks {
             inv.key(key_of(&self.prefix, c));
             inv.arg(c.quota.emission_nanos())
                 .arg(c.quota.tolerance_nanos())
@@ -386,9 +379,8 @@ impl Inner {
     ) -> Result<Vec<RateLimitDecision>, StoreError> {
         if !self.conn.is_cluster() || checks.iter().all(|c| c.key == checks[0].key) {
             // One server, or one subject (one hash tag, one slot): one atomic script.
-            let all: Vec<usize> = (0..checks.len()).collect();
-            let reply = self.run(checks, &all, mode).await?;
-            let (passed, steps) = steps_from_reply(checks, &all, &reply)?;
+            let reply = self.run(checks, mode).await?;
+            let (passed, steps) = steps_from_reply(checks, &reply)?;
             return Ok(decide(checks, mode, passed, steps));
         }
         // A cluster and limits on several subjects: one script per subject's slot,
@@ -396,13 +388,13 @@ impl Inner {
         // refuses after another spent, what the other spent is given back.
         let groups = by_subject(checks);
         let replies =
-            futures_util::future::try_join_all(groups.iter().map(|g| self.run(checks, g, mode))).await?;
+            futures_util::future::try_join_all(groups.iter().map(|(_, g)| self.run(g, mode))).await?;
         let mut steps: Vec<Option<(GcraStep, u64)>> = vec![None; checks.len()];
         let mut passed = Vec::with_capacity(groups.len());
-        for (group, reply) in groups.iter().zip(&replies) {
-            let (ok, group_steps) = steps_from_reply(checks, group, reply)?;
+        for ((at, group), reply) in groups.iter().zip(&replies) {
+            let (ok, group_steps) = steps_from_reply(group, reply)?;
             passed.push(ok);
-            for (&i, step) in group.iter().zip(group_steps) {
+            for (&i, step) in at.iter().zip(group_steps) {
                 steps[i] = Some(step);
             }
         }
@@ -414,7 +406,7 @@ impl Inner {
                 .iter()
                 .zip(&passed)
                 .filter(|&(_, &ok)| ok)
-                .map(|(g, _)| self.give_back(checks, g));
+                .map(|((_, g), _)| self.give_back(g));
             if let Err(err) = futures_util::future::try_join_all(spent).await {
                 tracing::warn!(target: "nhi_guard::redis", error = %err, "a refused request's spending on another subject was not given back");
             }
@@ -422,12 +414,11 @@ impl Inner {
         Ok(decide(checks, mode, all, steps))
     }
 
-    /// Takes back what the checks at `at` spent (a request refused by another
-    /// subject's limit).
-    async fn give_back(&self, checks: &[RateLimitCheck], at: &[usize]) -> Result<(), StoreError> {
+    /// Takes back what `checks` spent (a request refused by another subject's
+    /// limit).
+    async fn give_back(&self, checks: &[RateLimitCheck]) -> Result<(), StoreError> {
         let mut inv = self.refund.prepare_invoke();
-        for &i in at {
-            let c = &checks[i];
+        for c in checks {
             inv.key(key_of(&self.prefix, c)).arg(
                 c.quota
                     .emission_nanos()
@@ -478,24 +469,26 @@ fn redis_error(e: &redis::RedisError) -> StoreError {
     StoreError::new(kind, format!("redis: {:?}", e.kind()))
 }
 
-/// The checks' indices grouped by subject (the hash tag of their keys), in order
-/// of first appearance.
-fn by_subject(checks: &[RateLimitCheck]) -> Vec<Vec<usize>> {
-    let mut groups: Vec<Vec<usize>> = Vec::new();
+/// The checks grouped by subject (the hash tag of their keys), in order of first
+/// appearance, each with the indices its checks had.
+fn by_subject(checks: &[RateLimitCheck]) -> Vec<(Vec<usize>, Vec<RateLimitCheck>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<RateLimitCheck>)> = Vec::new();
     for (i, c) in checks.iter().enumerate() {
-        match groups.iter_mut().find(|g| checks[g[0]].key == c.key) {
-            Some(g) => g.push(i),
-            None => groups.push(vec![i]),
+        match groups.iter_mut().find(|(_, g)| g[0].key == c.key) {
+            Some((at, g)) => {
+                at.push(i);
+                g.push(c.clone());
+            }
+            None => groups.push((vec![i], vec![c.clone()])),
         }
     }
     groups
 }
 
-/// Reads the script's reply for the checks at `at` into GCRA steps (with each
-/// key's state before), recomputed with the same arithmetic as every store.
+/// Reads the script's reply for `checks` into GCRA steps (with each key's state
+/// before), recomputed with the same arithmetic as every store.
 fn steps_from_reply(
     checks: &[RateLimitCheck],
-    at: &[usize],
     reply: &[i64],
 ) -> Result<(bool, Vec<(GcraStep, u64)>), StoreError> {
     let bad = |what: &str| {
@@ -504,21 +497,19 @@ fn steps_from_reply(
             format!("unexpected script reply: {what}"),
         )
     };
-    if reply.len() != at.len() + 3 {
+    if reply.len() != checks.len() + 3 {
         return Err(bad("length"));
     }
     let passed = reply[0] == 1;
     // Repeated keys see their earlier spending in the script; recompute alike.
     let mut all = true;
-    let mut out: Vec<(GcraStep, u64)> = Vec::with_capacity(at.len());
-    for (n, (&i, &diff)) in at.iter().zip(&reply[3..]).enumerate() {
-        let c = &checks[i];
-        let earlier = (0..n).rev().find(|&m| {
-            let e = &checks[at[m]];
-            e.policy == c.policy && e.key == c.key && e.qualifier == c.qualifier
+    let mut out: Vec<(GcraStep, u64)> = Vec::with_capacity(checks.len());
+    for (i, (c, &diff)) in checks.iter().zip(&reply[3..]).enumerate() {
+        let earlier = (0..i).rev().find(|&j| {
+            checks[j].policy == c.policy && checks[j].key == c.key && checks[j].qualifier == c.qualifier
         });
         let step = match earlier {
-            Some(m) if out[m].0.allowed => c.quota.step(out[m].0.diff_after, c.cost.max(1)),
+            Some(j) if out[j].0.allowed => c.quota.step(out[j].0.diff_after, c.cost.max(1)),
             _ => c.quota.step(u64::try_from(diff).unwrap_or(0), c.cost.max(1)),
         };
         all &= step.allowed;
@@ -613,8 +604,7 @@ mod tests {
         mode: CheckMode,
         reply: &[i64],
     ) -> Result<Vec<RateLimitDecision>, StoreError> {
-        let all: Vec<usize> = (0..checks.len()).collect();
-        let (passed, steps) = steps_from_reply(checks, &all, reply)?;
+        let (passed, steps) = steps_from_reply(checks, reply)?;
         Ok(decide(checks, mode, passed, steps))
     }
 
@@ -625,7 +615,10 @@ mod tests {
             check("b", &[127, 0, 0, 1], b""),
             check("c", b"client", b"orders"),
         ];
-        assert_eq!(by_subject(&checks), vec![vec![0, 2], vec![1]]);
+        let groups = by_subject(&checks);
+        let at: Vec<&[usize]> = groups.iter().map(|(at, _)| at.as_slice()).collect();
+        assert_eq!(at, [&[0, 2][..], &[1][..]]);
+        assert_eq!(groups[0].1[1].qualifier.as_ref(), b"orders");
     }
 
     fn check(policy: &str, key: &[u8], qualifier: &[u8]) -> RateLimitCheck {

@@ -258,6 +258,30 @@ async fn killing_a_primary_applies_the_policy_to_its_slots_and_recovers() {
         .collect();
     assert!(!victims.is_empty() && !others.is_empty());
 
+    // Traffic keeps flowing through both replicas while the primary goes and
+    // comes back: every answer is a decision (200, 429, or the fail-closed 503),
+    // never a panic or a hang.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = {
+        let (stop, closed, fallback) = (stop.clone(), closed.clone(), fallback.clone());
+        let clients: Vec<Principal> = (0..8).map(|i| principal(&format!("background-{i}"))).collect();
+        tokio::spawn(async move {
+            let mut seen: BTreeMap<u16, usize> = BTreeMap::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, p) in clients.iter().enumerate() {
+                    let svc = if i % 2 == 0 { &closed } else { &fallback };
+                    let s =
+                        tokio::time::timeout(Duration::from_secs(5), status(svc, request(p, [127, 0, 0, 2])))
+                            .await
+                            .expect("an answer within the store's timeout");
+                    *seen.entry(s.as_u16()).or_default() += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            seen
+        })
+    };
+
     cluster.kill(0);
 
     // Fail-closed: 503 for the clients whose slots are gone; the rest are served.
