@@ -329,6 +329,15 @@ async fn killing_a_primary_applies_the_policy_to_its_slots_and_recovers() {
         admitted, 9,
         "after recovery the shared quota applies again (one spent while polling)"
     );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = background.await.expect("the background traffic did not panic");
+    println!("answers to the background traffic while a primary went and returned: {seen:?}");
+    assert!(
+        seen.keys().all(|s| [200, 429, 503].contains(s)),
+        "only decisions: {seen:?}"
+    );
+    assert!(seen.get(&200).is_some_and(|n| *n > 0), "{seen:?}");
 }
 
 fn t(secs: u64) -> SystemTime {
