@@ -1,6 +1,7 @@
 //! Redis rate-limit checks per second at 1, 16 and 64 concurrent requests, each
 //! request checking two limits (per client, per client and route) in its one
-//! round trip, against a `redis-server` started on a free loopback port.
+//! round trip, against a `redis-server` started on a free loopback port, and
+//! against a Redis Cluster of three primaries (1000 clients spread over its slots).
 //!
 //! `cargo bench -p nhi-guard-redis --bench redis -- --warm-up-time 1 --measurement-time 3`
 #![allow(missing_docs)] // criterion_group! generates undocumented items
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use nhi_guard_ratelimit::store::{CheckMode, Quota, RateLimitCheck, RateLimitStore};
 use nhi_guard_redis::RedisStore;
-use nhi_guard_redis::testing::RedisServer;
+use nhi_guard_redis::testing::{RedisCluster, RedisServer};
 
 fn checks(client: u32) -> Arc<[RateLimitCheck]> {
     // Never limited: one request per nanosecond, bursts of 10^9.
@@ -39,6 +40,18 @@ fn redis_checks(c: &mut Criterion) {
     let Some(server) = RedisServer::start() else {
         return;
     };
+    let Some(cluster) = RedisCluster::start(3) else {
+        return;
+    };
+    bench_target(c, "redis check (2 limits, 1 round trip)", &server.url());
+    bench_target(
+        c,
+        "redis cluster check (3 primaries, 2 limits, 1 round trip)",
+        &cluster.urls(),
+    );
+}
+
+fn bench_target(c: &mut Criterion, name: &str, target: &str) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -46,12 +59,12 @@ fn redis_checks(c: &mut Criterion) {
         .expect("runtime");
     let store = rt
         .block_on(
-            RedisStore::builder(server.url())
+            RedisStore::builder(target)
                 .timeout(Duration::from_secs(2))
                 .connect(),
         )
         .expect("connect");
-    let mut group = c.benchmark_group("redis check (2 limits, 1 round trip)");
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     for concurrency in [1u64, 16, 64] {
         group.bench_function(format!("{concurrency} concurrent"), |b| {
