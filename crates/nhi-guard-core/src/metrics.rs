@@ -26,6 +26,10 @@
 //! | `nhi_guard_audit_queue_depth` | gauge | | records waiting in the audit writer's queue, set by the writer at each batch |
 //! | `nhi_guard_scope_unreachable_rules` | gauge | | scope policy rules no client in the inventory can pass (a route before its first client, or a misspelt scope), set at start-up and on each inventory reload |
 //! | `nhi_guard_audit_dropped_total` | counter | `reason` | audit records not written: `queue_full` (overflow policy `drop`) or `shutdown` (offered after the writer stopped) |
+//! | `nhi_guard_decision_duration_seconds` | histogram | `control` | the time one layer of a control spent deciding a request (from its `call` to its allow or deny, a JWKS refetch or shared store round trip included; the inner service excluded); buckets: [`DECISION_DURATION_BUCKETS`] |
+//! | `nhi_guard_jwks_last_success_timestamp_seconds` | gauge | `host` | Unix time of the last successful JWKS fetch from that host (`ok` or `not_modified`); its age is `time() - nhi_guard_jwks_last_success_timestamp_seconds` |
+//! | `nhi_guard_clients` | gauge | `status` | clients of the inventory by `status`: `active` (served), `expired` (active but past its expiry), `suspended`; set when the inventory is loaded or replaced and when a stack is built |
+//! | `nhi_guard_clients_expiring_soon` | gauge | | active clients whose registration expires within the inventory's expiry warning window (`expiry_warning`, default 14 days), as of the same moments |
 //!
 //! `control` is [`Control::as_str`]: `identity`, `scope`, `rate_limit`, `risk`, or a
 //! custom control's name. Labels never carry a credential, a client id or a
@@ -37,6 +41,15 @@
 //! under `control="rate_limit"`; the failure-only limit
 //! (`AuthFailureLimitLayer`) counts only the requests it refuses; the risk layer's
 //! edge half counts only its refusals, the inner half every request it assessed.
+//! `nhi_guard_decision_duration_seconds` has one sample per layer and request it
+//! decided, passes included: the failure-only limit and the risk edge time every
+//! request they look at, so its count may exceed `nhi_guard_requests_total`'s.
+//!
+//! The inventory gauges describe the registry last loaded: a process that serves
+//! several registries (tests) shows the last one. A client's expiry moves it from
+//! `active` to `expired` at the next reload or build, not at the second it expires
+//! (the identity layer refuses it at once either way); call [`inventory`] from a
+//! timer to refresh them in between.
 //!
 //! ```
 //! use metrics_util::debugging::DebuggingRecorder;
@@ -66,6 +79,7 @@
 
 use std::fmt;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
 use metrics::{Counter, Histogram, Unit};
 
@@ -111,6 +125,39 @@ pub const AUDIT_QUEUE_DEPTH: &str = "nhi_guard_audit_queue_depth";
 pub const SCOPE_UNREACHABLE_RULES: &str = "nhi_guard_scope_unreachable_rules";
 /// Audit records not written, by `reason` (`queue_full`, `shutdown`).
 pub const AUDIT_DROPPED_TOTAL: &str = "nhi_guard_audit_dropped_total";
+/// Seconds one layer of a control spent deciding a request, by `control`.
+pub const DECISION_DURATION_SECONDS: &str = "nhi_guard_decision_duration_seconds";
+/// Unix time (seconds) of the last successful JWKS fetch, by `host`.
+pub const JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "nhi_guard_jwks_last_success_timestamp_seconds";
+/// Clients of the inventory by `status` (`active`, `expired`, `suspended`).
+pub const CLIENTS: &str = "nhi_guard_clients";
+/// Active clients whose registration expires within the inventory's expiry warning
+/// window.
+pub const CLIENTS_EXPIRING_SOON: &str = "nhi_guard_clients_expiring_soon";
+
+/// Histogram buckets (seconds) suited to `nhi_guard_decision_duration_seconds`:
+/// a decision from memory takes a few microseconds, one that waits for a JWKS
+/// refetch or a shared store milliseconds to seconds. For exporters that need
+/// buckets (`metrics-exporter-prometheus`'s `set_buckets_for_metric`).
+pub const DECISION_DURATION_BUCKETS: [f64; 14] = [
+    0.000_001,
+    0.000_002_5,
+    0.000_005,
+    0.000_01,
+    0.000_025,
+    0.000_05,
+    0.000_1,
+    0.000_25,
+    0.001,
+    0.005,
+    0.025,
+    0.1,
+    0.5,
+    2.5,
+];
+
+/// The values of `nhi_guard_clients{status}`.
+pub const CLIENT_STATUSES: [&str; 3] = ["active", "expired", "suspended"];
 
 /// Registers the description and unit of every nhi-guard metric with the
 /// installed recorder (Prometheus renders them as `# HELP` lines). Call it once,
@@ -196,6 +243,74 @@ pub fn describe() {
         Unit::Count,
         "Audit records not written, by reason (queue_full, shutdown)"
     );
+    describe_histogram!(
+        DECISION_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time one layer of a control spent deciding a request (inner service excluded)"
+    );
+    describe_gauge!(
+        JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Unix time of the last successful JWKS fetch (ok or not_modified) from a host"
+    );
+    describe_gauge!(
+        CLIENTS,
+        Unit::Count,
+        "Clients of the inventory by status (active, expired, suspended)"
+    );
+    describe_gauge!(
+        CLIENTS_EXPIRING_SOON,
+        Unit::Count,
+        "Active clients whose registration expires within the inventory's expiry warning window"
+    );
+}
+
+/// Sets the inventory gauges (`nhi_guard_clients{status}`,
+/// `nhi_guard_clients_expiring_soon`) from what `registry` serves at `now`.
+///
+/// [`InMemoryRegistry`](crate::InMemoryRegistry) calls it when created and after
+/// each replacement, and the facade's stack builder when it builds; call it from a
+/// timer to move clients that expired since into `expired` without a reload.
+pub fn inventory(registry: &dyn crate::ClientRegistry, now: SystemTime) {
+    let (counts, expiring_soon) = inventory_counts(&registry.clients(), registry.expiry_warning(), now);
+    for (status, n) in CLIENT_STATUSES.iter().zip(counts) {
+        metrics::gauge!(CLIENTS, "status" => *status).set(n as f64);
+    }
+    metrics::gauge!(CLIENTS_EXPIRING_SOON).set(expiring_soon as f64);
+}
+
+/// Clients by [`CLIENT_STATUSES`], and the active ones expiring within `warning`.
+fn inventory_counts(
+    clients: &[std::sync::Arc<crate::ClientRecord>],
+    warning: Duration,
+    now: SystemTime,
+) -> ([usize; 3], usize) {
+    let mut counts = [0; 3];
+    let mut expiring_soon = 0;
+    for c in clients {
+        let i = if c.status() == crate::registry::ClientStatus::Suspended {
+            2
+        } else if c.expires() <= now {
+            1
+        } else {
+            if c.expires().duration_since(now).is_ok_and(|left| left <= warning) {
+                expiring_soon += 1;
+            }
+            0
+        };
+        counts[i] += 1;
+    }
+    (counts, expiring_soon)
+}
+
+#[doc(hidden)]
+/// Sets a JWKS host's last-success gauge to `at` (a fetch answered `ok` or
+/// `not_modified`).
+pub fn jwks_success(host: &str, at: SystemTime) {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS, "host" => host.to_owned()).set(secs);
 }
 
 #[doc(hidden)]
@@ -237,10 +352,15 @@ pub fn store_fallback(store: &'static str, policy: &'static str) {
     metrics::counter!(STORE_FALLBACKS_TOTAL, "store" => store, "policy" => policy).increment(1);
 }
 
+/// The `tracing` target of the decision event every control emits (see
+/// [`ControlMetrics`]).
+pub const DECISION_TARGET: &str = "nhi_guard::decision";
+
 struct Handles {
     allow: Counter,
     deny: Counter,
     shadow_deny: Counter,
+    duration: Histogram,
 }
 
 #[doc(hidden)]
@@ -248,15 +368,22 @@ struct Handles {
 /// from the recorder on first use and then incremented without a look-up.
 ///
 /// A layer keeps one in its shared configuration and calls [`allow`], [`deny`] or
-/// [`shadow_deny`] once per request it decides. Denials also count
-/// `nhi_guard_denials_total` (or `nhi_guard_shadow_denials_total`) by the denial's
-/// reason code.
+/// [`shadow_deny`] once per request it decides, and [`decided`] with the instant
+/// its `call` began. Denials also count `nhi_guard_denials_total` (or
+/// `nhi_guard_shadow_denials_total`) by the denial's reason code.
+///
+/// Each call also emits one `DEBUG` event under the target [`DECISION_TARGET`]
+/// (`nhi_guard::decision`) with the fields `nhi.control`, `nhi.decision` (`allow`,
+/// `deny`, `shadow_deny`) and, for refusals, `nhi.reason`: static strings only, so
+/// with tracing off (or filtered out) an event costs a level check and allocates
+/// nothing. Inside the facade's request span they are the span's events.
 ///
 /// Cloning gives a fresh, unresolved set (a reconfigured layer resolves its own).
 ///
 /// [`allow`]: ControlMetrics::allow
 /// [`deny`]: ControlMetrics::deny
 /// [`shadow_deny`]: ControlMetrics::shadow_deny
+/// [`decided`]: ControlMetrics::decided
 pub struct ControlMetrics {
     control: Control,
     handles: OnceLock<Handles>,
@@ -288,6 +415,7 @@ impl ControlMetrics {
                     "control" => control,
                     "decision" => "shadow_deny"
                 ),
+                duration: metrics::histogram!(DECISION_DURATION_SECONDS, "control" => control),
             }
         })
     }
@@ -296,10 +424,33 @@ impl ControlMetrics {
     #[inline]
     pub fn allow(&self) {
         self.handles().allow.increment(1);
+        tracing::event!(
+            target: DECISION_TARGET,
+            tracing::Level::DEBUG,
+            nhi.control = self.control.as_str(),
+            nhi.decision = "allow",
+            "allowed"
+        );
+    }
+
+    /// The time the control spent deciding one request, from `started` (read when
+    /// its `call` began) until now: one `nhi_guard_decision_duration_seconds`
+    /// sample.
+    #[inline]
+    pub fn decided(&self, started: Instant) {
+        self.handles().duration.record(started.elapsed().as_secs_f64());
     }
 
     /// The control refused a request.
     pub fn deny(&self, denial: &Denial) {
+        tracing::event!(
+            target: DECISION_TARGET,
+            tracing::Level::DEBUG,
+            nhi.control = self.control.as_str(),
+            nhi.decision = "deny",
+            nhi.reason = denial.reason(),
+            "denied"
+        );
         self.handles().deny.increment(1);
         metrics::counter!(
             DENIALS_TOTAL,
@@ -312,6 +463,14 @@ impl ControlMetrics {
     /// The control, in shadow mode, would have refused a request and let it
     /// through.
     pub fn shadow_deny(&self, denial: &Denial) {
+        tracing::event!(
+            target: DECISION_TARGET,
+            tracing::Level::DEBUG,
+            nhi.control = self.control.as_str(),
+            nhi.decision = "shadow_deny",
+            nhi.reason = denial.reason(),
+            "would deny (shadow mode)"
+        );
         self.handles().shadow_deny.increment(1);
         metrics::counter!(
             SHADOW_DENIALS_TOTAL,
@@ -418,6 +577,72 @@ mod tests {
         assert_eq!(by_reason(DENIALS_TOTAL, "country_blocked"), 1);
         assert_eq!(by_reason(DENIALS_TOTAL, "country_watch"), 0);
         assert_eq!(by_reason(SHADOW_DENIALS_TOTAL, "country_watch"), 1);
+    }
+
+    #[test]
+    fn decision_time_is_one_sample_per_decision_by_control() {
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        let m = ControlMetrics::new(Control::RateLimit);
+        metrics::with_local_recorder(&recorder, || {
+            let started = Instant::now();
+            m.allow();
+            m.decided(started);
+            m.decided(started);
+        });
+        let seen = Snapshot::take(&snap);
+        match seen.get(
+            MetricKind::Histogram,
+            DECISION_DURATION_SECONDS,
+            &[("control", "rate_limit")],
+        ) {
+            Some(DebugValue::Histogram(v)) => {
+                assert_eq!(v.len(), 2);
+                assert!(
+                    v.iter().all(|s| s.into_inner() >= 0.0 && s.into_inner() < 60.0),
+                    "{v:?}"
+                );
+            }
+            other => panic!("no histogram: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn inventory_gauges_count_clients_by_status_and_expiring_soon() {
+        use crate::registry::{ClientRecord, ClientStatus, InMemoryRegistry, Inventory};
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let day = Duration::from_secs(86_400);
+        let client = |id: &str, expires| ClientRecord::builder(id, "o@example.com", "p", expires);
+        let registry = InMemoryRegistry::new(
+            Inventory::builder()
+                .expiry_warning(7 * day)
+                .client(client("steady", now + 30 * day).build().expect("record"))
+                .client(client("leaving", now + 6 * day).build().expect("record"))
+                .client(client("at-the-edge", now + 7 * day).build().expect("record"))
+                .client(client("gone", now - day).build().expect("record"))
+                .client(client("just-gone", now).build().expect("record"))
+                .client(
+                    client("paused", now - day)
+                        .status(ClientStatus::Suspended)
+                        .build()
+                        .expect("record"),
+                )
+                .build()
+                .expect("inventory"),
+        );
+        let recorder = DebuggingRecorder::new();
+        let snap = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || inventory(&registry, now));
+        let seen = Snapshot::take(&snap);
+        let gauge = |name, labels: &[(&str, &str)]| match seen.get(MetricKind::Gauge, name, labels) {
+            Some(DebugValue::Gauge(v)) => v.into_inner(),
+            other => panic!("no gauge {name} {labels:?}: {other:?}"),
+        };
+        let by_status = CLIENT_STATUSES.map(|status| gauge(CLIENTS, &[("status", status)]));
+        // A suspended client is `suspended` whatever its expiry; one expiring at
+        // `now` is expired (the identity layer refuses it from that instant).
+        assert_eq!(by_status, [3.0, 2.0, 1.0]);
+        assert_eq!(gauge(CLIENTS_EXPIRING_SOON, &[]), 2.0, "leaving and at-the-edge");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -40,13 +40,16 @@ pub struct InMemoryRegistry {
 }
 
 impl InMemoryRegistry {
-    /// Serves `inventory`.
+    /// Serves `inventory`, and sets the inventory gauges
+    /// ([`metrics::inventory`](crate::metrics::inventory)).
     pub fn new(inventory: Inventory) -> Self {
-        Self {
+        let registry = Self {
             current: ArcSwap::from_pointee(inventory),
             generation: AtomicU64::new(0),
             requirements: Mutex::new(Vec::new()),
-        }
+        };
+        crate::metrics::inventory(&registry, SystemTime::now());
+        registry
     }
 
     fn requirements_lock(&self) -> MutexGuard<'_, Vec<InventoryRequirement>> {
@@ -70,7 +73,8 @@ impl InMemoryRegistry {
 
     /// Atomically replaces the inventory, after checking it against every
     /// registered [`InventoryRequirement`]. Requests already holding a record keep
-    /// it; the next look-up sees the new snapshot.
+    /// it; the next look-up sees the new snapshot. The inventory gauges
+    /// ([`metrics::inventory`](crate::metrics::inventory)) follow.
     ///
     /// # Errors
     /// [`InventoryError`] naming the client and field of the first requirement
@@ -84,6 +88,7 @@ impl InMemoryRegistry {
         // After the store: whoever reads the new number reads the new inventory.
         self.generation.fetch_add(1, Ordering::AcqRel);
         drop(requirements);
+        crate::metrics::inventory(self, SystemTime::now());
         tracing::info!(target: "nhi_guard::registry", "client inventory replaced");
         Ok(())
     }
