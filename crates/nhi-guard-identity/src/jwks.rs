@@ -844,13 +844,15 @@ impl RemoteKeys {
         let outcome = match result {
             Ok(FetchResponse::NotModified { max_age }) => {
                 self.bump(|s| s.not_modified += 1);
+                let now = self.config.clock.now();
                 self.current.store(Arc::new(Snapshot {
                     keys: snap.keys.clone(),
-                    confirmed: Some(self.config.clock.now()),
+                    confirmed: Some(now),
                     etag: snap.etag.clone(),
                 }));
                 tracing::debug!(target: TARGET, url = %Redacted(&self.url), "key set not modified");
                 self.count_fetch("not_modified");
+                nhi_guard_core::metrics::jwks_success(&self.metrics_host, now);
                 Ok(self.interval(max_age))
             }
             Ok(FetchResponse::Document { body, etag, max_age }) => match KeySet::from_jwks(&body) {
@@ -866,9 +868,11 @@ impl RemoteKeys {
                     self.count_fetch("ok");
                     metrics::gauge!(nhi_guard_core::metrics::JWKS_KEYS, "host" => self.metrics_host.clone())
                         .set(keys.len() as f64);
+                    let now = self.config.clock.now();
+                    nhi_guard_core::metrics::jwks_success(&self.metrics_host, now);
                     self.current.store(Arc::new(Snapshot {
                         keys: Arc::new(keys),
-                        confirmed: Some(self.config.clock.now()),
+                        confirmed: Some(now),
                         etag,
                     }));
                     Ok(self.interval(max_age))

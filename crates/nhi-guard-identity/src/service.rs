@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -594,7 +594,9 @@ impl Config {
         step_result: Result<Option<Principal>, Failure>,
         extra: Option<(IdentityKind, CredentialFingerprint, bool)>,
         ctx: &SecurityContext,
+        started: Instant,
     ) -> Result<Option<Principal>, Box<Denial>> {
+        self.metrics.decided(started);
         match step_result {
             Ok(principal) => {
                 if let Some(p) = &principal {
@@ -743,6 +745,7 @@ where
         };
         let config = &**shared;
         let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
+        let started = Instant::now();
         // One clock reading per request when the stack shares a clock.
         let now = ctx.now_by(&*config.clock);
         let protocol = Protocol::of(req.headers());
@@ -754,9 +757,10 @@ where
                 let inner = std::mem::replace(&mut self.inner, clone);
                 let config = shared.clone();
                 let span = tracing::debug_span!(target: TARGET, "unknown_kid_refetch");
-                let future =
-                    async move { refetch_then_call(config, inner, req, ctx, protocol, *pending).await }
-                        .instrument(span);
+                let future = async move {
+                    refetch_then_call(config, inner, req, ctx, protocol, *pending, started).await
+                }
+                .instrument(span);
                 return ResponseFuture {
                     kind: Kind::Refetch {
                         future: Box::pin(future),
@@ -764,7 +768,7 @@ where
                 };
             }
         };
-        let future = match config.record(result, extra, &ctx) {
+        let future = match config.record(result, extra, &ctx, started) {
             Ok(principal) => {
                 if let Some(p) = principal {
                     req.extensions_mut().insert(p);
@@ -790,6 +794,7 @@ async fn refetch_then_call<S, ReqBody, ResBody>(
     ctx: SecurityContext,
     protocol: Protocol,
     pending: PendingRefetch,
+    started: Instant,
 ) -> Result<Response<GuardBody<ResBody>>, S::Error>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -812,7 +817,7 @@ where
         Err(TokenStep::Fail(e)) => (Err(token_failure(e, fp)), None),
         Err(TokenStep::Refetch(..)) => (Err(token_failure(jwt::KEY_UNKNOWN, fp)), None),
     };
-    match config.record(result, extra, &ctx) {
+    match config.record(result, extra, &ctx, started) {
         Ok(principal) => {
             if let Some(p) = principal {
                 req.extensions_mut().insert(p);

@@ -175,3 +175,58 @@ async fn jwks_fetches_are_counted_by_host_and_outcome() {
         "the JWKS path or query in a label: {labels:?}"
     );
 }
+
+#[tokio::test]
+async fn the_last_successful_jwks_fetch_is_a_timestamp_gauge() {
+    use nhi_guard_core::clock::ManualClock;
+    use nhi_guard_core::metrics::JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS;
+    use std::time::{Duration, SystemTime};
+
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let clock = Arc::new(ManualClock::at(t0));
+    let a = TestKey::rs256("a");
+    let fetcher = Scripted::default();
+    {
+        let mut script = fetcher.0.lock().unwrap();
+        script.push_back(Ok(FetchResponse::Document {
+            body: Bytes::from(jwks(&[&a]).to_string()),
+            etag: Some("\"v1\"".into()),
+            max_age: None,
+        }));
+        script.push_back(Ok(FetchResponse::NotModified { max_age: None }));
+        script.push_back(Err(FetchError("connection refused".into())));
+    }
+    let keys = RemoteKeys::with_fetcher(
+        "http://issuer.test:8443/jwks.json",
+        JwksConfig {
+            clock: clock.clone(),
+            ..JwksConfig::default()
+        },
+        Arc::new(fetcher),
+    )
+    .unwrap();
+    let host = [("host", "issuer.test:8443")];
+    let last =
+        || match Snapshot::take(&snap).get(MetricKind::Gauge, JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS, &host) {
+            Some(DebugValue::Gauge(v)) => Some(v.into_inner()),
+            _ => None,
+        };
+    assert_eq!(last(), None, "no fetch yet");
+    keys.refresh().await.unwrap();
+    assert_eq!(last(), Some(1_800_000_000.0), "a fetched set");
+    clock.advance(Duration::from_secs(300));
+    keys.refresh().await.unwrap();
+    assert_eq!(
+        last(),
+        Some(1_800_000_300.0),
+        "a not-modified answer confirms the set"
+    );
+    clock.advance(Duration::from_secs(300));
+    keys.refresh().await.unwrap_err();
+    // A debugging snapshot swaps each value out (0 after it is read): a failed
+    // fetch set nothing since, so the exporter keeps showing the last success.
+    assert_eq!(last(), Some(0.0), "a failed fetch leaves it");
+}

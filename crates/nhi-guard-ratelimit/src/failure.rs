@@ -304,6 +304,7 @@ where
         };
         let cfg = &**config;
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
+        let started = std::time::Instant::now();
         let keys = Keys {
             addr: ctx.client_addr().map(|a| {
                 let mut buf = [0u8; 16];
@@ -327,6 +328,7 @@ where
             }
             worst.map(|(i, d)| (names[i], d))
         });
+        cfg.metrics.decided(started);
         if let Some((policy, d)) = blocked {
             let outcome = d.outcome(Arc::from(policy), &cfg.quota);
             let denial = Denial::rate_limited(

@@ -28,6 +28,8 @@ pub(crate) struct Pending<S, ReqB> {
     pub(crate) n: usize,
     pub(crate) protocol: Protocol,
     pub(crate) deferred: Option<Box<Deferred>>,
+    /// When the layer's `call` began (`nhi_guard_decision_duration_seconds`).
+    pub(crate) started: std::time::Instant,
 }
 
 /// Limits that [exempt verified clients](crate::Limit::exempt_verified), left out
@@ -194,6 +196,7 @@ where
                         n,
                         protocol,
                         deferred,
+                        started,
                     } = *p;
                     let v = match result {
                         Ok(decisions) if decisions.len() == n => {
@@ -207,6 +210,7 @@ where
                         ),
                         Err(e) => unavailable(&config, &ctx, protocol, &e),
                     };
+                    config.metrics.decided(started);
                     let next = match v {
                         Verdict::Pass(fields) => State::Inner {
                             future: inner.call(req),

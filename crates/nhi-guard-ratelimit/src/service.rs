@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision, ceil_secs};
 use http::header::Entry;
@@ -377,6 +377,7 @@ where
 {
     let cfg = &**config;
     let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
+    let started = Instant::now();
     let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
     let who = if cfg.needs_principal {
         ctx.read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))
@@ -479,7 +480,9 @@ where
                     &mut out[..n],
                 );
             }
-            match verdict(cfg, &ctx, &meta[..n], &out[..n], req.headers()) {
+            let verdict = verdict(cfg, &ctx, &meta[..n], &out[..n], req.headers());
+            cfg.metrics.decided(started);
+            match verdict {
                 Verdict::Pass(outcomes) => ResponseFuture::inner(inner.call(req), outcomes, deferred),
                 Verdict::Reject(res) => ResponseFuture::ready(res),
             }
@@ -488,6 +491,7 @@ where
             if n == 0 {
                 ctx.allow();
                 config.metrics.allow();
+                config.metrics.decided(started);
                 return ResponseFuture::inner(inner.call(req), None, deferred);
             }
             let owned: Arc<[RateLimitCheck]> = checks[..n]
@@ -521,6 +525,7 @@ where
                     n,
                     protocol,
                     deferred,
+                    started,
                 },
             )
         }

@@ -95,6 +95,7 @@ where
             _ => return ResponseFuture::inner(self.inner.call(req), None),
         };
         let ctx = SecurityContext::get_or_insert(&mut req, &engine.resolver, &*engine.clock);
+        let started = std::time::Instant::now();
         let edge = match self.phase {
             Phase::Edge => None,
             _ => req
@@ -134,6 +135,7 @@ where
                 protocol,
                 observe,
                 phase: self.phase,
+                started,
             };
             return ResponseFuture::shared(Box::pin(call.run(inner, req)));
         }
@@ -148,6 +150,7 @@ where
         }
         let identified = self.phase == Phase::Identified;
         let verdict = engine.assess(&ctx, &facts, self.phase, identified, identified && !observe);
+        engine.metrics.decided(started);
         if let Some(denial) = verdict.denial {
             if engine.mode == Mode::Enforce {
                 ctx.deny(&denial);
@@ -191,6 +194,8 @@ struct Call {
     protocol: Protocol,
     observe: bool,
     phase: Phase,
+    /// When the layer's `call` began (`nhi_guard_decision_duration_seconds`).
+    started: std::time::Instant,
 }
 
 impl Call {
@@ -209,6 +214,7 @@ impl Call {
             protocol,
             observe,
             phase,
+            started,
         } = self;
         let Some(shared) = engine.shared.clone() else {
             unreachable!("only called with a shared store")
@@ -285,6 +291,7 @@ impl Call {
             }
             denial = verdict.denial;
         }
+        engine.metrics.decided(started);
         if let Some(denial) = denial {
             if engine.mode == Mode::Enforce {
                 ctx.deny(&denial);

@@ -147,10 +147,16 @@ where
         // Borrowed from the request when an outer layer created it: the check
         // finishes before the request moves on.
         let rejection = if let Some(ctx) = SecurityContext::from_extensions(req.extensions()) {
-            check(config, &req, ctx)
+            let started = std::time::Instant::now();
+            let rejection = check(config, &req, ctx);
+            config.metrics.decided(started);
+            rejection
         } else {
             let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
-            check(config, &req, &ctx)
+            let started = std::time::Instant::now();
+            let rejection = check(config, &req, &ctx);
+            config.metrics.decided(started);
+            rejection
         };
         match rejection {
             None => ResponseFuture::inner(self.inner.call(req)),
