@@ -37,6 +37,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::maybe::{Boxed, Maybe};
+use crate::span::SpanSettings;
 
 /// Entry point of the whole stack.
 ///
@@ -296,7 +297,7 @@ impl NhiGuardBuilder {
         // The settings every layer takes: the stack fills only what a layer left
         // unset. The client address is resolved once per request, by the
         // outermost layer, so every resolver given must be the same one.
-        let mut stack = LayerSettings::new().clock(self.clock);
+        let mut stack = LayerSettings::new().clock(self.clock.clone());
         if let Some(realm) = &self.realm {
             stack = stack.realm(realm.clone());
         }
@@ -338,6 +339,9 @@ impl NhiGuardBuilder {
                 self.scope.as_ref().and_then(ScopeLayer::own_client_addr_resolver),
             ),
         ];
+        // The inventory gauges as the stack starts (the registry sets them again on
+        // each replacement, if it is an `InMemoryRegistry`).
+        nhi_guard_core::metrics::inventory(&*self.registry, self.clock.now());
         let mut resolver = self.resolver.map(|r| ("the stack", r));
         for (control, own) in own_resolvers {
             let Some(own) = own else { continue };
@@ -358,6 +362,12 @@ impl NhiGuardBuilder {
                 }
             }
         }
+        let span = Arc::new(SpanSettings {
+            resolver: resolver
+                .as_ref()
+                .map_or_else(ClientAddrResolver::new, |(_, r)| r.clone()),
+            clock: self.clock.clone(),
+        });
         if let Some((_, r)) = resolver {
             stack = stack.client_addr_resolver(r);
         }
@@ -419,6 +429,7 @@ impl NhiGuardBuilder {
         );
         Ok(NhiGuardLayer {
             layers: Arc::new(layers),
+            span,
         })
     }
 }
@@ -478,6 +489,7 @@ impl NhiGuardBuilder {
 #[derive(Clone)]
 pub struct NhiGuardLayer {
     layers: Arc<Layers>,
+    span: Arc<SpanSettings>,
 }
 
 impl fmt::Debug for NhiGuardLayer {
@@ -492,6 +504,7 @@ impl<S> Layer<S> for NhiGuardLayer {
     fn layer(&self, inner: S) -> Self::Service {
         NhiGuardService {
             inner: self.layers.layer(Boxed(inner)),
+            span: self.span.clone(),
         }
     }
 }
@@ -537,14 +550,43 @@ type F8<S, Q, B, E> = EitherResponseFuture<AuditFuture<F7<S, Q, B, E>, NhiGuardB
 /// the [`SecurityContext`](nhi_guard_core::SecurityContext) and the verified
 /// [`Principal`](nhi_guard_core::Principal) in its extensions. Cheap to clone when
 /// `S` is.
+///
+/// # The request span
+///
+/// Each request runs inside one `INFO` span named `nhi_guard.request` (target
+/// `nhi_guard::request`), whose fields use OpenTelemetry's semantic-convention
+/// names where one exists:
+///
+/// | field | value |
+/// | --- | --- |
+/// | `http.request.method` | the method |
+/// | `url.path` | the path, never the query (which may carry a credential) |
+/// | `http.route` | the template of the matched route (`/orders/{id}`), when a route table matched |
+/// | `client.address` | the resolved client address (trusted proxies honoured) |
+/// | `enduser.id` | the verified client's id (never a credential or a fingerprint) |
+/// | `nhi.request_id` | the request id of the audit record |
+/// | `nhi.decision` | `allow` or `deny` |
+/// | `nhi.control`, `nhi.reason` | the refusing control and its stable reason code |
+/// | `nhi.risk.score` | the risk score (0–100), when the risk layer assessed the request |
+/// | `http.response.status_code` | the response status |
+/// | `otel.name`, `otel.kind` | `{method} {route}` and `server`, for `tracing-opentelemetry` |
+///
+/// Every control emits its own `DEBUG` event (target `nhi_guard::decision`,
+/// fields `nhi.control`, `nhi.decision`, `nhi.reason`) inside it. When no
+/// subscriber enables the span, the service creates nothing, formats nothing and
+/// allocates nothing for it. A control used alone, outside this service, opens no
+/// span: its events land in the application's own request span (tower-http's
+/// `TraceLayer`, say).
 pub struct NhiGuardService<S> {
     inner: Inner<S>,
+    span: Arc<SpanSettings>,
 }
 
 impl<S: Clone> Clone for NhiGuardService<S> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            span: self.span.clone(),
         }
     }
 }
@@ -573,9 +615,18 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let Some((span, ctx)) = crate::span::open(&self.span, &mut req) else {
+            return ResponseFuture {
+                inner: self.inner.call(req),
+                traced: None,
+            };
+        };
+        let method = req.method().clone();
+        let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
-            inner: self.inner.call(req),
+            inner,
+            traced: Some(Box::new(Traced { span, ctx, method })),
         }
     }
 }
@@ -588,7 +639,16 @@ pin_project! {
     {
         #[pin]
         inner: F8<S, ReqBody, ResBody, S::Error>,
+        // Boxed: absent (a null pointer) when tracing is off.
+        traced: Option<Box<Traced>>,
     }
+}
+
+/// The request span of a traced request, and what it records at the end.
+struct Traced {
+    span: tracing::Span,
+    ctx: nhi_guard_core::SecurityContext,
+    method: http::Method,
 }
 
 impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
@@ -612,7 +672,18 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let this = self.project();
+        let Some(traced) = this.traced.as_deref() else {
+            return this.inner.poll(cx);
+        };
+        let out = {
+            let _entered = traced.span.enter();
+            std::task::ready!(this.inner.poll(cx))
+        };
+        let status = out.as_ref().ok().map(Response::status);
+        crate::span::close(&traced.span, &traced.ctx, traced.method.as_str(), status);
+        *this.traced = None;
+        Poll::Ready(out)
     }
 }
 

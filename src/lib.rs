@@ -41,6 +41,7 @@ with_every_control! {
     mod builder;
     pub mod config;
     mod maybe;
+    mod span;
     pub use crate::builder::{
         BuildError, NhiGuard, NhiGuardBody, NhiGuardBuilder, NhiGuardLayer, NhiGuardService, ResponseFuture,
     };

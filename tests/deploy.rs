@@ -41,6 +41,10 @@ fn recorded() -> BTreeSet<&'static str> {
         m::AUDIT_QUEUE_DEPTH,
         m::SCOPE_UNREACHABLE_RULES,
         m::AUDIT_DROPPED_TOTAL,
+        m::DECISION_DURATION_SECONDS,
+        m::JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        m::CLIENTS,
+        m::CLIENTS_EXPIRING_SOON,
     ]
     .into_iter()
     .collect()

@@ -217,6 +217,19 @@ async fn the_stack_counts_decisions_denials_and_risk_scores() {
         get(r#"nhi_guard_risk_signals_total{signal="watchlist",action="block"}"#),
         1.0
     );
+    // One decision-time sample per layer and request it decided: the address limit
+    // decides all 7 and the client limit the 5 that reach it; the risk edge times all
+    // 7 and the inner half the 6 identity let through.
+    let decided = |control: &str| {
+        get(&format!(
+            r#"nhi_guard_decision_duration_seconds_count{{control="{control}"}}"#
+        ))
+    };
+    assert_eq!(
+        ["identity", "risk", "rate_limit", "scope"].map(decided),
+        [7.0, 13.0, 12.0, 4.0]
+    );
+    assert!(get(r#"nhi_guard_decision_duration_seconds_sum{control="identity"}"#) > 0.0);
     assert_eq!(get("nhi_guard_audit_queue_depth"), 0.0);
     assert!(text.contains("# HELP nhi_guard_requests_total "), "{text}");
     // No credential or client id in any label.
@@ -227,4 +240,53 @@ async fn the_stack_counts_decisions_denials_and_risk_scores() {
         );
     }
     audit.shutdown().await.expect("audit shut down");
+    // In the same test: the recorder is the binary's one.
+    inventory_gauges_follow_load_and_reload(&handle).await;
+}
+
+/// The inventory gauges after the stack is built and after each replacement.
+fn inventory_gauges(handle: &metrics_exporter_prometheus::PrometheusHandle) -> [f64; 4] {
+    let text = handle.render();
+    let s = series(&text);
+    let get = |key: &str| {
+        s.get(key)
+            .copied()
+            .unwrap_or_else(|| panic!("no series {key} in\n{text}"))
+    };
+    [
+        get(r#"nhi_guard_clients{status="active"}"#),
+        get(r#"nhi_guard_clients{status="expired"}"#),
+        get(r#"nhi_guard_clients{status="suspended"}"#),
+        get("nhi_guard_clients_expiring_soon"),
+    ]
+}
+
+async fn inventory_gauges_follow_load_and_reload(handle: &metrics_exporter_prometheus::PrometheusHandle) {
+    let registry = registry();
+    // The registry set them when it loaded, the builder when it built.
+    assert_eq!(inventory_gauges(handle), [4.0, 0.0, 0.0, 0.0]);
+    let _guard = NhiGuard::builder(registry.clone()).build().expect("stack");
+    assert_eq!(inventory_gauges(handle), [4.0, 0.0, 0.0, 0.0]);
+
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let client = |id: &str, expires| ClientRecord::builder(id, "team@example.com", "reload", expires);
+    registry
+        .replace(
+            Inventory::builder()
+                .client(client("steady", now + 90 * day).build().expect("client"))
+                .client(client("leaving", now + 3 * day).build().expect("client"))
+                .client(client("gone", now - day).build().expect("client"))
+                .client(
+                    client("paused", now + 90 * day)
+                        .status(nhi_guard::core::registry::ClientStatus::Suspended)
+                        .build()
+                        .expect("client"),
+                )
+                .build()
+                .expect("inventory"),
+        )
+        .expect("no requirement");
+    // `leaving` expires within the default 14-day warning window.
+    assert_eq!(inventory_gauges(handle), [2.0, 1.0, 1.0, 1.0]);
 }

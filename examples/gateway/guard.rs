@@ -107,7 +107,8 @@ pub(crate) fn policy(routes: &Routes) -> Policy {
 
 /// Installs the process-wide Prometheus recorder of the `metrics` facade. Call it
 /// before building the stack: each layer resolves its counters on its first
-/// request. The risk score is a true Prometheus histogram (buckets of 10 points);
+/// request. The risk score is a true Prometheus histogram (buckets of 10 points),
+/// and so is the decision time (core's `DECISION_DURATION_BUCKETS`);
 /// a background task drains histogram samples every 5 s so memory stays bounded
 /// when nobody scrapes.
 ///
@@ -117,6 +118,12 @@ pub(crate) fn install_metrics() -> Result<PrometheusHandle, String> {
     let buckets: Vec<f64> = (0..=10).map(|i| f64::from(i) * 10.0).collect();
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(guard_metrics::RISK_SCORE.to_owned()), &buckets)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(guard_metrics::DECISION_DURATION_SECONDS.to_owned()),
+                &guard_metrics::DECISION_DURATION_BUCKETS,
+            )
+        })
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| format!("metrics recorder: {e}"))?;
     guard_metrics::describe();
