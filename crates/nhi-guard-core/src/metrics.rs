@@ -361,6 +361,8 @@ struct Handles {
     deny: Counter,
     shadow_deny: Counter,
     duration: Histogram,
+    /// Whether a recorder was found (decision times are read only then).
+    timed: bool,
 }
 
 #[doc(hidden)]
@@ -368,8 +370,8 @@ struct Handles {
 /// from the recorder on first use and then incremented without a look-up.
 ///
 /// A layer keeps one in its shared configuration and calls [`allow`], [`deny`] or
-/// [`shadow_deny`] once per request it decides, and [`decided`] with the instant
-/// its `call` began. Denials also count `nhi_guard_denials_total` (or
+/// [`shadow_deny`] once per request it decides, and [`decided`] with what
+/// [`start`] returned when its `call` began. Denials also count `nhi_guard_denials_total` (or
 /// `nhi_guard_shadow_denials_total`) by the denial's reason code.
 ///
 /// Each call also emits one `DEBUG` event under the target [`DECISION_TARGET`]
@@ -384,6 +386,7 @@ struct Handles {
 /// [`deny`]: ControlMetrics::deny
 /// [`shadow_deny`]: ControlMetrics::shadow_deny
 /// [`decided`]: ControlMetrics::decided
+/// [`start`]: ControlMetrics::start
 pub struct ControlMetrics {
     control: Control,
     handles: OnceLock<Handles>,
@@ -416,6 +419,9 @@ impl ControlMetrics {
                     "decision" => "shadow_deny"
                 ),
                 duration: metrics::histogram!(DECISION_DURATION_SECONDS, "control" => control),
+                // The no-op recorder (none installed) is zero-sized; every real
+                // one holds its series. Without one the clock is not read at all.
+                timed: metrics::with_recorder(|r| std::mem::size_of_val(r) != 0),
             }
         })
     }
@@ -433,12 +439,22 @@ impl ControlMetrics {
         );
     }
 
-    /// The time the control spent deciding one request, from `started` (read when
-    /// its `call` began) until now: one `nhi_guard_decision_duration_seconds`
-    /// sample.
+    /// The instant a control starts deciding, for [`ControlMetrics::decided`]:
+    /// `None`, without reading the clock, when no recorder was installed as this
+    /// layer resolved its handles (a zero-sized recorder counts as none).
     #[inline]
-    pub fn decided(&self, started: Instant) {
-        self.handles().duration.record(started.elapsed().as_secs_f64());
+    pub fn start(&self) -> Option<Instant> {
+        self.handles().timed.then(Instant::now)
+    }
+
+    /// The time the control spent deciding one request, from `started` (what
+    /// [`ControlMetrics::start`] returned when its `call` began) until now: one
+    /// `nhi_guard_decision_duration_seconds` sample.
+    #[inline]
+    pub fn decided(&self, started: Option<Instant>) {
+        if let Some(started) = started {
+            self.handles().duration.record(started.elapsed().as_secs_f64());
+        }
     }
 
     /// The control refused a request.
@@ -585,7 +601,8 @@ mod tests {
         let snap = recorder.snapshotter();
         let m = ControlMetrics::new(Control::RateLimit);
         metrics::with_local_recorder(&recorder, || {
-            let started = Instant::now();
+            let started = m.start();
+            assert!(started.is_some(), "a recorder: timed");
             m.allow();
             m.decided(started);
             m.decided(started);
@@ -605,6 +622,13 @@ mod tests {
             }
             other => panic!("no histogram: {other:?}"),
         }
+    }
+
+    #[test]
+    fn without_a_recorder_the_clock_is_not_read() {
+        let m = ControlMetrics::new(Control::Scope);
+        assert_eq!(m.start(), None);
+        m.decided(None);
     }
 
     #[test]

@@ -594,7 +594,7 @@ impl Config {
         step_result: Result<Option<Principal>, Failure>,
         extra: Option<(IdentityKind, CredentialFingerprint, bool)>,
         ctx: &SecurityContext,
-        started: Instant,
+        started: Option<Instant>,
     ) -> Result<Option<Principal>, Box<Denial>> {
         self.metrics.decided(started);
         match step_result {
@@ -745,7 +745,7 @@ where
         };
         let config = &**shared;
         let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
-        let started = Instant::now();
+        let started = config.metrics.start();
         // One clock reading per request when the stack shares a clock.
         let now = ctx.now_by(&*config.clock);
         let protocol = Protocol::of(req.headers());
@@ -794,7 +794,7 @@ async fn refetch_then_call<S, ReqBody, ResBody>(
     ctx: SecurityContext,
     protocol: Protocol,
     pending: PendingRefetch,
-    started: Instant,
+    started: Option<Instant>,
 ) -> Result<Response<GuardBody<ResBody>>, S::Error>
 where
     S: tower_service::Service<Request<ReqBody>, Response = Response<ResBody>>,

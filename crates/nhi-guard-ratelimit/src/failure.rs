@@ -304,7 +304,7 @@ where
         };
         let cfg = &**config;
         let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
-        let started = std::time::Instant::now();
+        let started = cfg.metrics.start();
         let keys = Keys {
             addr: ctx.client_addr().map(|a| {
                 let mut buf = [0u8; 16];

@@ -29,7 +29,7 @@ pub(crate) struct Pending<S, ReqB> {
     pub(crate) protocol: Protocol,
     pub(crate) deferred: Option<Box<Deferred>>,
     /// When the layer's `call` began (`nhi_guard_decision_duration_seconds`).
-    pub(crate) started: std::time::Instant,
+    pub(crate) started: Option<std::time::Instant>,
 }
 
 /// Limits that [exempt verified clients](crate::Limit::exempt_verified), left out

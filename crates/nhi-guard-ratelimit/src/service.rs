@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::store::{CheckMode, Quota, RateLimitCheck, RateLimitDecision, ceil_secs};
 use http::header::Entry;
@@ -377,7 +377,7 @@ where
 {
     let cfg = &**config;
     let ctx = SecurityContext::get_or_insert(&mut req, &cfg.resolver, &*cfg.clock);
-    let started = Instant::now();
+    let started = cfg.metrics.start();
     let cost_override = req.extensions().get::<RequestCost>().map(|c| c.0.max(1));
     let who = if cfg.needs_principal {
         ctx.read(|s| s.principal.as_ref().map(|p| who_of(cfg, p)))

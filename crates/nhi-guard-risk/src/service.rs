@@ -95,7 +95,7 @@ where
             _ => return ResponseFuture::inner(self.inner.call(req), None),
         };
         let ctx = SecurityContext::get_or_insert(&mut req, &engine.resolver, &*engine.clock);
-        let started = std::time::Instant::now();
+        let started = engine.metrics.start();
         let edge = match self.phase {
             Phase::Edge => None,
             _ => req
@@ -195,7 +195,7 @@ struct Call {
     observe: bool,
     phase: Phase,
     /// When the layer's `call` began (`nhi_guard_decision_duration_seconds`).
-    started: std::time::Instant,
+    started: Option<std::time::Instant>,
 }
 
 impl Call {

@@ -147,13 +147,13 @@ where
         // Borrowed from the request when an outer layer created it: the check
         // finishes before the request moves on.
         let rejection = if let Some(ctx) = SecurityContext::from_extensions(req.extensions()) {
-            let started = std::time::Instant::now();
+            let started = config.metrics.start();
             let rejection = check(config, &req, ctx);
             config.metrics.decided(started);
             rejection
         } else {
             let ctx = SecurityContext::get_or_insert(&mut req, &config.resolver, &*config.clock);
-            let started = std::time::Instant::now();
+            let started = config.metrics.start();
             let rejection = check(config, &req, &ctx);
             config.metrics.decided(started);
             rejection
