@@ -117,6 +117,7 @@ async fn a_gateway_on_rediss_with_a_ca_file_and_a_password() {
     let tls = TlsFiles {
         cert: dir.join("redis.pem"),
         key: dir.join("redis.key"),
+        ca: dir.join("ca.pem"),
     };
     std::fs::write(&tls.cert, cert).expect("cert");
     std::fs::write(&tls.key, private).expect("key");

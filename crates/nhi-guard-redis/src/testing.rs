@@ -64,13 +64,15 @@ impl std::fmt::Debug for ServerOptions {
     }
 }
 
-/// A server's TLS certificate and key, PEM files.
+/// A server's TLS certificate and key, and the CA that signed it, PEM files.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     /// The certificate chain.
     pub cert: PathBuf,
     /// The private key.
     pub key: PathBuf,
+    /// The CA certificate: what a cluster's nodes check each other against.
+    pub ca: PathBuf,
 }
 
 /// A free loopback port whose cluster bus port (port + 10000) is free too.
@@ -171,6 +173,29 @@ impl RedisServer {
         &self.binary
     }
 
+    /// `redis-cli` next to the server, else on `PATH`.
+    fn cli(&self) -> PathBuf {
+        let cli = self.binary.with_file_name("redis-cli");
+        if cli.is_file() {
+            cli
+        } else {
+            PathBuf::from("redis-cli")
+        }
+    }
+
+    /// What `redis-cli` needs to talk to this server. The set-up tool does not
+    /// check the certificate (`--insecure`); the clients under test do.
+    fn cli_auth(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if self.options.tls.is_some() {
+            args.extend(["--tls".to_owned(), "--insecure".to_owned()]);
+        }
+        if let Some(password) = &self.options.password {
+            args.extend(["-a".to_owned(), password.clone(), "--no-auth-warning".to_owned()]);
+        }
+        args
+    }
+
     /// Stops the server (clients see it go down).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -195,7 +220,9 @@ impl RedisServer {
                     .arg("--tls-cert-file")
                     .arg(&tls.cert)
                     .arg("--tls-key-file")
-                    .arg(&tls.key);
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca);
                 if self.options.cluster {
                     command.args(["--tls-cluster", "yes", "--tls-replication", "yes"]);
                 }
@@ -267,34 +294,53 @@ impl RedisCluster {
     /// When a binary is missing under `CI=true`, or the cluster does not form
     /// within ten seconds.
     pub fn start(primaries: usize) -> Option<Self> {
+        Self::start_with(primaries, ServerOptions::default())
+    }
+
+    /// [`RedisCluster::start`] with every node TLS-only (`--tls-cluster yes`: the
+    /// cluster bus too) and/or password-protected, as `options` says.
+    ///
+    /// # Panics
+    /// As [`RedisCluster::start`].
+    pub fn start_with(primaries: usize, options: ServerOptions) -> Option<Self> {
         let options = ServerOptions {
             cluster: true,
-            ..ServerOptions::default()
+            ..options
         };
         let nodes: Vec<RedisServer> = (0..primaries.max(3))
             .map(|_| RedisServer::start_with(options.clone()))
             .collect::<Option<_>>()?;
-        let cli = nodes[0].binary.with_file_name("redis-cli");
-        let cli = if cli.is_file() {
-            cli
-        } else {
-            PathBuf::from("redis-cli")
-        };
+        let cli = nodes[0].cli();
         let mut create = Command::new(&cli);
-        create.args(["--cluster", "create"]);
+        create.args(nodes[0].cli_auth()).args(["--cluster", "create"]);
         for node in &nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
-        let status = create
+        let child = create
             .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .spawn();
+        let Ok(mut child) = child else {
+            return missing("redis-cli");
+        };
+        // `--cluster create` waits for the nodes to meet; bounded, never a hang.
+        let mut status = None;
+        for _ in 0..400 {
+            status = child.try_wait().expect("redis-cli status");
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
         match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => panic!("redis-cli --cluster create failed: {s}"),
-            Err(_) => {
-                return missing("redis-cli");
+            Some(s) if s.success() => {}
+            Some(s) => panic!("redis-cli --cluster create failed: {s}"),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-cli --cluster create did not finish within ten seconds");
             }
         }
         let cluster = Self { nodes };
@@ -306,6 +352,7 @@ impl RedisCluster {
         for _ in 0..400 {
             let ok = self.nodes.iter().all(|node| {
                 Command::new(cli)
+                    .args(node.cli_auth())
                     .args(["-p", &node.port.to_string(), "cluster", "info"])
                     .output()
                     .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok"))
@@ -344,12 +391,7 @@ impl RedisCluster {
     /// As [`RedisCluster::start`].
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].restart();
-        let cli = self.nodes[0].binary.with_file_name("redis-cli");
-        let cli = if cli.is_file() {
-            cli
-        } else {
-            PathBuf::from("redis-cli")
-        };
+        let cli = self.nodes[0].cli();
         self.wait_until_ok(&cli);
     }
 }

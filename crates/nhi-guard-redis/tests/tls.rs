@@ -1,12 +1,13 @@
-//! `rediss://` against a real TLS-only `redis-server` with a password, whose
-//! certificate comes from a CA made in the test. Skipped (with a message) when the
-//! binary is missing, unless `CI=true`.
+//! `rediss://` against a real TLS-only `redis-server` with a password, and a
+//! TLS-only Redis Cluster of three primaries (cluster bus over TLS too), whose
+//! certificates come from a CA made in the test. Skipped (with a message) when the
+//! binaries are missing, unless `CI=true`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use nhi_guard_ratelimit::store::{CheckMode, Quota, RateLimitCheck, RateLimitStore};
-use nhi_guard_redis::testing::{RedisServer, ServerOptions, TlsFiles};
+use nhi_guard_redis::testing::{RedisCluster, RedisServer, ServerOptions, TlsFiles};
 use nhi_guard_redis::{RedisStore, RedisTarget};
 use nhi_guard_testkit::temp::TempDir;
 use nhi_guard_testkit::tls::TestCa;
@@ -30,19 +31,26 @@ async fn connect(target: RedisTarget) -> Result<RedisStore, nhi_guard_redis::Con
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rediss_with_a_ca_file_and_a_password() {
-    let dir = TempDir::unique("redis-tls");
+/// A server certificate of a new test CA, written to `dir`; the CA's file.
+fn certificates(dir: &TempDir) -> (TlsFiles, std::path::PathBuf) {
     let ca = TestCa::new("nhi-guard redis test CA");
     let (cert, key) = ca.server_pem();
     let files = TlsFiles {
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
+        ca: dir.join("ca.pem"),
     };
-    let ca_file = dir.join("ca.pem");
+    let ca_file = files.ca.clone();
     std::fs::write(&files.cert, cert).expect("cert");
     std::fs::write(&files.key, key).expect("key");
     std::fs::write(&ca_file, ca.pem()).expect("ca");
+    (files, ca_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_ca_file_and_a_password() {
+    let dir = TempDir::unique("redis-tls");
+    let (files, ca_file) = certificates(&dir);
     let Some(server) = RedisServer::start_with(ServerOptions {
         tls: Some(files),
         password: Some(PASSWORD.into()),
@@ -105,4 +113,45 @@ async fn rediss_with_a_ca_file_and_a_password() {
     .expect("TLS without AUTH connects");
     assert!(store.check(check("anonymous"), CheckMode::Consume).await.is_err());
     assert_eq!(store.failures(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_cluster_with_a_password() {
+    let dir = TempDir::unique("redis-tls-cluster");
+    let (files, ca_file) = certificates(&dir);
+    let Some(cluster) = RedisCluster::start_with(
+        3,
+        ServerOptions {
+            tls: Some(files),
+            password: Some(PASSWORD.into()),
+            cluster: true,
+        },
+    ) else {
+        return;
+    };
+    let urls = cluster.urls();
+    assert!(urls.split(',').all(|u| u.starts_with("rediss://")), "{urls}");
+    let target = RedisTarget::parse(&urls)
+        .expect("urls")
+        .ca_file(&ca_file)
+        .expect("ca file");
+    assert!(target.is_cluster() && target.is_tls());
+    let store = connect(target).await.expect("a TLS cluster with the CA");
+    // Clients whose keys are spread over the slots: each gets its burst of 2.
+    for i in 0..12 {
+        let client = format!("tls-cluster-client-{i}");
+        for want in [true, true, false] {
+            let d = store
+                .check(check(&client), CheckMode::Consume)
+                .await
+                .expect("checked");
+            assert_eq!(d[0].allowed, want, "{client}");
+        }
+    }
+    assert_eq!(store.failures(), 0);
+    // Without the CA the seeds' certificates are not trusted.
+    let err = connect(RedisTarget::parse(&urls).expect("urls"))
+        .await
+        .expect_err("untrusted cluster");
+    assert!(!err.to_string().contains(PASSWORD), "{err}");
 }

@@ -55,7 +55,7 @@ impl TestCa {
     /// # Panics
     /// When rcgen or rustls refuse the certificate.
     pub fn server_config(&self) -> Arc<ServerConfig> {
-        let (cert, key) = self.leaf();
+        let (cert, key) = self.leaf(&[ExtendedKeyUsagePurpose::ServerAuth]);
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = ServerConfig::builder_with_provider(provider)
@@ -69,15 +69,20 @@ impl TestCa {
 
     /// A server certificate for 127.0.0.1 and `localhost` signed by this CA, and
     /// its private key, both PEM: for servers that read files (`redis-server`).
+    /// It may also authenticate as a client, as a Redis Cluster node does to the
+    /// others over its TLS cluster bus.
     ///
     /// # Panics
     /// When rcgen refuses the certificate.
     pub fn server_pem(&self) -> (String, String) {
-        let (cert, key) = self.leaf();
+        let (cert, key) = self.leaf(&[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ]);
         (cert.pem(), key.serialize_pem())
     }
 
-    fn leaf(&self) -> (rcgen::Certificate, KeyPair) {
+    fn leaf(&self, usages: &[ExtendedKeyUsagePurpose]) -> (rcgen::Certificate, KeyPair) {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf parameters");
         params.subject_alt_names = vec![
             SanType::IpAddress([127, 0, 0, 1].into()),
@@ -85,7 +90,7 @@ impl TestCa {
         ];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = usages.to_vec();
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
         (cert, key)
