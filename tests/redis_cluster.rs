@@ -112,17 +112,12 @@ async fn two_gateways_on_a_redis_cluster_share_limits_exactly() {
 async fn a_gateway_on_rediss_with_a_ca_file_and_a_password() {
     const PASSWORD: &str = "gw-redis-s3cret";
     let dir = TempDir::unique("nhi-guard-redis-tls-gateway");
-    let ca = TestCa::new("nhi-guard gateway redis CA");
-    let (cert, private) = ca.server_pem();
+    let [cert, private, ca_file] = TestCa::new("nhi-guard gateway redis CA").write_server_files(&dir);
     let tls = TlsFiles {
-        cert: dir.join("redis.pem"),
-        key: dir.join("redis.key"),
-        ca: dir.join("ca.pem"),
+        cert,
+        key: private,
+        ca: ca_file.clone(),
     };
-    std::fs::write(&tls.cert, cert).expect("cert");
-    std::fs::write(&tls.key, private).expect("key");
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).expect("ca");
     let Some(redis) = RedisServer::start_with(ServerOptions {
         tls: Some(tls),
         password: Some(PASSWORD.into()),

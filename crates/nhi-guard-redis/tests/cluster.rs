@@ -13,6 +13,8 @@
 //! - risk counters and decisions, scope usage and revocations are shared through
 //!   the cluster.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,8 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{Request, Response, StatusCode};
 use nhi_guard_core::address::PeerAddr;
-use nhi_guard_core::registry::ClientRecord;
-use nhi_guard_core::{ClientId, CredentialInfo, Principal, ScopeSet, Tier};
+use nhi_guard_core::{ClientId, Principal};
 use nhi_guard_identity::{Revocations, Revoked};
 use nhi_guard_ratelimit::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, RateLimitLayer};
@@ -33,31 +34,10 @@ use nhi_guard_redis::usage::RedisUsageStore;
 use nhi_guard_redis::{RedisStore, RedisTarget};
 use nhi_guard_risk::store::{RiskKey, RiskStore, StickyAction, StickyDecision};
 use nhi_guard_scope::usage::ScopeUsageStore;
+use support::principal;
 use tower::{Layer, ServiceExt, service_fn};
 
 type Svc = tower::util::BoxCloneSyncService<Request<()>, Response<nhi_guard_core::GuardBody<()>>, Infallible>;
-
-fn principal(id: &str) -> Principal {
-    let record = ClientRecord::builder(
-        id,
-        "team@example.com",
-        "test",
-        SystemTime::now() + Duration::from_secs(86_400),
-    )
-    .build()
-    .expect("record");
-    Principal::new(
-        Arc::new(record),
-        CredentialInfo::ApiKey {
-            prefix: Arc::from("nhik"),
-        },
-        ScopeSet::default(),
-        Tier {
-            per_second: 1,
-            burst: 10,
-        },
-    )
-}
 
 fn request(p: &Principal, peer: [u8; 4]) -> Request<()> {
     let mut r = Request::builder().uri("/orders").body(()).expect("request");

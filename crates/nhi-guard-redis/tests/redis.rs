@@ -1,46 +1,26 @@
 //! Against a real `redis-server` started by the test on a free loopback port.
 //! Skipped (with a message) when the binary is missing, unless `CI=true`.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
+use nhi_guard_core::Principal;
 use nhi_guard_core::address::PeerAddr;
-use nhi_guard_core::registry::ClientRecord;
-use nhi_guard_core::{CredentialInfo, Principal, ScopeSet, Tier};
 use nhi_guard_ratelimit::store::{FailurePolicy, Quota, RateLimitStore};
 use nhi_guard_ratelimit::{InMemoryRateLimitStore, Limit, RateLimitLayer};
 use nhi_guard_redis::RedisStore;
 use nhi_guard_redis::testing::RedisServer as Server;
+use support::principal;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 fn ok_service()
 -> impl Service<Request<()>, Response = Response<()>, Error = Infallible, Future: Send> + Clone + Send {
     service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) })
-}
-
-fn principal(id: &str) -> Principal {
-    let record = ClientRecord::builder(
-        id,
-        "team@example.com",
-        "test",
-        SystemTime::now() + Duration::from_secs(86_400),
-    )
-    .build()
-    .expect("record");
-    Principal::new(
-        Arc::new(record),
-        CredentialInfo::ApiKey {
-            prefix: Arc::from("nhik"),
-        },
-        ScopeSet::default(),
-        Tier {
-            per_second: 1,
-            burst: 10,
-        },
-    )
 }
 
 fn request(p: &Principal, path: &str) -> Request<()> {

@@ -33,18 +33,15 @@ async fn connect(target: RedisTarget) -> Result<RedisStore, nhi_guard_redis::Con
 
 /// A server certificate of a new test CA, written to `dir`; the CA's file.
 fn certificates(dir: &TempDir) -> (TlsFiles, std::path::PathBuf) {
-    let ca = TestCa::new("nhi-guard redis test CA");
-    let (cert, key) = ca.server_pem();
-    let files = TlsFiles {
-        cert: dir.join("server.pem"),
-        key: dir.join("server.key"),
-        ca: dir.join("ca.pem"),
-    };
-    let ca_file = files.ca.clone();
-    std::fs::write(&files.cert, cert).expect("cert");
-    std::fs::write(&files.key, key).expect("key");
-    std::fs::write(&ca_file, ca.pem()).expect("ca");
-    (files, ca_file)
+    let [cert, key, ca] = TestCa::new("nhi-guard redis test CA").write_server_files(dir);
+    (
+        TlsFiles {
+            cert,
+            key,
+            ca: ca.clone(),
+        },
+        ca,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -82,6 +82,21 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// Writes [`TestCa::server_pem`]'s certificate and key and this CA's
+    /// certificate to `dir` as `server.pem`, `server.key` and `ca.pem`; their
+    /// paths, in that order.
+    ///
+    /// # Panics
+    /// When a file cannot be written.
+    pub fn write_server_files(&self, dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+        let (cert, key) = self.server_pem();
+        let paths = [dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem")];
+        for (path, pem) in paths.iter().zip([cert.as_str(), key.as_str(), self.pem()]) {
+            std::fs::write(path, pem).expect("a PEM file");
+        }
+        paths
+    }
+
     fn leaf(&self, usages: &[ExtendedKeyUsagePurpose]) -> (rcgen::Certificate, KeyPair) {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf parameters");
         params.subject_alt_names = vec![
