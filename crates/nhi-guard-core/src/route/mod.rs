@@ -452,6 +452,19 @@ impl Routes {
     }
 }
 
+/// The route template a router matched before the guard ran, if it says: axum's
+/// `MatchedPath` (feature `axum`), for a guard added with `Router::layer`. The
+/// facade names its request span after it before any route table has run.
+pub fn router_template(extensions: &http::Extensions) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = extensions.get::<axum::extract::MatchedPath>() {
+        return Some(matched.as_str());
+    }
+    #[cfg(not(feature = "axum"))]
+    let _ = extensions;
+    None
+}
+
 /// What [`Routes::resolve`] recorded in a request's context.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteMatch {
