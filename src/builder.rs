@@ -569,7 +569,7 @@ type F8<S, Q, B, E> = EitherResponseFuture<AuditFuture<F7<S, Q, B, E>, NhiGuardB
 /// | `nhi.control`, `nhi.reason` | the refusing control and its stable reason code |
 /// | `nhi.risk.score` | the risk score (0–100), when the risk layer assessed the request |
 /// | `http.response.status_code` | the response status |
-/// | `otel.name`, `otel.kind` | `{method} {route}` and `server`, for `tracing-opentelemetry` |
+/// | `otel.name`, `otel.kind` | `{method} {route}` (`{method}` when the router matched no template before the guard ran) and `server`, for `tracing-opentelemetry` |
 ///
 /// Every control emits its own `DEBUG` event (target `nhi_guard::decision`,
 /// fields `nhi.control`, `nhi.decision`, `nhi.reason`) inside it. When no
@@ -622,11 +622,10 @@ where
                 traced: None,
             };
         };
-        let method = req.method().clone();
         let inner = span.in_scope(|| self.inner.call(req));
         ResponseFuture {
             inner,
-            traced: Some(Box::new(Traced { span, ctx, method })),
+            traced: Some(Box::new(Traced { span, ctx })),
         }
     }
 }
@@ -648,7 +647,6 @@ pin_project! {
 struct Traced {
     span: tracing::Span,
     ctx: nhi_guard_core::SecurityContext,
-    method: http::Method,
 }
 
 impl<S, ReqBody, ResBody> fmt::Debug for ResponseFuture<S, ReqBody, ResBody>
@@ -681,7 +679,7 @@ where
             std::task::ready!(this.inner.poll(cx))
         };
         let status = out.as_ref().ok().map(Response::status);
-        crate::span::close(&traced.span, &traced.ctx, traced.method.as_str(), status);
+        crate::span::close(&traced.span, &traced.ctx, status);
         *this.traced = None;
         Poll::Ready(out)
     }

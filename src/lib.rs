@@ -20,8 +20,10 @@
 //! five; the [`NhiGuard`] builder needs all of them), `redis` (shared state across
 //! replicas), `rustls` (identity's glue reading client certificates from a
 //! tokio-rustls server connection, for mTLS), `tonic` (client addresses from tonic's
-//! connect info) and `demo` (identity's `DemoIssuer`, a throw-away signing key for
-//! examples). Fetching an issuer's keys over https needs no feature.
+//! connect info), `demo` (identity's `DemoIssuer`, a throw-away signing key for
+//! examples) and `otel` ([`otel`]: the request spans and the metrics exported with
+//! OpenTelemetry, over OTLP/gRPC). Fetching an issuer's keys over https needs no
+//! feature.
 
 /// Items that need all five controls (the builder and what it composes).
 macro_rules! with_every_control {
@@ -46,6 +48,9 @@ with_every_control! {
         BuildError, NhiGuard, NhiGuardBody, NhiGuardBuilder, NhiGuardLayer, NhiGuardService, ResponseFuture,
     };
 }
+
+#[cfg(feature = "otel")]
+pub mod otel;
 
 pub use nhi_guard_core as core;
 pub use nhi_guard_core::{

@@ -48,6 +48,14 @@ pub(crate) fn open<B>(settings: &Arc<SpanSettings>, req: &mut Request<B>) -> Opt
     if span.is_disabled() {
         return None;
     }
+    // The OpenTelemetry span is started when first entered, and its name is fixed
+    // from then on: `{method} {route}` when the router has matched already (axum),
+    // else `{method}` (the semantic conventions' name without a route); the
+    // template a route table matches later is `http.route`.
+    match nhi_guard_core::route::router_template(req.extensions()) {
+        Some(route) => span.record("otel.name", display(format_args!("{} {route}", req.method()))),
+        None => span.record("otel.name", req.method().as_str()),
+    };
     let ctx = SecurityContext::get_or_insert(req, &settings.resolver, &*settings.clock);
     span.record("nhi.request_id", display(ctx.request_id()));
     if let Some(addr) = ctx.client_addr() {
@@ -57,7 +65,7 @@ pub(crate) fn open<B>(settings: &Arc<SpanSettings>, req: &mut Request<B>) -> Opt
 }
 
 /// Records the outcome: route, client, decision, risk score and status.
-pub(crate) fn close(span: &Span, ctx: &SecurityContext, method: &str, status: Option<StatusCode>) {
+pub(crate) fn close(span: &Span, ctx: &SecurityContext, status: Option<StatusCode>) {
     let (client, decision, score) = ctx.read(|s| {
         (
             s.principal.as_ref().map(|p| p.client_id().clone()),
@@ -65,14 +73,8 @@ pub(crate) fn close(span: &Span, ctx: &SecurityContext, method: &str, status: Op
             s.risk.as_ref().map(|r| r.score),
         )
     });
-    match ctx.route() {
-        Some(route) => {
-            span.record("http.route", &*route);
-            span.record("otel.name", display(format_args!("{method} {route}")));
-        }
-        None => {
-            span.record("otel.name", method);
-        }
+    if let Some(route) = ctx.route() {
+        span.record("http.route", &*route);
     }
     if let Some(client) = client {
         span.record("enduser.id", client.as_str());
@@ -89,9 +91,9 @@ pub(crate) fn close(span: &Span, ctx: &SecurityContext, method: &str, status: Op
         Decision::Pending => {}
     }
     if let Some(score) = score {
-        span.record("nhi.risk.score", score);
+        span.record("nhi.risk.score", i64::from(score));
     }
     if let Some(status) = status {
-        span.record("http.response.status_code", status.as_u16());
+        span.record("http.response.status_code", i64::from(status.as_u16()));
     }
 }
