@@ -23,7 +23,10 @@
 //! - `NHI_GUARD_ADDRESS_LIMIT`: `PER_SECOND:BURST` of the per-address flood shield
 //!   (verified clients are limited by their tier instead);
 //! - `NHI_GUARD_SHUTDOWN_GRACE`: seconds requests in flight get after SIGTERM / SIGINT;
-//! - `NHI_GUARD_AUDIT_SAMPLE_ALLOWED`: the share of allowed requests audited (0 to 1).
+//! - `NHI_GUARD_AUDIT_SAMPLE_ALLOWED`: the share of allowed requests audited (0 to 1);
+//! - `OTEL_EXPORTER_OTLP_ENDPOINT` (built with `--features otel`): also export the
+//!   request spans over OTLP/gRPC to that collector (`OTEL_SERVICE_NAME`, default
+//!   `nhi-guard-gateway`); metrics stay at `GET /metrics`.
 //!
 //! Prints `listening on http://ADDR` once it accepts connections, then commands to try.
 //! `GET /metrics` (scope `admin`) serves the guard's metrics in Prometheus text format.
@@ -41,12 +44,57 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    #[cfg(feature = "otel")]
+    let telemetry = init_otel();
+    #[cfg(not(feature = "otel"))]
     guard::init_tracing();
-    match server::run(|k| std::env::var(k).ok()).await {
+    let code = match server::run(|k| std::env::var(k).ok()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("gateway: {msg}");
             ExitCode::from(2)
         }
+    };
+    #[cfg(feature = "otel")]
+    if let Some(telemetry) = telemetry
+        && let Err(e) = telemetry.shutdown()
+    {
+        eprintln!("gateway: {e}");
     }
+    code
+}
+
+/// The gateway's logging, plus the request spans exported over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+#[cfg(feature = "otel")]
+fn init_otel() -> Option<nhi_guard::otel::Telemetry> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") else {
+        guard::init_tracing();
+        return None;
+    };
+    let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "nhi-guard-gateway".to_owned());
+    let telemetry = match nhi_guard::otel::Telemetry::otlp(&service, Some(&endpoint)) {
+        Ok(t) => t,
+        Err(e) => {
+            guard::init_tracing();
+            tracing::error!(error = %e, "OpenTelemetry export is off");
+            return None;
+        }
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr),
+        )
+        .with(telemetry.tracing_layer())
+        .init();
+    Some(telemetry)
 }
