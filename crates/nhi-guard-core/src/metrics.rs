@@ -31,6 +31,10 @@
 //! | `nhi_guard_clients` | gauge | `status` | clients of the inventory by `status`: `active` (served), `expired` (active but past its expiry), `suspended`; set when the inventory is loaded or replaced and when a stack is built |
 //! | `nhi_guard_clients_expiring_soon` | gauge | | active clients whose registration expires within the inventory's expiry warning window (`expiry_warning`, default 14 days), as of the same moments |
 //!
+//! Every decision a control counts is also a `DEBUG` `tracing` event under the
+//! target `nhi_guard::decision` ([`DECISION_TARGET`]), with the fields
+//! `nhi.control`, `nhi.decision` and `nhi.reason`.
+//!
 //! `control` is [`Control::as_str`]: `identity`, `scope`, `rate_limit`, `risk`, or a
 //! custom control's name. Labels never carry a credential, a client id or a
 //! request's path: every value comes from a fixed set (or the configured JWKS

@@ -405,3 +405,46 @@ async fn background_refresh_follows_max_age_and_stops_when_dropped() {
     assert!(task.is_finished());
     assert_eq!(*fetcher.calls.lock().unwrap(), 3);
 }
+
+#[tokio::test]
+async fn the_last_success_gauge_follows_real_fetches() {
+    use metrics_util::MetricKind;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use nhi_guard_core::metrics::JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    let recorder = DebuggingRecorder::new();
+    let snap = recorder.snapshotter();
+    // A current-thread runtime: the manager records from this thread.
+    let _local = metrics::set_default_local_recorder(&recorder);
+    let server = Issuer_::default();
+    server.set("/jwks.json", jwks(&[&TestKey::es256("k1")]));
+    server.with(|s| s.etag = Some("\"v1\"".into()));
+    let base = start(&server).await;
+    let host = base.trim_start_matches("http://").to_owned();
+    let t0 = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    let clock = Arc::new(ManualClock::at(t0));
+    let remote = RemoteKeys::new(&format!("{base}/jwks.json"), config(&clock)).unwrap();
+    // Each debugging snapshot swaps the value out: 0 means "not set since".
+    let last = || match nhi_guard_testkit::metrics::Snapshot::take(&snap).get(
+        MetricKind::Gauge,
+        JWKS_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        &[("host", host.as_str())],
+    ) {
+        Some(DebugValue::Gauge(v)) => Some(v.into_inner()),
+        _ => None,
+    };
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+
+    remote.refresh().await.unwrap();
+    assert_eq!(last(), Some(secs(t0)), "200 with a key set");
+    clock.advance(Duration::from_secs(300));
+    server.with(|s| s.down = true);
+    remote.refresh().await.unwrap_err();
+    assert_eq!(last(), Some(0.0), "a 503 sets nothing");
+    clock.advance(Duration::from_secs(300));
+    server.with(|s| s.down = false);
+    remote.refresh().await.unwrap();
+    assert_eq!(last(), Some(secs(t0) + 600.0), "304 confirms the set");
+    assert_eq!(remote.stats().not_modified, 1);
+}
