@@ -87,6 +87,21 @@ fn type_name(activity_id: u32) -> &'static str {
     }
 }
 
+/// `http_request.http_method`: the methods OCSF 1.3 enumerates.
+fn ocsf_http_method(m: &Method) -> Option<&'static str> {
+    Some(match *m {
+        Method::CONNECT => "CONNECT",
+        Method::DELETE => "DELETE",
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::TRACE => "TRACE",
+        _ => return None,
+    })
+}
+
 fn http_version(v: Version) -> &'static str {
     match v {
         Version::HTTP_09 => "HTTP/0.9",
@@ -196,11 +211,6 @@ pub(crate) fn write_api_activity(
         Completion::Response => reason,
         other => Some(other.as_str()),
     };
-    let (action, action_id, disposition, disposition_id) = match ev.decision {
-        Decision::Allowed => ("Allowed", 1, "Allowed", 1),
-        Decision::Denied(_) => ("Denied", 2, "Blocked", 2),
-        Decision::Pending => ("Unknown", 0, "Unknown", 0),
-    };
     let principal = state.principal.as_ref();
     let kind = principal
         .map(|p| p.kind())
@@ -209,9 +219,10 @@ pub(crate) fn write_api_activity(
     let mut id_buf = [0u8; 36];
     let request_id = format_request_id(ev.request_id, &mut id_buf);
 
+    // No `action` / `disposition`: OCSF 1.3 API Activity does not include the
+    // Security Control profile (1.4 moved it into the base event). The decision
+    // is `unmapped.nhi_guard.decision`, its outcome `status_id`.
     let mut root = open(buf);
-    root.lit(buf, "action", action);
-    root.num(buf, "action_id", action_id);
     root.num(buf, "activity_id", u64::from(activity_id));
     root.lit(buf, "activity_name", activity_name);
 
@@ -281,8 +292,6 @@ pub(crate) fn write_api_activity(
         buf,
         r#""category_name":"Application Activity","category_uid":6,"class_name":"API Activity","class_uid":6003"#,
     );
-    root.lit(buf, "disposition", disposition);
-    root.num(buf, "disposition_id", disposition_id);
     if let Some(name) = ev.service_name.as_deref() {
         root.key(buf, "dst_endpoint");
         let mut dst = open(buf);
@@ -307,12 +316,19 @@ pub(crate) fn write_api_activity(
         }
         buf.push(b']');
     }
-    http.str(buf, "http_method", ev.info.method.as_str());
-    http.key(buf, "url");
-    let mut url = open(buf);
-    url.opt_str(buf, "path", route);
-    url.opt_str(buf, "query_string", ev.info.query.as_deref());
-    url.close(buf);
+    // OCSF 1.3 enumerates the methods; another one (PATCH among them, added in
+    // 1.6) is left out here and named by `api.operation` alone.
+    if let Some(method) = ocsf_http_method(&ev.info.method) {
+        http.lit(buf, "http_method", method);
+    }
+    // A URL needs its `path` (or `url_string`): none without a route.
+    if let Some(path) = route {
+        http.key(buf, "url");
+        let mut url = open(buf);
+        url.str(buf, "path", path);
+        url.opt_str(buf, "query_string", ev.info.query.as_deref());
+        url.close(buf);
+    }
     // The fields SIEMs map, from the allow-listed headers (never captured
     // otherwise): the user agent, and the forwarding chain as sent.
     let allowed = |name: &'static str| {
@@ -344,13 +360,9 @@ pub(crate) fn write_api_activity(
     }
     http.close(buf);
 
-    if let Some(code) = status {
-        root.key(buf, "http_response");
-        let mut r = open(buf);
-        r.num(buf, "code", u64::from(code));
-        r.num(buf, "latency", latency_ms);
-        r.close(buf);
-    }
+    // No `http_response`: OCSF 1.3 API Activity does not define it (1.4 added
+    // it). The status is `api.response.code` and `status_code`, the latency
+    // `duration`.
 
     // PRODUCT_NAME, PRODUCT_VERSION and OCSF_VERSION (a test checks they agree).
     root.members(
@@ -358,7 +370,7 @@ pub(crate) fn write_api_activity(
         concat!(
             r#""metadata":{"product":{"name":"nhi-guard","vendor_name":"nhi-guard","version":""#,
             env!("CARGO_PKG_VERSION"),
-            r#""},"profiles":["security_control"],"uid":""#
+            r#""},"uid":""#
         ),
     );
     buf.extend_from_slice(request_id.as_bytes());

@@ -74,19 +74,24 @@ async fn allowed_request_is_recorded_with_who_what_and_why() {
         nhi_guard_audit::ocsf::PRODUCT_NAME
     );
     assert_eq!(meta["product"]["version"], nhi_guard_audit::ocsf::PRODUCT_VERSION);
-    assert_eq!(meta["profiles"], serde_json::json!(["security_control"]));
+    // OCSF 1.3 API Activity includes no profile.
+    assert!(meta.get("profiles").is_none());
     assert_eq!(meta["version"], nhi_guard_audit::ocsf::OCSF_VERSION);
     assert_eq!(meta["uid"], v["api"]["request"]["uid"]);
     assert_eq!(v["activity_id"], 2);
     assert_eq!(v["type_uid"], 600_302);
     assert_eq!(v["status_id"], 1);
     assert_eq!(v["severity_id"], 1);
-    assert_eq!(v["action_id"], 1);
+    // Not in OCSF 1.3 API Activity (the Security Control profile's).
+    assert!(v.get("action_id").is_none() && v.get("disposition_id").is_none());
     assert_eq!(v["api"]["operation"], "GET /orders/{id}");
     assert_eq!(v["http_request"]["url"]["path"], "/orders/{id}");
     assert!(v["http_request"]["url"].get("query_string").is_none());
     assert!(v["http_request"].get("http_headers").is_none());
-    assert_eq!(v["http_response"]["code"], 200);
+    assert_eq!(v["api"]["response"]["code"], 200);
+    assert_eq!(v["status_code"], "200");
+    // Not in OCSF 1.3 API Activity.
+    assert!(v.get("http_response").is_none());
     assert_eq!(v["src_endpoint"]["ip"], "192.0.2.7");
     assert_eq!(v["src_endpoint"]["port"], 40_123);
     assert_eq!(v["actor"]["user"]["uid"], "inventory-sync");
@@ -127,8 +132,6 @@ async fn identity_denials_are_recorded_with_the_fingerprint_only() {
     assert_eq!(v["activity_id"], 1);
     assert_eq!(v["type_uid"], 600_301);
     assert_eq!(v["status_id"], 2);
-    assert_eq!(v["action_id"], 2);
-    assert_eq!(v["disposition_id"], 2);
     assert_eq!(v["severity_id"], 3);
     assert_eq!(v["status_code"], "401");
     assert_eq!(v["status_detail"], "credential_missing");
@@ -209,7 +212,7 @@ async fn scope_rate_limit_and_risk_denials_name_their_control() {
     assert_eq!(ext(&v)["control"], "rate_limit");
     assert_eq!(ext(&v)["rate_limit"]["limited"], true);
     assert_eq!(ext(&v)["rate_limit"]["policy"], "per-client");
-    assert_eq!(v["http_response"]["code"], 429);
+    assert_eq!(v["api"]["response"]["code"], 429);
 
     let (res, v) = record_of(req("risk")).await;
     assert_eq!(res.unwrap().status(), StatusCode::FORBIDDEN);
@@ -262,7 +265,7 @@ async fn handler_error_is_recorded_as_a_failure_without_response() {
     assert_eq!(ext(&v)["completion"], "handler_error");
     assert_eq!(v["status_id"], 2);
     assert_eq!(v["status_detail"], "handler_error");
-    assert!(v.get("http_response").is_none());
+    assert!(v["api"]["response"].get("code").is_none());
     // The context was created, so the pending decision is "none".
     assert_eq!(ext(&v)["decision"], "none");
 }
@@ -337,7 +340,7 @@ async fn cancelled_response_future_is_recorded() {
     assert_eq!(reqs.len(), 1);
     assert_eq!(ext(&reqs[0])["completion"], "cancelled");
     assert_eq!(reqs[0]["status_detail"], "cancelled");
-    assert!(reqs[0].get("http_response").is_none());
+    assert!(reqs[0]["api"]["response"].get("code").is_none());
 }
 
 #[tokio::test]
@@ -367,7 +370,8 @@ async fn route_query_and_headers_follow_the_allow_lists() {
         serde_json::json!([{"name": "user-agent", "value": "inventory-sync/1.4"}])
     );
     let v = &lines2.requests()[0];
-    assert!(v["http_request"]["url"].get("path").is_none());
+    // OCSF's URL needs a path: no URL at all.
+    assert!(v["http_request"].get("url").is_none());
     assert_eq!(v["api"]["operation"], "GET");
     let v = &lines3.requests()[0];
     assert_eq!(v["http_request"]["url"]["path"], "/orders/42");

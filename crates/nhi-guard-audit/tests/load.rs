@@ -103,7 +103,7 @@ async fn concurrent_requests_through_axum_give_exactly_one_record_each() {
         assert_eq!(r["src_endpoint"]["ip"], "127.0.0.1");
         assert!(r["http_request"]["url"].get("query_string").is_none());
         let denied = r["unmapped"]["nhi_guard"]["decision"] == "denied";
-        assert_eq!(r["http_response"]["code"], if denied { 403 } else { 200 });
+        assert_eq!(r["api"]["response"]["code"], if denied { 403 } else { 200 });
     }
     let report = verify_file(&path).unwrap();
     assert!(report.is_sealed(), "{report}");
