@@ -832,7 +832,7 @@ async fn ambiguous_paths_are_refused_audited_and_never_forwarded() {
             ),
             "{record}"
         );
-        assert_eq!(record["http_response"]["code"], 400);
+        assert_eq!(record["api"]["response"]["code"], 400);
     }
 }
 
@@ -1122,7 +1122,7 @@ async fn a_content_length_above_the_cap_is_a_413_before_connecting() {
             &serde_json::json!("request_body_too_large")
         )
     );
-    assert_eq!(record["http_response"]["code"], 413);
+    assert_eq!(record["api"]["response"]["code"], 413);
 }
 
 /// Sends `head` on a fresh connection and reads the response until the server

@@ -987,7 +987,7 @@ async fn revocations_hold_at_once_and_lift() {
             r["api"]["operation"]
                 .as_str()
                 .is_some_and(|o| o.contains("/admin/revocations"))
-                && r["http_response"]["code"] == 201
+                && r["api"]["response"]["code"] == 201
         })
         .count();
     assert_eq!(by_ops, 3);

@@ -158,7 +158,7 @@ pub(crate) fn placed(records: &[Value]) -> Vec<(&str, u64)> {
         .map(|r| {
             (
                 r["src_endpoint"]["ip"].as_str().unwrap_or_default(),
-                r["http_response"]["code"].as_u64().unwrap_or_default(),
+                r["api"]["response"]["code"].as_u64().unwrap_or_default(),
             )
         })
         .collect()
